@@ -1,0 +1,56 @@
+# Entry points for people and CI. Every target installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PACKAGES := libs/proto libs/common services/ingest services/validate services/route services/status tools/invoicectl
+STAMP := $(VENV)/.installed
+PROTO_FILES := $(wildcard proto/invoicing/v1/*.proto)
+
+.PHONY: install run up down status test test-unit lint proto proto-check samples clean
+
+install: $(STAMP)
+
+$(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-build-isolation -c constraints.txt $(addprefix -e ,$(PACKAGES))
+	@touch $(STAMP)
+
+## Start Kafka, PostgreSQL and the four services, then push the samples through.
+run: install
+	$(BIN)/python deploy/local/stack.py up
+	. .run/env && $(BIN)/invoicectl submit --follow samples/*
+	@echo "The stack stays up: 'source .run/env' to use it, 'make down' to stop it."
+
+up: install
+	$(BIN)/python deploy/local/stack.py up
+
+down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python deploy/local/stack.py down; fi
+
+status: install
+	$(BIN)/python deploy/local/stack.py status
+
+## Whole suite: starts what it needs (unless KAFKA_BOOTSTRAP_SERVERS and
+## DATABASE_URL are set) and stops what it started.
+test: install
+	$(BIN)/python deploy/local/stack.py test -- $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: install proto-check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+proto: install
+	$(BIN)/python scripts/protogen.py generate
+
+proto-check: install
+	$(BIN)/python scripts/protogen.py check
+
+clean: down
+	rm -rf .run

@@ -1,0 +1,109 @@
+"""asyncpg pool with migrations applied at start."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from importlib.resources.abc import Traversable
+
+import asyncpg  # type: ignore[import-untyped]
+from mode import Service
+
+log = logging.getLogger(__name__)
+
+
+async def apply_migrations(conn: asyncpg.Connection, schema: str, folder: Traversable) -> list[str]:
+    """Apply ``NNN_name.sql`` files of ``folder`` not yet recorded in ``schema``.
+
+    An advisory lock serialises concurrent starts of several instances; each
+    file runs in its own transaction with its bookkeeping row.
+    """
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
+    applied: list[str] = []
+    # A stable key (hash() is salted per process) shared by every instance.
+    lock_key = zlib.crc32(f"invoicing-migrations:{schema}".encode()) & 0x7FFFFFFF
+    await conn.execute("SELECT pg_advisory_lock($1)", lock_key)
+    try:
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(
+            f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations '
+            "(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["name"] for r in await conn.fetch(f'SELECT name FROM "{schema}".schema_migrations')}
+        for f in files:
+            if f.name in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(f'SET LOCAL search_path TO "{schema}", public; {f.read_text()}')
+                await conn.execute(f'INSERT INTO "{schema}".schema_migrations(name) VALUES ($1)', f.name)
+            applied.append(f.name)
+            log.info("applied migration %s.%s", schema, f.name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", lock_key)
+    return applied
+
+
+class Database(Service):
+    """Owns the pool; ``pool`` is usable once the service has started."""
+
+    def __init__(
+        self,
+        dsn: str,
+        schema: str,
+        migrations: Traversable | None = None,
+        min_size: int = 2,
+        max_size: int = 10,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._dsn = dsn
+        self._schema = schema
+        self._migrations = migrations
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def dsn(self) -> str:
+        return self._dsn
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("database not started")
+        return self._pool
+
+    def _server_settings(self) -> dict[str, str]:
+        return {"search_path": f"{self._schema},public", "application_name": self._schema}
+
+    async def connect(self) -> asyncpg.Connection:
+        """A dedicated connection (e.g. for LISTEN), outside the pool."""
+        return await asyncpg.connect(self._dsn, server_settings=self._server_settings())
+
+    async def on_start(self) -> None:
+        delay = 0.2
+        for attempt in range(1, 31):
+            try:
+                self._pool = await asyncpg.create_pool(
+                    self._dsn,
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    server_settings=self._server_settings(),
+                )
+                break
+            except (OSError, asyncpg.PostgresError) as exc:
+                # The database may still be starting; back off and say so.
+                log.warning("database not reachable (attempt %d): %s", attempt, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        else:
+            raise RuntimeError("database unreachable after 30 attempts")
+        if self._migrations is not None:
+            async with self.pool.acquire() as conn:
+                await apply_migrations(conn, self._schema, self._migrations)
+
+    async def on_stop(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None

@@ -1,0 +1,69 @@
+"""Process lifecycle: start services in order, stop them in reverse on SIGTERM.
+
+mode's Worker owns the event loop and the signal handlers. On SIGTERM or
+SIGINT it stops every service in reverse start order: the gRPC server first
+(health NOT_SERVING, stop accepting, drain in-flight calls), then the faust
+app (stop consuming, flush the producer, commit offsets), then producers and
+pools.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import faust
+import mode
+
+from invoicing_common.logs import configure_logging, logging_config
+
+ReadyHook = Callable[[], Awaitable[None]]
+
+
+class _FaustWorker(faust.Worker):
+    def __init__(self, *args: object, on_ready: ReadyHook | None = None, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._on_ready = on_ready
+
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        if self._on_ready is not None:
+            await self._on_ready()
+
+
+class _ModeWorker(mode.Worker):
+    def __init__(self, *args: object, on_ready: ReadyHook | None = None, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._on_ready = on_ready
+
+    async def on_started(self) -> None:
+        # The base method blocks until stop for daemon workers: signal first.
+        if self._on_ready is not None:
+            await self._on_ready()
+        await super().on_started()
+
+
+def run(
+    service_name: str,
+    log_level: str,
+    services: Sequence[mode.ServiceT],
+    *,
+    app: faust.App | None = None,
+    on_ready: ReadyHook | None = None,
+) -> None:
+    """Block until the process is told to stop. ``services`` start first,
+    in order; ``app`` (a faust app) starts after them."""
+    configure_logging(service_name, log_level)
+    common: dict[str, Any] = {
+        "loglevel": log_level,
+        "logging_config": logging_config(service_name, log_level),
+        "redirect_stdouts": False,
+        "on_ready": on_ready,
+        "override_logging": True,
+    }
+    worker: mode.Worker
+    if app is not None:
+        worker = _FaustWorker(app, *services, quiet=True, **common)
+    else:
+        worker = _ModeWorker(*services, quiet=True, **common)
+    worker.execute_from_commandline()

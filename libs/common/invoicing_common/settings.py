@@ -1,0 +1,27 @@
+"""Settings base: every service reads one typed class from the environment.
+
+Unknown or malformed values fail at start, before any connection is made.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    kafka_bootstrap_servers: str = Field(default="127.0.0.1:19092", min_length=1)
+    database_url: str = Field(default="postgresql://invoicing@127.0.0.1:15432/invoicing")
+    log_level: str = "INFO"
+    topic_partitions: int = Field(default=6, ge=1, le=1024)
+    # Seconds in-flight RPCs get to finish after SIGTERM.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    platform_id: str = Field(default="local", min_length=1)
+
+
+class GrpcSettings(ServiceSettings):
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=0, ge=0, le=65535)
+    grpc_max_message_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)

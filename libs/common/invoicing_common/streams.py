@@ -1,0 +1,167 @@
+"""faust app factory and the record-processing loop every agent shares.
+
+Agents stay thin: they hand each record to a plain async function. This
+module decides what happens when that function fails: transient faults
+(broker or database unreachable) are retried in place so nothing is lost
+and order is kept; anything else sends the record to the DLQ with the error
+so the partition keeps moving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import faust
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+from google.protobuf.message import DecodeError
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+
+from invoicing_common import topics
+from invoicing_common.kafka import dead_letter, headers_to_carrier
+from invoicing_common.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("invoicing_common.streams")
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+class PermanentError(Exception):
+    """The record can never be processed; it goes to the DLQ."""
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    KafkaError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
+
+Handler = Callable[[Record], Awaitable[None]]
+
+
+def create_app(app_id: str, settings: ServiceSettings, **overrides: Any) -> faust.App:
+    """A faust app speaking raw bytes: values are protobuf, decoded by us."""
+    conf: dict[str, Any] = {
+        "broker": f"kafka://{settings.kafka_bootstrap_servers}",
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "web_enabled": False,
+        "store": "memory://",
+        "topic_partitions": settings.topic_partitions,
+        "topic_replication_factor": 1,
+        "producer_acks": -1,
+        "producer_max_request_size": topics.MAX_MESSAGE_BYTES,
+        "consumer_max_fetch_size": topics.MAX_MESSAGE_BYTES,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_commit_interval": 1.0,
+        "producer_linger": 0.005,
+        "worker_redirect_stdouts": False,
+    }
+    conf.update(overrides)
+    return faust.App(app_id, **conf)
+
+
+def raw_topic(app: faust.App, *names: str) -> faust.TopicT:
+    return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+
+async def send(topic: faust.TopicT, key: str, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
+    """Queue a record; faust flushes the producer before committing offsets,
+    so the source record is only committed once this one is acknowledged."""
+    await topic.send(key=key.encode(), value=value, headers=headers or [])
+
+
+async def process(
+    stream: AsyncIterator[Any],
+    handler: Handler,
+    *,
+    dlq: faust.TopicT,
+    consumer_group: str,
+    retry_delay: float = 0.5,
+) -> AsyncIterator[None]:
+    """Run ``handler`` for each event of a faust stream (``stream.events()``)."""
+    async for event in stream:
+        message = event.message
+        record = Record(
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=message.key,
+            value=message.value,
+            headers=list(message.headers or []),
+        )
+        parent = propagate.extract(headers_to_carrier(record.headers))
+        token = otel_context.attach(parent)
+        try:
+            await _handle_with_retry(record, handler, dlq=dlq, consumer_group=consumer_group, retry_delay=retry_delay)
+        finally:
+            otel_context.detach(token)
+        yield None
+
+
+async def _handle_with_retry(
+    record: Record, handler: Handler, *, dlq: faust.TopicT, consumer_group: str, retry_delay: float
+) -> None:
+    delay = retry_delay
+    while True:
+        try:
+            await handler(record)
+            return
+        except TRANSIENT_ERRORS as exc:
+            # Keep the partition where it is: skipping would lose the record.
+            log.warning(
+                "transient failure, retrying in %.1fs: %s",
+                delay,
+                exc,
+                extra={"topic": record.topic, "partition": record.partition, "offset": record.offset},
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        except (DecodeError, PermanentError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            await _to_dlq(record, exc, dlq=dlq, consumer_group=consumer_group)
+            return
+        except Exception as exc:
+            log.exception(
+                "unexpected failure",
+                extra={"topic": record.topic, "partition": record.partition, "offset": record.offset},
+            )
+            await _to_dlq(record, exc, dlq=dlq, consumer_group=consumer_group)
+            return
+
+
+async def _to_dlq(record: Record, exc: BaseException, *, dlq: faust.TopicT, consumer_group: str) -> None:
+    letter = dead_letter(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        error=exc,
+        consumer_group=consumer_group,
+    )
+    log.error(
+        "record sent to DLQ: %s: %s",
+        type(exc).__name__,
+        exc,
+        extra={"topic": record.topic, "partition": record.partition, "offset": record.offset},
+    )
+    await dlq.send(key=record.key, value=letter.SerializeToString(), headers=record.headers)

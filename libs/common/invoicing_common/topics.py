@@ -1,0 +1,15 @@
+"""Kafka topic names: a public contract (see docs/api.md)."""
+
+from __future__ import annotations
+
+RECEIVED = "invoicing.invoice.received.v1"
+VALIDATED = "invoicing.invoice.validated.v1"
+ROUTED = "invoicing.invoice.routed.v1"
+STATUS = "invoicing.invoice.status.v1"
+DLQ = "invoicing.invoice.dlq.v1"
+
+PIPELINE_TOPICS: tuple[str, ...] = (RECEIVED, VALIDATED, ROUTED, STATUS, DLQ)
+
+# Documents travel inline in the received/validated events, so every hop must
+# accept records this large (a 5 MiB invoice plus its envelope fits easily).
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024

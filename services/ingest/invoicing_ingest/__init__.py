@@ -1,0 +1,1 @@
+"""Ingest: accepts invoices over gRPC and acknowledges once they are durable."""

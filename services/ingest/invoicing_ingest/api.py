@@ -1,0 +1,119 @@
+"""IngestService gRPC servicer: thin, delegates to domain and repository."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from invoicing.v1 import ingest_pb2, ingest_pb2_grpc
+from opentelemetry import trace
+
+from invoicing_common import topics
+from invoicing_common.kafka import ProducerService, trace_headers
+from invoicing_ingest.domain import SubmissionError, check_submission, new_receipt, received_event
+from invoicing_ingest.repository import ConflictingRetry, ReceiptRepository
+from invoicing_ingest.settings import IngestSettings
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("invoicing_ingest")
+
+SUBMITTER_METADATA_KEY = "x-submitter"
+
+
+class RequestError(Exception):
+    def __init__(self, code: grpc.StatusCode, field: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.field = field
+        self.message = message
+
+
+def _submitter(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == SUBMITTER_METADATA_KEY and isinstance(value, str):
+            return value.strip()
+    return ""
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+    def __init__(self, settings: IngestSettings, kafka: ProducerService, receipts: ReceiptRepository) -> None:
+        self._settings = settings
+        self._kafka = kafka
+        self._receipts = receipts
+
+    async def _submit(
+        self, request: ingest_pb2.SubmitInvoiceRequest, submitter: str
+    ) -> ingest_pb2.SubmitInvoiceResponse:
+        try:
+            submission = check_submission(
+                request.document,
+                request.filename,
+                request.idempotency_key,
+                submitter,
+                self._settings.max_document_bytes,
+            )
+        except SubmissionError as exc:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, exc.field, exc.message) from exc
+        span_context = trace.get_current_span().get_span_context()
+        trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
+        candidate = new_receipt(datetime.now(UTC))
+        try:
+            async with self._receipts.reserve(submission, candidate) as receipt:
+                if not receipt.duplicate:
+                    event = received_event(submission, receipt, trace_id)
+                    # Committing the receipt only after the broker acknowledged
+                    # (acks=all) is what makes the answer mean "durable".
+                    await self._kafka.producer.send_and_wait(
+                        topics.RECEIVED,
+                        value=event.SerializeToString(),
+                        key=receipt.invoice_id.encode(),
+                        headers=trace_headers(),
+                    )
+        except ConflictingRetry as exc:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "idempotency_key",
+                f"idempotency_key {submission.idempotency_key!r} was already used for invoice {exc.invoice_id}"
+                " with a different document",
+            ) from exc
+        log.info(
+            "invoice %s", "duplicate" if receipt.duplicate else "received", extra={"invoice_id": receipt.invoice_id}
+        )
+        received_at = Timestamp()
+        received_at.FromDatetime(receipt.received_at)
+        return ingest_pb2.SubmitInvoiceResponse(
+            invoice_id=receipt.invoice_id, received_at=received_at, duplicate=receipt.duplicate
+        )
+
+    async def SubmitInvoice(  # noqa: N802 - gRPC method name
+        self, request: ingest_pb2.SubmitInvoiceRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.SubmitInvoiceResponse:
+        try:
+            return await self._submit(request, _submitter(context))
+        except RequestError as exc:
+            await context.abort(exc.code, f"{exc.field}: {exc.message}")
+            raise  # unreachable: abort raises
+
+    async def SubmitInvoices(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[ingest_pb2.SubmitInvoiceRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ingest_pb2.SubmitInvoiceResponse]:
+        submitter = _submitter(context)
+        async for request in request_iterator:
+            try:
+                yield await self._submit(request, submitter)
+            except RequestError as exc:
+                # One bad document must not end the batch: report it in place.
+                yield ingest_pb2.SubmitInvoiceResponse(
+                    error=ingest_pb2.SubmitError(code=exc.code.name, field=exc.field, message=exc.message)
+                )
+
+
+def registrar(servicer: IngestServicer) -> Callable[[grpc.aio.Server], list[str]]:
+    def register(server: grpc.aio.Server) -> list[str]:
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
+        return [ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name]
+
+    return register

@@ -1,0 +1,94 @@
+"""Pure rules of submission: what is acceptable and what a receipt is."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from invoicing.v1 import events_pb2
+
+from invoicing_common.ids import new_invoice_id, stage_event_id
+
+MAX_FILENAME_CHARS = 255
+MAX_IDEMPOTENCY_KEY_CHARS = 128
+DEFAULT_SUBMITTER = "anonymous"
+
+
+class SubmissionError(ValueError):
+    """A request that can never succeed as sent; names the field at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Submission:
+    document: bytes
+    filename: str
+    idempotency_key: str | None
+    submitter: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Receipt:
+    invoice_id: str
+    received_at: datetime
+    duplicate: bool
+    event_id: str
+
+
+def check_submission(
+    document: bytes, filename: str, idempotency_key: str, submitter: str, max_document_bytes: int
+) -> Submission:
+    if not document:
+        raise SubmissionError("document", "document is empty")
+    if len(document) > max_document_bytes:
+        raise SubmissionError("document", f"document is {len(document)} bytes; the limit is {max_document_bytes} bytes")
+    if len(filename) > MAX_FILENAME_CHARS:
+        raise SubmissionError("filename", f"filename is longer than {MAX_FILENAME_CHARS} characters")
+    if any(ord(c) < 32 for c in filename):
+        raise SubmissionError("filename", "filename contains control characters")
+    if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise SubmissionError(
+            "idempotency_key", f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters"
+        )
+    if idempotency_key and not idempotency_key.isprintable():
+        raise SubmissionError("idempotency_key", "idempotency_key contains non-printable characters")
+    return Submission(
+        document=document,
+        filename=filename,
+        idempotency_key=idempotency_key or None,
+        submitter=submitter or DEFAULT_SUBMITTER,
+        sha256=hashlib.sha256(document).hexdigest(),
+    )
+
+
+def new_receipt(now: datetime) -> Receipt:
+    invoice_id = new_invoice_id()
+    return Receipt(
+        invoice_id=invoice_id, received_at=now, duplicate=False, event_id=stage_event_id(invoice_id, "received")
+    )
+
+
+def received_event(submission: Submission, receipt: Receipt, trace_id: str) -> events_pb2.InvoiceReceived:
+    received_at = Timestamp()
+    received_at.FromDatetime(receipt.received_at)
+    return events_pb2.InvoiceReceived(
+        event_id=receipt.event_id,
+        invoice=events_pb2.InvoiceRef(
+            invoice_id=receipt.invoice_id,
+            received_at=received_at,
+            received_event_id=receipt.event_id,
+            filename=submission.filename,
+            submitter=submission.submitter,
+            trace_id=trace_id,
+        ),
+        document=submission.document,
+        sha256=submission.sha256,
+        idempotency_key=submission.idempotency_key or "",
+    )

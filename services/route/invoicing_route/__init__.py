@@ -1,0 +1,1 @@
+"""Route: decides where each valid invoice goes."""

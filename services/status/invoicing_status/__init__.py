@@ -1,0 +1,1 @@
+"""Status: the invoice lifecycle, its history and the public status stream."""

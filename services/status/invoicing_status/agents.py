@@ -1,0 +1,101 @@
+"""faust agent: projects received/validated/routed events into the store."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import faust
+from google.protobuf.message import Message
+from invoicing.v1 import events_pb2
+
+from invoicing_common import topics
+from invoicing_common.kafka import headers_to_carrier
+from invoicing_common.streams import PermanentError, Record, process, raw_topic
+from invoicing_status.domain import Outcome, Submitted, plan
+from invoicing_status.lifecycle import Reason, Status
+from invoicing_status.repository import InvoiceFacts, StatusRepository
+
+log = logging.getLogger(__name__)
+
+
+def _facts(ref: events_pb2.InvoiceRef, record: Record) -> tuple[InvoiceFacts, Submitted]:
+    received_at = ref.received_at.ToDatetime(tzinfo=UTC)
+    facts = InvoiceFacts(
+        invoice_id=ref.invoice_id,
+        filename=ref.filename,
+        submitter=ref.submitter,
+        received_at=received_at,
+        trace_id=ref.trace_id,
+        headers={k: v for k, v in headers_to_carrier(record.headers).items() if k in ("traceparent", "tracestate")},
+    )
+    return facts, Submitted(received_event_id=ref.received_event_id, received_at=received_at)
+
+
+def interpret(record: Record, now: datetime) -> tuple[str, InvoiceFacts, Submitted, Outcome]:
+    """Decode a pipeline record into (event id, facts, entry, requested outcome)."""
+    if record.value is None:
+        raise PermanentError("record has no value")
+    decoders: dict[str, Callable[[bytes], Message]] = {
+        topics.RECEIVED: events_pb2.InvoiceReceived.FromString,
+        topics.VALIDATED: events_pb2.InvoiceValidated.FromString,
+        topics.ROUTED: events_pb2.InvoiceRouted.FromString,
+    }
+    decoded = decoders[record.topic](record.value)
+    ref: events_pb2.InvoiceRef = decoded.invoice  # type: ignore[attr-defined]
+    event_id: str = decoded.event_id  # type: ignore[attr-defined]
+    if not ref.invoice_id or not ref.received_event_id or not event_id:
+        raise PermanentError(f"{type(decoded).__name__} lacks invoice_id, received_event_id or event_id")
+    facts, submitted = _facts(ref, record)
+    if isinstance(decoded, events_pb2.InvoiceReceived):
+        return event_id, facts, submitted, Outcome(None, "ingest", now, event_id)
+    if isinstance(decoded, events_pb2.InvoiceValidated):
+        facts.summary = decoded.summary
+        facts.findings = [
+            {
+                "rule": f.rule,
+                "severity": "warning" if f.severity == 2 else "fatal",
+                "location": f.location,
+                "message": f.message,
+            }
+            for f in decoded.findings
+        ]
+        if decoded.valid:
+            return event_id, facts, submitted, Outcome(None, "validate", now, event_id)
+        reason = Reason(decoded.reason.code or "REJ_SEMAN", decoded.reason.text)
+        return event_id, facts, submitted, Outcome(Status.REJECTED, "validate", now, event_id, reason)
+    assert isinstance(decoded, events_pb2.InvoiceRouted)
+    facts.summary = decoded.summary
+    facts.routing = {
+        "outcome": events_pb2.RoutingOutcome.Name(decoded.outcome),
+        "destination_platform": decoded.destination_platform,
+        "local_delivery": decoded.local_delivery,
+        "directory_entry_id": decoded.directory_entry_id,
+        "reason_code": decoded.reason.code,
+        "reason": decoded.reason.text,
+    }
+    if decoded.outcome == events_pb2.ROUTING_OUTCOME_ROUTED:
+        status = Status.MADE_AVAILABLE if decoded.local_delivery else Status.ISSUED
+        return event_id, facts, submitted, Outcome(status, "route", now, event_id)
+    reason = Reason(decoded.reason.code or "REJ_ADR", decoded.reason.text)
+    return event_id, facts, submitted, Outcome(Status.REJECTED, "route", now, event_id, reason)
+
+
+def register(app: faust.App, repository: StatusRepository, on_change: Callable[[], None]) -> None:
+    source = raw_topic(app, topics.RECEIVED, topics.VALIDATED, topics.ROUTED)
+    dlq = raw_topic(app, topics.DLQ)
+
+    async def handle(record: Record) -> None:
+        event_id, facts, submitted, outcome = interpret(record, datetime.now(UTC))
+        changes = await repository.apply(event_id, facts, lambda current: plan(current, submitted, outcome))
+        if changes:
+            on_change()
+            log.info(
+                "status %s", ",".join(str(c.status.value) for c in changes), extra={"invoice_id": facts.invoice_id}
+            )
+
+    @app.agent(source, name="status")
+    async def project(stream: faust.StreamT[bytes]) -> None:
+        async for _ in process(stream.events(), handle, dlq=dlq, consumer_group=app.conf.id):
+            pass

@@ -1,0 +1,43 @@
+"""Composition root for the status service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.resources import files
+
+import faust
+
+from invoicing_common.db import Database
+from invoicing_common.grpc_server import GrpcServer
+from invoicing_common.kafka import ProducerService
+from invoicing_common.streams import create_app
+from invoicing_status import agents
+from invoicing_status.api import StatusServicer, registrar
+from invoicing_status.outbox import OutboxPublisher
+from invoicing_status.repository import StatusRepository
+from invoicing_status.settings import StatusSettings
+
+
+@dataclass
+class StatusApp:
+    app: faust.App
+    database: Database
+    kafka: ProducerService
+    publisher: OutboxPublisher
+    grpc: GrpcServer
+
+
+def bootstrap(settings: StatusSettings) -> StatusApp:
+    database = Database(settings.database_url, schema="status", migrations=files("invoicing_status") / "migrations")
+    repository = StatusRepository(database)
+    kafka = ProducerService(settings.kafka_bootstrap_servers, client_id=f"{settings.otel_service_name}-outbox")
+    publisher = OutboxPublisher(
+        database,
+        repository,
+        kafka,
+        settings.outbox_batch_size,
+    )
+    app = create_app(settings.otel_service_name, settings)
+    agents.register(app, repository, publisher.wake)
+    server = GrpcServer(settings, registrar(StatusServicer(repository)))
+    return StatusApp(app=app, database=database, kafka=kafka, publisher=publisher, grpc=server)

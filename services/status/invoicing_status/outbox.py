@@ -1,0 +1,85 @@
+"""Publishes the outbox to invoicing.invoice.status.v1, in commit order.
+
+One publisher at a time across all status instances (a PostgreSQL advisory
+lock), so each invoice's events reach Kafka in sequence order. The producer
+is idempotent with acks=all; rows are marked published only after the
+broker acknowledged them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import zlib
+
+import asyncpg  # type: ignore[import-untyped]
+from mode import Service
+
+from invoicing_common import topics
+from invoicing_common.db import Database
+from invoicing_common.kafka import ProducerService
+from invoicing_common.streams import TRANSIENT_ERRORS
+from invoicing_status.repository import OUTBOX_CHANNEL, StatusRepository
+
+log = logging.getLogger(__name__)
+_LOCK_KEY = zlib.crc32(b"invoicing-status-outbox") & 0x7FFFFFFF
+# Safety net for a missed notification; wake-ups normally come from NOTIFY.
+_IDLE_WAKE_SECONDS = 1.0
+
+
+class OutboxPublisher(Service):
+    def __init__(
+        self, database: Database, repository: StatusRepository, kafka: ProducerService, batch_size: int,
+        **kwargs: object,
+    ) -> None:  # fmt: skip
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._database = database
+        self._repository = repository
+        self._kafka = kafka
+        self._batch_size = batch_size
+        self._wake = asyncio.Event()
+        self.published = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @Service.task
+    async def _run(self) -> None:
+        while not self.should_stop:
+            try:
+                await self._publish_while_leader()
+            except TRANSIENT_ERRORS as exc:
+                log.warning("outbox publisher interrupted, restarting: %s", exc)
+                await self.sleep(1.0)
+
+    async def _publish_while_leader(self) -> None:
+        conn: asyncpg.Connection = await self._database.connect()
+        try:
+            await conn.add_listener(OUTBOX_CHANNEL, lambda *_: self._wake.set())
+            while not self.should_stop and not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
+                await self._wait()
+            while not self.should_stop:
+                self._wake.clear()
+                batch = await self._repository.pending_events(conn, self._batch_size)
+                if not batch:
+                    await self._wait()
+                    continue
+                futures = [
+                    await self._kafka.producer.send(
+                        topics.STATUS,
+                        value=event.payload,
+                        key=event.invoice_id.encode(),
+                        headers=[(k, v.encode()) for k, v in event.headers.items()],
+                    )
+                    for event in batch
+                ]
+                await asyncio.gather(*futures)
+                await self._repository.mark_published(conn, [e.seq for e in batch])
+                self.published += len(batch)
+        finally:
+            await conn.close()
+
+    async def _wait(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=_IDLE_WAKE_SECONDS)

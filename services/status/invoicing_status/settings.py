@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from pydantic import Field
+
+from invoicing_common.settings import GrpcSettings
+
+
+class StatusSettings(GrpcSettings):
+    grpc_port: int = Field(default=17004, ge=0, le=65535)
+    # Largest number of status events published in one outbox batch.
+    outbox_batch_size: int = Field(default=500, ge=1, le=10_000)
+    otel_service_name: str = "invoicing-status"

@@ -1,0 +1,1 @@
+"""Validate: checks each received invoice and extracts its business summary."""

@@ -1,0 +1,42 @@
+"""Composition root for the validate service."""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import faust
+from mode import Service
+
+from invoicing_common.grpc_server import GrpcServer
+from invoicing_common.streams import create_app
+from invoicing_validate import agents
+from invoicing_validate.settings import ValidateSettings
+
+
+class WorkerPool(Service):
+    """Owns the validation processes; stopped after the agent has drained."""
+
+    def __init__(self, workers: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        # spawn, not fork: the parent runs threads (faust's consumer).
+        self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+    async def on_stop(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=False)
+
+
+@dataclass
+class Validate:
+    app: faust.App
+    pool: WorkerPool
+    grpc: GrpcServer
+
+
+def bootstrap(settings: ValidateSettings) -> Validate:
+    app = create_app(settings.otel_service_name, settings)
+    pool = WorkerPool(settings.validate_workers)
+    agents.register(app, pool.executor, settings.validate_concurrency)
+    server = GrpcServer(settings, lambda _server: [])
+    return Validate(app=app, pool=pool, grpc=server)

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import os
+
+from pydantic import Field
+
+from invoicing_common.settings import GrpcSettings
+
+
+class ValidateSettings(GrpcSettings):
+    # Health/readiness endpoint only; validate has no public API.
+    grpc_port: int = Field(default=17002, ge=0, le=65535)
+    # Processes that run validation, off the event loop; default one per core.
+    validate_workers: int = Field(default=os.cpu_count() or 1, ge=1, le=64)
+    # Documents validated concurrently by this instance.
+    validate_concurrency: int = Field(default=8, ge=1, le=1024)
+    otel_service_name: str = "invoicing-validate"

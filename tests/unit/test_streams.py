@@ -1,0 +1,71 @@
+"""The shared record loop: poison goes to the DLQ, transient faults retry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from invoicing.v1 import events_pb2
+
+from invoicing_common.streams import PermanentError, Record, process
+
+
+@dataclass
+class FakeMessage:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class FakeEvent:
+    message: FakeMessage
+
+
+class FakeTopic:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, **kwargs: Any) -> None:
+        self.sent.append(kwargs)
+
+
+async def _events(*values: bytes | None):  # type: ignore[no-untyped-def]
+    for offset, value in enumerate(values):
+        yield FakeEvent(FakeMessage("t", 0, offset, b"k", value))
+
+
+async def test_permanent_failures_go_to_the_dlq_and_the_stream_moves_on() -> None:
+    handled: list[int] = []
+
+    async def handler(record: Record) -> None:
+        if record.value == b"bad":
+            raise PermanentError("cannot use this")
+        handled.append(record.offset)
+
+    dlq = FakeTopic()
+    async for _ in process(_events(b"ok", b"bad", b"ok"), handler, dlq=dlq, consumer_group="g"):  # type: ignore[arg-type]
+        pass
+    assert handled == [0, 2]
+    assert len(dlq.sent) == 1
+    letter = events_pb2.DeadLetter.FromString(dlq.sent[0]["value"])
+    assert (letter.source_topic, letter.source_offset, letter.value) == ("t", 1, b"bad")
+    assert letter.error_type == "PermanentError" and letter.consumer_group == "g"
+
+
+async def test_transient_failures_are_retried_in_place() -> None:
+    attempts: list[int] = []
+
+    async def handler(record: Record) -> None:
+        attempts.append(record.offset)
+        if len(attempts) < 3:
+            raise ConnectionRefusedError("database restarting")
+
+    dlq = FakeTopic()
+    async for _ in process(_events(b"ok"), handler, dlq=dlq, consumer_group="g", retry_delay=0):  # type: ignore[arg-type]
+        pass
+    assert attempts == [0, 0, 0]
+    assert dlq.sent == []

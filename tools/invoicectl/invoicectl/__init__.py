@@ -1,0 +1,1 @@
+"""invoicectl: command-line client."""

@@ -1,0 +1,55 @@
+"""Following invoicing.invoice.status.v1 from the CLI (no consumer group:
+a CLI reader must not steal partitions from anyone)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from invoicing.v1 import events_pb2
+
+from invoicing_common import topics
+
+
+class StatusFollower:
+    def __init__(self, bootstrap_servers: str, from_beginning: bool = False) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+            client_id="invoicectl",
+        )
+        self._from_beginning = from_beginning
+
+    async def start(self) -> None:
+        """Connect and pin the start position, so events published after this
+        returns are never missed."""
+        await self._consumer.start()
+        try:
+            # aiokafka has no public call for a topic's partitions without
+            # subscribing; the client's metadata fetch is what topics() uses.
+            cluster = await self._consumer._client.fetch_all_metadata()
+            partitions = cluster.partitions_for_topic(topics.STATUS) or set()
+            if not partitions:
+                raise RuntimeError(f"topic {topics.STATUS} not found; is the stack up (make up)?")
+        except BaseException:
+            await self._consumer.stop()
+            raise
+        tps = [TopicPartition(topics.STATUS, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        if self._from_beginning:
+            await self._consumer.seek_to_beginning(*tps)
+        else:
+            await self._consumer.seek_to_end(*tps)
+        for tp in tps:
+            await self._consumer.position(tp)
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def events(self) -> AsyncIterator[events_pb2.StatusEvent]:
+        async for message in self._consumer:
+            try:
+                yield events_pb2.StatusEvent.FromString(message.value)
+            except Exception:  # noqa: BLE001, S112 - a foreign record must not stop a watcher
+                continue

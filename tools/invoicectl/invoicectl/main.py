@@ -1,0 +1,218 @@
+"""invoicectl: submit invoices, read their status, follow the status stream.
+
+Exit codes: 0 success; 1 the operation ran but failed (not found, refused,
+timed out); 2 usage or I/O error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import grpc
+import typer
+from invoicing.v1 import ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from invoicectl.config import GRPC_OPTIONS, Endpoints
+from invoicectl.kafka_follow import StatusFollower
+from invoicectl.render import invoice_json, is_pipeline_final, iso, status_event_json, status_event_line
+
+app = typer.Typer(help="Command-line client for the invoicing pipeline.", no_args_is_help=True, add_completion=False)
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def _read(files: list[Path]) -> list[tuple[Path, bytes]]:
+    docs = []
+    for path in files:
+        try:
+            docs.append((path, path.read_bytes()))
+        except OSError as exc:
+            raise _fail(f"cannot read {path}: {exc.strerror}", 2) from exc
+    return docs
+
+
+async def _submit(
+    endpoints: Endpoints, docs: list[tuple[Path, bytes]], key: str, show_progress: bool
+) -> list[ingest_pb2.SubmitInvoiceResponse]:
+    async with grpc.aio.insecure_channel(endpoints.ingest, options=GRPC_OPTIONS) as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        if len(docs) == 1:
+            path, data = docs[0]
+            request = ingest_pb2.SubmitInvoiceRequest(document=data, filename=path.name, idempotency_key=key)
+            reply: ingest_pb2.SubmitInvoiceResponse = await stub.SubmitInvoice(request, timeout=60)
+            return [reply]
+
+        async def requests() -> Any:
+            for path, data in docs:
+                yield ingest_pb2.SubmitInvoiceRequest(document=data, filename=path.name)
+
+        replies: list[ingest_pb2.SubmitInvoiceResponse] = []
+        with Progress(
+            TextColumn("submitting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=err, disable=not show_progress, transient=True,
+        ) as progress:  # fmt: skip
+            task = progress.add_task("submit", total=len(docs))
+            async for reply in stub.SubmitInvoices(requests(), timeout=600):
+                replies.append(reply)
+                progress.advance(task)
+        return replies
+
+
+async def _follow(follower: StatusFollower, pending: set[str], timeout: float, as_json: bool) -> set[str]:
+    """Print status events of ``pending`` invoices until each has its first
+    final pipeline status (201, 203 or 213); returns those still pending."""
+
+    async def consume() -> None:
+        async for event in follower.events():
+            if event.invoice_id not in pending:
+                continue
+            out.print(json.dumps(status_event_json(event)) if as_json else status_event_line(event))
+            if is_pipeline_final(event.status_code):
+                pending.discard(event.invoice_id)
+                if not pending:
+                    return
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(consume(), timeout)
+    return pending
+
+
+@app.command()
+def submit(
+    files: Annotated[list[Path], typer.Argument(help="Invoice documents (UBL, CII XML or Factur-X PDF).")],
+    idempotency_key: Annotated[str, typer.Option(help="Retry key; only with a single file.")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array of receipts.")] = False,
+    follow: Annotated[bool, typer.Option(help="Then print status events until each invoice is final.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --follow waits for final statuses.")] = 60.0,
+) -> None:
+    """Submit invoices; prints `invoice_id file` per line."""
+    if idempotency_key and len(files) > 1:
+        raise _fail("--idempotency-key applies to a single file", 2)
+    docs = _read(files)
+    endpoints = Endpoints.from_env()
+
+    async def run() -> int:
+        follower = StatusFollower(endpoints.kafka) if follow else None
+        if follower is not None:
+            await follower.start()
+        try:
+            replies = await _submit(endpoints, docs, idempotency_key, show_progress=sys.stderr.isatty())
+            failed = 0
+            receipts: list[dict[str, Any]] = []
+            for (path, _), reply in zip(docs, replies, strict=True):
+                if reply.HasField("error"):
+                    failed += 1
+                    error = {"code": reply.error.code, "field": reply.error.field, "message": reply.error.message}
+                    receipts.append({"file": str(path), "error": error})
+                    if not as_json:
+                        err.print(f"[red]refused[/red] {path}: {reply.error.field}: {reply.error.message}")
+                    continue
+                receipts.append({"invoice_id": reply.invoice_id, "file": str(path),
+                                 "received_at": iso(reply.received_at), "duplicate": reply.duplicate})  # fmt: skip
+                if not as_json:
+                    suffix = "  (duplicate: original receipt)" if reply.duplicate else ""
+                    out.print(f"{reply.invoice_id} {path}{suffix}")
+            if as_json:
+                out.print(json.dumps(receipts, indent=2))
+            if follower is not None:
+                for known in (r for r in receipts if r.get("duplicate")):
+                    # A retry starts no journey: show where the original stands.
+                    current = await _get_invoice(endpoints, known["invoice_id"])
+                    out.print(f"{current.invoice_id}  {current.status_code} {current.status}  (already known)")
+                ids = {r["invoice_id"] for r in receipts if "invoice_id" in r and not r["duplicate"]}
+                left = await _follow(follower, ids, timeout, as_json)
+                if left:
+                    err.print(f"[red]{len(left)} invoice(s) without a final status after {timeout:.0f}s[/red]")
+                    return 1
+            return 1 if failed else 0
+        finally:
+            if follower is not None:
+                await follower.stop()
+
+    try:
+        code = asyncio.run(run())
+    except grpc.aio.AioRpcError as exc:
+        raise _fail(
+            f"{exc.code().name}: {exc.details()}", 2 if exc.code() == grpc.StatusCode.UNAVAILABLE else 1
+        ) from exc
+    raise typer.Exit(code)
+
+
+async def _get_invoice(endpoints: Endpoints, invoice_id: str) -> status_pb2.GetInvoiceResponse:
+    async with grpc.aio.insecure_channel(endpoints.status, options=GRPC_OPTIONS) as channel:
+        stub = status_pb2_grpc.StatusServiceStub(channel)
+        reply: status_pb2.GetInvoiceResponse = await stub.GetInvoice(
+            status_pb2.GetInvoiceRequest(invoice_id=invoice_id), timeout=30
+        )
+        return reply
+
+
+@app.command()
+def status(
+    invoice_id: Annotated[str, typer.Argument(help="Invoice id returned by submit.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
+) -> None:
+    """Show an invoice's current status and its history."""
+    endpoints = Endpoints.from_env()
+
+    try:
+        reply = asyncio.run(_get_invoice(endpoints, invoice_id))
+    except grpc.aio.AioRpcError as exc:
+        raise _fail(
+            f"{exc.code().name}: {exc.details()}", 2 if exc.code() == grpc.StatusCode.UNAVAILABLE else 1
+        ) from exc
+    data = invoice_json(reply)
+    if as_json:
+        out.print(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    reason = f"  ({data['reason_code']}: {data['reason']})" if data["reason_code"] else ""
+    out.print(f"{data['invoice_id']}  {data['status_code']} {data['status']}{reason}")
+    if data["filename"]:
+        out.print(f"  file      {data['filename']}")
+    if data["trace_id"]:
+        out.print(f"  trace_id  {data['trace_id']}")
+    for h in data["history"]:
+        why = f"  {h['reason_code']}: {h['reason']}" if h["reason_code"] else ""
+        out.print(f"  {h['at']}  {h['status_code']} {h['status']:<15} by {h['actor']}{why}")
+    for f in data["findings"]:
+        out.print(f"  [{f['severity']}] {f['rule']}  {f['location']}  {f['message']}")
+
+
+@app.command()
+def watch(
+    from_beginning: Annotated[bool, typer.Option(help="Replay the topic from its start.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    limit: Annotated[int, typer.Option(help="Stop after this many events (0: never).")] = 0,
+) -> None:
+    """Follow invoicing.invoice.status.v1 and print each event."""
+    endpoints = Endpoints.from_env()
+
+    async def run() -> None:
+        follower = StatusFollower(endpoints.kafka, from_beginning=from_beginning)
+        await follower.start()
+        seen = 0
+        try:
+            async for event in follower.events():
+                out.print(
+                    json.dumps(status_event_json(event), ensure_ascii=False) if as_json else status_event_line(event)
+                )
+                seen += 1
+                if limit and seen >= limit:
+                    return
+        finally:
+            await follower.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
