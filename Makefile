@@ -10,6 +10,7 @@ PROTO_FILES := $(wildcard proto/invoicing/v1/*.proto)
 .PHONY: install run up down status test test-unit lint proto proto-check samples clean
 
 install: $(STAMP)
+	@$(BIN)/python scripts/fetch_artefacts.py
 
 $(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -7,7 +7,7 @@
                                           up, run the whole suite, then stop
                                           whatever this command started
 
-Everything lives under .run/ (git-ignored): data, logs, pid files and
+Everything lives under .run/ (git-ignored; STACK_RUN_DIR moves it): data, logs, pid files and
 .run/env, the endpoints as shell assignments. When KAFKA_BOOTSTRAP_SERVERS and
 DATABASE_URL are already set, no broker or database is started and those are
 used instead.
@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN = ROOT / ".run"
+# STACK_RUN_DIR lets two stacks (e.g. with other *_PORT values) run side by side.
+RUN = Path(os.environ.get("STACK_RUN_DIR", ROOT / ".run")).resolve()
 PIDS = RUN / "pids"
 LOGS = RUN / "logs"
 CACHE = ROOT / ".cache"
@@ -437,7 +438,7 @@ def up() -> list[str]:
         wait_until(f"{spec.name} health", lambda port=spec.port: service_ready(port), spec.name)  # type: ignore[misc]
         say(f"{spec.name} SERVING on 127.0.0.1:{spec.port}")
     write_env(values)
-    say(f"ready; endpoints written to {RUN.relative_to(ROOT) / 'env'}")
+    say(f"ready; endpoints written to {RUN / 'env'}")
     after = {name for name in ["kafka", "postgres", *(s.name for s in SERVICES)] if running_pid(name)}
     return sorted(after - before)
 

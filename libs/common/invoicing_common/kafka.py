@@ -48,18 +48,18 @@ def headers_to_carrier(headers: Iterable[tuple[str, bytes]] | None) -> dict[str,
     return {k: v.decode("latin-1") for k, v in (headers or ())}
 
 
-async def ensure_topics(
-    bootstrap_servers: str, partitions: int, names: Sequence[str] = topics.PIPELINE_TOPICS
-) -> list[str]:
+async def ensure_topics(bootstrap_servers: str, partitions: int, names: Sequence[str] = topics.ALL_TOPICS) -> list[str]:
     """Create missing topics; returns the names created. Safe to call again."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="invoicing-bootstrap")
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
-        config = {"max.message.bytes": str(topics.MAX_MESSAGE_BYTES)}
         created: list[str] = []
         for name in missing:
+            config = {"max.message.bytes": str(topics.MAX_MESSAGE_BYTES)}
+            if name in topics.COMPACTED_TOPICS:
+                config["cleanup.policy"] = "compact"
             try:
                 await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config)])
                 created.append(name)

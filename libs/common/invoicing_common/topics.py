@@ -10,6 +10,12 @@ DLQ = "invoicing.invoice.dlq.v1"
 
 PIPELINE_TOPICS: tuple[str, ...] = (RECEIVED, VALIDATED, ROUTED, STATUS, DLQ)
 
+# The buyer directory: compacted, the latest record per key is the current
+# state of a directory entry or service (see proto/invoicing/v1/directory.proto).
+DIRECTORY = "invoicing.directory.entries.v1"
+COMPACTED_TOPICS: tuple[str, ...] = (DIRECTORY,)
+ALL_TOPICS: tuple[str, ...] = (*PIPELINE_TOPICS, *COMPACTED_TOPICS)
+
 # Documents travel inline in the received/validated events, so every hop must
 # accept records this large (a 5 MiB invoice plus its envelope fits easily).
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024

