@@ -16,7 +16,8 @@ from lxml import etree
 
 from invoicectl.kafka_follow import StatusFollower
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
 UBL_CBC = "urn:oasis:names:specification:ubl:schema:xsd:CommonBasicComponents-2"
 CII_RSM = "urn:un:unece:uncefact:data:standard:CrossIndustryInvoice:100"
 CII_RAM = "urn:un:unece:uncefact:data:standard:ReusableAggregateBusinessInformationEntity:100"
@@ -59,6 +60,9 @@ def unique_invoice(sample: str, number: str | None = None) -> tuple[bytes, str]:
         node = root.find(f"{{{UBL_CBC}}}ID")
     assert node is not None, f"{sample} has no invoice number element"
     node.text = number
+    # A unique comment: two calls never give the same bytes, so only an
+    # explicit resubmission of the same document counts as a retry.
+    root.append(etree.Comment(f" test {uuid.uuid4().hex} "))
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8"), number
 
 

@@ -397,6 +397,7 @@ def endpoints() -> dict[str, str]:
         "TOPIC_PARTITIONS": str(TOPIC_PARTITIONS),
         "PLATFORM_ID": PLATFORM_ID,
         "STACK_EXTERNAL_INFRA": "1" if external else "0",
+        "STACK_RUN_DIR": str(RUN),
     }
     for spec in SERVICES:
         values[spec.addr_var] = f"127.0.0.1:{spec.port}"

@@ -109,6 +109,10 @@ class ProducerService(Service):
         self._producer: AIOKafkaProducer | None = None
 
     @property
+    def bootstrap_servers(self) -> str:
+        return self._bootstrap_servers
+
+    @property
     def producer(self) -> AIOKafkaProducer:
         if self._producer is None:
             raise RuntimeError("producer not started")

@@ -75,6 +75,8 @@ def create_app(app_id: str, settings: ServiceSettings, **overrides: Any) -> faus
         "broker_commit_interval": 1.0,
         "producer_linger": 0.005,
         "worker_redirect_stdouts": False,
+        "broker_session_timeout": settings.kafka_session_timeout_seconds,
+        "broker_heartbeat_interval": max(1.0, settings.kafka_session_timeout_seconds / 3),
     }
     conf.update(overrides)
     return faust.App(app_id, **conf)

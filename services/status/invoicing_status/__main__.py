@@ -13,7 +13,7 @@ def main() -> None:
     run(
         settings.otel_service_name,
         settings.log_level,
-        [status.database, status.kafka, status.publisher, status.grpc],
+        [status.database, status.kafka, status.publisher, status.notifier, status.grpc],
         app=status.app,
         on_ready=status.grpc.mark_serving,
     )

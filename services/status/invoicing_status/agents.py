@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 
 import faust
 from google.protobuf.message import Message
-from invoicing.v1 import events_pb2
+from invoicing.v1 import common_pb2, events_pb2
 
 from invoicing_common import topics
 from invoicing_common.kafka import headers_to_carrier
 from invoicing_common.streams import PermanentError, Record, process, raw_topic
-from invoicing_status.domain import Outcome, Submitted, plan
+from invoicing_status.domain import Outcome, Submitted, business_key, plan
 from invoicing_status.lifecycle import Reason, Status
 from invoicing_status.repository import InvoiceFacts, StatusRepository
 
@@ -31,6 +31,17 @@ def _facts(ref: events_pb2.InvoiceRef, record: Record) -> tuple[InvoiceFacts, Su
         headers={k: v for k, v in headers_to_carrier(record.headers).items() if k in ("traceparent", "tracestate")},
     )
     return facts, Submitted(received_event_id=ref.received_event_id, received_at=received_at)
+
+
+def _business_key(summary: common_pb2.InvoiceSummary) -> str | None:
+    return business_key(
+        [(i.value, i.scheme) for i in summary.seller_ids],
+        summary.seller_vat_id,
+        summary.seller_name,
+        summary.invoice_number,
+        summary.issue_date,
+        summary.type_code,
+    )
 
 
 def interpret(record: Record, now: datetime) -> tuple[str, InvoiceFacts, Submitted, Outcome]:
@@ -62,6 +73,7 @@ def interpret(record: Record, now: datetime) -> tuple[str, InvoiceFacts, Submitt
             for f in decoded.findings
         ]
         if decoded.valid:
+            facts.business_key = _business_key(decoded.summary)
             return event_id, facts, submitted, Outcome(None, "validate", now, event_id)
         reason = Reason(decoded.reason.code or "REJ_SEMAN", decoded.reason.text)
         return event_id, facts, submitted, Outcome(Status.REJECTED, "validate", now, event_id, reason)
@@ -76,6 +88,7 @@ def interpret(record: Record, now: datetime) -> tuple[str, InvoiceFacts, Submitt
         "reason": decoded.reason.text,
     }
     if decoded.outcome == events_pb2.ROUTING_OUTCOME_ROUTED:
+        facts.business_key = _business_key(decoded.summary)
         status = Status.MADE_AVAILABLE if decoded.local_delivery else Status.ISSUED
         return event_id, facts, submitted, Outcome(status, "route", now, event_id)
     reason = Reason(decoded.reason.code or "REJ_ADR", decoded.reason.text)
@@ -88,7 +101,9 @@ def register(app: faust.App, repository: StatusRepository, on_change: Callable[[
 
     async def handle(record: Record) -> None:
         event_id, facts, submitted, outcome = interpret(record, datetime.now(UTC))
-        changes = await repository.apply(event_id, facts, lambda current: plan(current, submitted, outcome))
+        changes = await repository.apply(
+            event_id, facts, lambda current, duplicate_of: plan(current, submitted, outcome, duplicate_of)
+        )
         if changes:
             on_change()
             log.info(

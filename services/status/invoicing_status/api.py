@@ -2,14 +2,115 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from invoicing.v1 import common_pb2, status_pb2, status_pb2_grpc
+from invoicing.v1 import common_pb2, events_pb2, status_pb2, status_pb2_grpc
 
-from invoicing_status.repository import InvoiceView, StatusRepository
+from invoicing_status.domain import Change, TransitionError, check_role, check_update
+from invoicing_status.lifecycle import Reason, Status
+from invoicing_status.notifier import ChangeNotifier
+from invoicing_status.repository import (
+    Cursor,
+    Filter,
+    InvoiceFacts,
+    InvoiceView,
+    ListItem,
+    StatusQueries,
+    StatusRepository,
+)
+
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 50
+_WATCH_BATCH = 200
+_WATCH_IDLE_SECONDS = 1.0
+_ROLES = {status_pb2.ACTOR_ROLE_BUYER: "buyer", status_pb2.ACTOR_ROLE_SUPPLIER: "supplier"}
+
+
+class InvoiceNotFound(Exception):
+    pass
+
+
+class BadRequest(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _ts(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _uuid(value: str, field: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise BadRequest(field, f"{value!r} is not a UUID") from None
+
+
+def to_filter(f: status_pb2.InvoiceFilter) -> Filter:
+    for code in f.status_codes:
+        if code not in {s.value for s in Status}:
+            raise BadRequest("filter.status_codes", f"{code} is not a lifecycle status (200-213)")
+    received_from = f.received_from.ToDatetime(tzinfo=UTC) if f.HasField("received_from") else None
+    received_to = f.received_to.ToDatetime(tzinfo=UTC) if f.HasField("received_to") else None
+    if received_from and received_to and received_to <= received_from:
+        raise BadRequest("filter.received_to", "must be after filter.received_from")
+    return Filter(
+        seller_id=f.seller_id.strip(),
+        buyer_id=f.buyer_id.strip(),
+        status_codes=tuple(sorted(set(f.status_codes))),
+        received_from=received_from,
+        received_to=received_to,
+    )
+
+
+def _filter_fingerprint(f: Filter) -> str:
+    return hashlib.sha256(repr(f).encode()).hexdigest()[:16]
+
+
+def encode_page_token(cursor: Cursor, f: Filter) -> str:
+    raw = json.dumps({"r": cursor.received_at.isoformat(), "i": cursor.invoice_id, "f": _filter_fingerprint(f)})
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_page_token(token: str, f: Filter) -> Cursor | None:
+    if not token:
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        cursor = Cursor(received_at=datetime.fromisoformat(data["r"]), invoice_id=str(uuid.UUID(data["i"])))
+        fingerprint = data["f"]
+    except (ValueError, KeyError, TypeError):
+        raise BadRequest("page_token", "is not a token returned by ListInvoices") from None
+    if fingerprint != _filter_fingerprint(f):
+        raise BadRequest("page_token", "was issued for a different filter")
+    return cursor
+
+
+def list_item(item: ListItem) -> status_pb2.InvoiceListItem:
+    out = status_pb2.InvoiceListItem(
+        invoice_id=item.invoice_id,
+        status_code=item.status.value,
+        status=item.status.name,
+        received_at=_ts(item.received_at),
+        updated_at=_ts(item.updated_at),
+        invoice_number=item.invoice_number,
+        seller_id=item.seller_ids[0] if item.seller_ids else "",
+        buyer_id=item.buyer_ids[0] if item.buyer_ids else "",
+        filename=item.filename,
+    )
+    if item.reason_code or item.reason_text:
+        out.reason.code, out.reason.text = item.reason_code, item.reason_text
+    return out
 
 
 def _severity(name: str) -> common_pb2.Severity.ValueType:
@@ -33,6 +134,16 @@ def invoice_response(view: InvoiceView) -> status_pb2.GetInvoiceResponse:
     )
     if view.reason_code or view.reason_text:
         response.reason.code, response.reason.text = view.reason_code, view.reason_text
+    if view.received_at is not None:
+        response.received_at.CopyFrom(_ts(view.received_at))
+    if view.routing:
+        r = view.routing
+        response.routing.outcome = events_pb2.RoutingOutcome.Value(r.get("outcome") or "ROUTING_OUTCOME_UNSPECIFIED")
+        response.routing.destination_platform = r.get("destination_platform", "")
+        response.routing.local_delivery = bool(r.get("local_delivery"))
+        response.routing.directory_entry_id = r.get("directory_entry_id", "")
+        response.routing.reason.code = r.get("reason_code", "")
+        response.routing.reason.text = r.get("reason", "")
     for row in view.history:
         at = Timestamp()
         at.FromDatetime(row.occurred_at)
@@ -50,21 +161,100 @@ def invoice_response(view: InvoiceView) -> status_pb2.GetInvoiceResponse:
 
 
 class StatusServicer(status_pb2_grpc.StatusServiceServicer):
-    def __init__(self, repository: StatusRepository) -> None:
+    def __init__(self, repository: StatusRepository, queries: StatusQueries, notifier: ChangeNotifier) -> None:
         self._repository = repository
+        self._queries = queries
+        self._notifier = notifier
 
     async def GetInvoice(  # noqa: N802 - gRPC method name
         self, request: status_pb2.GetInvoiceRequest, context: grpc.aio.ServicerContext
     ) -> status_pb2.GetInvoiceResponse:
         try:
-            invoice_id = str(uuid.UUID(request.invoice_id))
-        except ValueError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invoice_id: {request.invoice_id!r} is not a UUID")
+            invoice_id = _uuid(request.invoice_id, "invoice_id")
+        except BadRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         view = await self._repository.get_invoice(invoice_id)
         if view is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"invoice_id: no invoice {invoice_id}")
         assert view is not None
         return invoice_response(view)
+
+    async def ListInvoices(  # noqa: N802 - gRPC method name
+        self, request: status_pb2.ListInvoicesRequest, context: grpc.aio.ServicerContext
+    ) -> status_pb2.ListInvoicesResponse:
+        try:
+            if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
+                raise BadRequest("page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0: {DEFAULT_PAGE_SIZE})")
+            f = to_filter(request.filter)
+            after = decode_page_token(request.page_token, f)
+        except BadRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        items = await self._queries.list_invoices(f, size + 1, after)
+        response = status_pb2.ListInvoicesResponse(invoices=[list_item(i) for i in items[:size]])
+        if len(items) > size:
+            last = items[size - 1]
+            response.next_page_token = encode_page_token(Cursor(last.received_at, last.invoice_id), f)
+        return response
+
+    async def WatchInvoices(  # noqa: N802 - gRPC method name
+        self, request: status_pb2.WatchInvoicesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[status_pb2.WatchInvoicesResponse]:
+        try:
+            f = to_filter(request.filter)
+            if request.from_position < 0:
+                raise BadRequest("from_position", "must be 0 (from now) or a position received earlier")
+        except BadRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        position = request.from_position or await self._queries.head_position()
+        while not context.done():
+            batch = await self._queries.events_after(f, position, _WATCH_BATCH)
+            for seq, payload in batch:
+                yield status_pb2.WatchInvoicesResponse(event=events_pb2.StatusEvent.FromString(payload), position=seq)
+                position = seq
+            if len(batch) < _WATCH_BATCH:
+                await self._notifier.wait_for_change(_WATCH_IDLE_SECONDS)
+
+    async def UpdateStatus(  # noqa: N802 - gRPC method name
+        self, request: status_pb2.UpdateStatusRequest, context: grpc.aio.ServicerContext
+    ) -> status_pb2.UpdateStatusResponse:
+        try:
+            invoice_id = _uuid(request.invoice_id, "invoice_id")
+            role = _ROLES.get(request.role)
+            if role is None:
+                raise BadRequest("role", "must be ACTOR_ROLE_BUYER or ACTOR_ROLE_SUPPLIER")
+            if len(request.actor) > 200 or len(request.request_id) > 128:
+                raise BadRequest("actor" if len(request.actor) > 200 else "request_id", "is too long")
+        except BadRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        assert role is not None  # abort() raised otherwise
+        reason = Reason(request.reason.code, request.reason.text) if request.HasField("reason") else None
+        request_id = request.request_id or str(uuid.uuid4())
+        actor = f"{role}:{request.actor}" if request.actor else role
+        now = datetime.now(UTC)
+
+        def planner(current: Status | None, _duplicate_of: str | None) -> list[Change]:
+            if current is None:
+                raise InvoiceNotFound(invoice_id)
+            new = check_update(current, request.status_code, reason)
+            check_role(role, request.status_code)
+            return [Change(new, actor, now, f"update:{request_id}", reason)]
+
+        try:
+            changes = await self._repository.apply(
+                f"update:{invoice_id}:{request_id}", InvoiceFacts(invoice_id=invoice_id), planner
+            )
+        except InvoiceNotFound:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"invoice_id: no invoice {invoice_id}")
+        except TransitionError as exc:
+            code = grpc.StatusCode.FAILED_PRECONDITION if exc.precondition else grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(code, f"{exc.field}: {exc.message}")
+        current = await self._queries.current(invoice_id)
+        assert current is not None
+        status, position = current
+        return status_pb2.UpdateStatusResponse(
+            status_code=status.value, status=status.name, applied=bool(changes), position=position
+        )
 
 
 def registrar(servicer: StatusServicer) -> Callable[[grpc.aio.Server], list[str]]:

@@ -13,8 +13,9 @@ from invoicing_common.kafka import ProducerService
 from invoicing_common.streams import create_app
 from invoicing_status import agents
 from invoicing_status.api import StatusServicer, registrar
+from invoicing_status.notifier import ChangeNotifier
 from invoicing_status.outbox import OutboxPublisher
-from invoicing_status.repository import StatusRepository
+from invoicing_status.repository import StatusQueries, StatusRepository
 from invoicing_status.settings import StatusSettings
 
 
@@ -24,6 +25,7 @@ class StatusApp:
     database: Database
     kafka: ProducerService
     publisher: OutboxPublisher
+    notifier: ChangeNotifier
     grpc: GrpcServer
 
 
@@ -39,5 +41,6 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
     )
     app = create_app(settings.otel_service_name, settings)
     agents.register(app, repository, publisher.wake)
-    server = GrpcServer(settings, registrar(StatusServicer(repository)))
-    return StatusApp(app=app, database=database, kafka=kafka, publisher=publisher, grpc=server)
+    notifier = ChangeNotifier(database)
+    server = GrpcServer(settings, registrar(StatusServicer(repository, StatusQueries(database), notifier)))
+    return StatusApp(app=app, database=database, kafka=kafka, publisher=publisher, notifier=notifier, grpc=server)

@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from invoicing_status.lifecycle import FINAL, REASON_REQUIRED, Reason, Status, allowed_next, is_allowed
+from invoicing_status.lifecycle import (
+    BUYER_STATUSES,
+    FINAL,
+    REASON_REQUIRED,
+    SUPPLIER_STATUSES,
+    Reason,
+    Status,
+    allowed_next,
+    is_allowed,
+)
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,9 @@ class Outcome:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-def plan(current: Status | None, submitted: Submitted, outcome: Outcome) -> list[Change]:
+def plan(
+    current: Status | None, submitted: Submitted, outcome: Outcome, duplicate_of: str | None = None
+) -> list[Change]:
     """Transitions to apply, in order.
 
     Topics are consumed independently, so a stage's event may arrive before
@@ -51,11 +62,50 @@ def plan(current: Status | None, submitted: Submitted, outcome: Outcome) -> list
     if state is None:
         changes.append(Change(Status.SUBMITTED, "ingest", submitted.received_at, submitted.received_event_id))
         state = Status.SUBMITTED
+    if duplicate_of is not None and outcome.status in (None, Status.MADE_AVAILABLE, Status.ISSUED):
+        outcome = Outcome(
+            Status.REJECTED,
+            outcome.actor,
+            outcome.occurred_at,
+            outcome.source_event_id,
+            Reason("REJ_UNI", f"duplicate of invoice {duplicate_of} (same seller, invoice number, year and type)"),
+        )
     if outcome.status is not None and is_allowed(state, outcome.status):
         changes.append(
             Change(outcome.status, outcome.actor, outcome.occurred_at, outcome.source_event_id, outcome.reason)
         )
     return changes
+
+
+def seller_key(seller_ids: list[tuple[str, str]], seller_vat_id: str, seller_name: str) -> str:
+    """The seller part of the business key: SIREN when known (scheme 0002,
+    or the first 9 digits of a SIRET, scheme 0009), else the first other
+    identifier, the VAT id, or the name."""
+    for value, scheme in seller_ids:
+        if scheme == "0002" and value:
+            return f"siren:{value}"
+    for value, scheme in seller_ids:
+        if scheme == "0009" and len(value) >= 9:
+            return f"siren:{value[:9]}"
+    if seller_ids:
+        value, scheme = seller_ids[0]
+        return f"{scheme or 'id'}:{value}"
+    if seller_vat_id:
+        return f"vat:{seller_vat_id}"
+    return f"name:{seller_name.strip().lower()}"
+
+
+def business_key(
+    seller_ids: list[tuple[str, str]], seller_vat_id: str, seller_name: str, invoice_number: str, issue_date: str,
+    type_code: str,
+) -> str | None:  # fmt: skip
+    """Seller, invoice number (BT-1), issue year (BT-2) and type (BT-3): two
+    invoices sharing it are one invoice sent twice (REJ_UNI). None when the
+    summary lacks the number or the date (the rule cannot apply)."""
+    if not invoice_number or len(issue_date) < 4:
+        return None
+    seller = seller_key(seller_ids, seller_vat_id, seller_name)
+    return "|".join((seller, invoice_number.strip(), issue_date[:4], type_code.strip()))
 
 
 class TransitionError(Exception):
@@ -74,6 +124,16 @@ def _allowed_text(current: Status) -> str:
     return ", ".join(f"{s.value} {s.name}" for s in nxt) if nxt else "none (final status)"
 
 
+def check_role(role: str, new_code: int) -> None:
+    """Which party may ask for which status (the pipeline sets the others)."""
+    allowed = {"buyer": BUYER_STATUSES, "supplier": SUPPLIER_STATUSES}.get(role)
+    if allowed is None:
+        raise TransitionError("role", "role must be ACTOR_ROLE_BUYER or ACTOR_ROLE_SUPPLIER", False)
+    if new_code not in {s.value for s in allowed}:
+        codes = ", ".join(f"{s.value} {s.name}" for s in sorted(allowed))
+        raise TransitionError("status_code", f"role {role} may set {codes}; not {new_code}", False)
+
+
 def check_update(current: Status, new_code: int, reason: Reason | None) -> Status:
     """Validate a party's status update against the lifecycle."""
     try:
@@ -82,8 +142,6 @@ def check_update(current: Status, new_code: int, reason: Reason | None) -> Statu
         raise TransitionError(
             "status_code", f"status_code {new_code} is not a lifecycle status (200-213)", False
         ) from None
-    if new in REASON_REQUIRED and (reason is None or not reason.code or not reason.text):
-        raise TransitionError("reason", f"status {new.value} {new.name} requires a reason code and text", False)
     if current in FINAL or new not in allowed_next(current):
         raise TransitionError(
             "status_code",
@@ -91,4 +149,6 @@ def check_update(current: Status, new_code: int, reason: Reason | None) -> Statu
             f"allowed: {_allowed_text(current)}",
             True,
         )
+    if new in REASON_REQUIRED and (reason is None or not reason.code or not reason.text):
+        raise TransitionError("reason", f"status {new.value} {new.name} requires a reason code and text", False)
     return new

@@ -85,3 +85,58 @@ def is_allowed(current: Status | None, new: Status) -> bool:
 class Reason:
     code: str
     text: str
+
+
+# Who may set which status through UpdateStatus (the pipeline sets 200, 201,
+# 202, 203 and 213 itself).
+BUYER_STATUSES: frozenset[Status] = frozenset(
+    {
+        Status.IN_HAND,
+        Status.APPROVED,
+        Status.PARTIALLY_APPROVED,
+        Status.DISPUTED,
+        Status.SUSPENDED,
+        Status.REFUSED,
+        Status.PAYMENT_SENT,
+    }
+)
+SUPPLIER_STATUSES: frozenset[Status] = frozenset({Status.COMPLETED, Status.CASHED})
+
+# Equivalent Chorus Pro status (the B2G platform's own names); None where
+# Chorus Pro has no counterpart. See docs/lifecycle.md.
+CHORUS_PRO: dict[Status, str | None] = {
+    Status.SUBMITTED: "DEPOSEE",
+    Status.ISSUED: "EN_COURS_ACHEMINEMENT",
+    Status.RECEIVED: "EN_COURS_ACHEMINEMENT",
+    Status.MADE_AVAILABLE: "MISE_A_DISPOSITION",
+    Status.IN_HAND: "MISE_A_DISPOSITION",
+    Status.APPROVED: "SERVICE_FAIT",
+    Status.PARTIALLY_APPROVED: "SERVICE_FAIT",
+    Status.DISPUTED: None,
+    Status.SUSPENDED: "SUSPENDUE",
+    Status.COMPLETED: "COMPLETEE",
+    Status.REFUSED: "REJETEE",
+    Status.PAYMENT_SENT: "MISE_EN_PAIEMENT",
+    Status.CASHED: None,
+    Status.REJECTED: "A_RECYCLER",
+}
+
+# UNCL4343 Invoice Response status codes as the Peppol Invoice Response uses
+# them: AB acknowledged, IP in process, UQ under query, CA conditionally
+# accepted, RE rejected, AP accepted, PD paid.
+UNCL4343: dict[Status, str | None] = {
+    Status.SUBMITTED: "AB",
+    Status.ISSUED: None,
+    Status.RECEIVED: "AB",
+    Status.MADE_AVAILABLE: None,
+    Status.IN_HAND: "IP",
+    Status.APPROVED: "AP",
+    Status.PARTIALLY_APPROVED: "CA",
+    Status.DISPUTED: "UQ",
+    Status.SUSPENDED: "UQ",
+    Status.COMPLETED: None,
+    Status.REFUSED: "RE",
+    Status.PAYMENT_SENT: "PD",
+    Status.CASHED: None,
+    Status.REJECTED: "RE",
+}

@@ -12,8 +12,12 @@ import asyncio
 import contextlib
 import logging
 import zlib
+from datetime import timedelta
 
 import asyncpg  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from google.protobuf.message import DecodeError
+from invoicing.v1 import events_pb2
 from mode import Service
 
 from invoicing_common import topics
@@ -26,6 +30,8 @@ log = logging.getLogger(__name__)
 _LOCK_KEY = zlib.crc32(b"invoicing-status-outbox") & 0x7FFFFFFF
 # Safety net for a missed notification; wake-ups normally come from NOTIFY.
 _IDLE_WAKE_SECONDS = 1.0
+# Record timestamps are set when sent, after the outbox row was written.
+_RECONCILE_MARGIN_SECONDS = 60
 
 
 class OutboxPublisher(Service):
@@ -59,6 +65,14 @@ class OutboxPublisher(Service):
             await conn.add_listener(OUTBOX_CHANNEL, lambda *_: self._wake.set())
             while not self.should_stop and not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
                 await self._wait()
+            if self.should_stop:
+                return
+            # A previous leader may have died between the broker's ack and
+            # marking its rows: find those records on the topic first, so no
+            # transition is ever published twice.
+            recovered = await self._reconcile(conn)
+            if recovered:
+                log.warning("outbox: %d event(s) were already on %s; marked published", recovered, topics.STATUS)
             while not self.should_stop:
                 self._wake.clear()
                 batch = await self._repository.pending_events(conn, self._batch_size)
@@ -79,6 +93,46 @@ class OutboxPublisher(Service):
                 self.published += len(batch)
         finally:
             await conn.close()
+
+    async def _reconcile(self, conn: asyncpg.Connection) -> int:
+        oldest = await conn.fetchval("SELECT min(created_at) FROM outbox WHERE published_at IS NULL")
+        if oldest is None:
+            return 0
+        since_ms = int((oldest - timedelta(seconds=_RECONCILE_MARGIN_SECONDS)).timestamp() * 1000)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._kafka.bootstrap_servers, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            cluster = await consumer._client.fetch_all_metadata()
+            tps = [TopicPartition(topics.STATUS, p) for p in sorted(cluster.partitions_for_topic(topics.STATUS) or ())]
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            starts = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+            remaining = set()
+            for tp in tps:
+                start = starts[tp].offset if starts.get(tp) is not None else ends[tp]
+                consumer.seek(tp, start)
+                if start < ends[tp]:
+                    remaining.add(tp)
+            found: list[int] = []
+            while remaining:
+                batch = await consumer.getmany(*remaining, timeout_ms=1000)
+                for records in batch.values():
+                    for record in records:
+                        try:
+                            found.append(events_pb2.StatusEvent.FromString(record.value).sequence)
+                        except DecodeError:
+                            continue  # not ours; the topic is public
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
+        finally:
+            await consumer.stop()
+        if not found:
+            return 0
+        result = await conn.execute(
+            "UPDATE outbox SET published_at = now() WHERE seq = ANY($1::bigint[]) AND published_at IS NULL", found
+        )
+        return int(result.split()[-1])
 
     async def _wait(self) -> None:
         with contextlib.suppress(TimeoutError):

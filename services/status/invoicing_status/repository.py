@@ -15,7 +15,7 @@ from invoicing.v1 import common_pb2, events_pb2
 from invoicing_common.db import Database
 from invoicing_common.ids import stage_event_id
 from invoicing_status.domain import Change
-from invoicing_status.lifecycle import Status
+from invoicing_status.lifecycle import CHORUS_PRO, FINAL, FRENCH_NAMES, UNCL4343, Status
 
 OUTBOX_CHANNEL = "status_outbox"
 
@@ -33,6 +33,8 @@ class InvoiceFacts:
     findings: list[dict[str, str]] | None = None
     routing: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # Set for valid invoices: claimed in the same transaction (REJ_UNI rule).
+    business_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class InvoiceView:
     findings: list[dict[str, str]]
     routing: dict[str, Any] | None
     history: list[HistoryRow]
+    received_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,12 @@ class PendingEvent:
     headers: dict[str, str]
 
 
-Planner = Callable[[Status | None], list[Change]]
+# (current status, id of the invoice already holding the business key) -> changes
+Planner = Callable[[Status | None, str | None], list[Change]]
+# Serialises history appends across writers and instances, so positions
+# (history seq) become visible in increasing order: a watcher that resumes
+# after position N never misses a later-committed N-1.
+_HISTORY_LOCK = 0x1A7E5EC0
 
 
 def _ts(value: datetime) -> Timestamp:
@@ -81,6 +89,16 @@ def _ts(value: datetime) -> Timestamp:
 
 def _first_id(ids: Sequence[common_pb2.PartyIdentifier]) -> str:
     return f"{ids[0].scheme}:{ids[0].value}" if ids else ""
+
+
+def _id_values(ids: Sequence[common_pb2.PartyIdentifier], vat_id: str) -> list[str]:
+    """Identifier values a filter can match (SIREN, SIRET, VAT id, ...). A
+    SIRET also answers to its SIREN."""
+    values = {i.value for i in ids if i.value}
+    values |= {i.value[:9] for i in ids if i.scheme == "0009" and len(i.value) == 14}
+    if vat_id:
+        values.add(vat_id)
+    return sorted(values)
 
 
 def status_event(
@@ -97,6 +115,9 @@ def status_event(
         trace_id=trace_id,
         sequence=seq,
         actor=change.actor,
+        chorus_pro_status=CHORUS_PRO.get(change.status) or "",
+        uncl4343_code=UNCL4343.get(change.status) or "",
+        status_label_fr=FRENCH_NAMES[change.status],
     )
     if change.reason is not None:
         event.reason.code, event.reason.text = change.reason.code, change.reason.text
@@ -112,7 +133,8 @@ class StatusRepository:
         self._database = database
 
     async def apply(self, event_id: str, facts: InvoiceFacts, planner: Planner) -> list[Change]:
-        """Apply one consumed event exactly once; returns the changes made."""
+        """Apply one consumed event or request exactly once; returns the
+        changes made ([] when ``event_id`` was already applied)."""
         async with self._database.pool.acquire() as conn, conn.transaction():
             fresh = await conn.fetchval(
                 "INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true", event_id
@@ -123,13 +145,17 @@ class StatusRepository:
                 "SELECT status_code, summary, trace_id FROM invoices WHERE invoice_id = $1 FOR UPDATE", facts.invoice_id
             )
             current = Status(row["status_code"]) if row is not None else None
-            changes = planner(current)
+            duplicate_of = None
+            if facts.business_key is not None and current not in FINAL:
+                duplicate_of = await self._claim(conn, facts, create=row is None)
+            changes = planner(current, duplicate_of)
             now = datetime.now(UTC)
             if row is None:
                 if not changes:
                     return []
                 await conn.execute(
-                    "INSERT INTO invoices (invoice_id, status_code, updated_at) VALUES ($1, $2, $3)",
+                    "INSERT INTO invoices (invoice_id, status_code, updated_at) VALUES ($1, $2, $3)"
+                    " ON CONFLICT DO NOTHING",
                     facts.invoice_id,
                     changes[0].status.value,
                     now,
@@ -140,12 +166,34 @@ class StatusRepository:
                 summary = common_pb2.InvoiceSummary.FromString(row["summary"])
             trace_id = facts.trace_id or (row["trace_id"] if row is not None else "")
             previous = current
+            if changes:
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _HISTORY_LOCK)
             for change in changes:
                 await self._append(conn, facts, change, previous, summary, trace_id, now)
                 previous = change.status
+                if change.status is Status.REJECTED:
+                    await conn.execute("DELETE FROM business_keys WHERE invoice_id = $1", facts.invoice_id)
             if changes:
                 await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
             return changes
+
+    async def _claim(self, conn: asyncpg.Connection, facts: InvoiceFacts, create: bool) -> str | None:
+        """Claim the business key; returns the other holder, if any."""
+        if create:
+            # The key references the invoice row, which must exist first.
+            await conn.execute(
+                "INSERT INTO invoices (invoice_id, status_code, updated_at) VALUES ($1, $2, now())"
+                " ON CONFLICT DO NOTHING",
+                facts.invoice_id,
+                Status.SUBMITTED.value,
+            )
+        holder = await conn.fetchval(
+            "INSERT INTO business_keys (business_key, invoice_id) VALUES ($1, $2)"
+            " ON CONFLICT (business_key) DO UPDATE SET business_key = EXCLUDED.business_key RETURNING invoice_id",
+            facts.business_key,
+            facts.invoice_id,
+        )
+        return None if str(holder) == facts.invoice_id else str(holder)
 
     async def _record_facts(self, conn: asyncpg.Connection, facts: InvoiceFacts) -> None:
         await conn.execute(
@@ -156,7 +204,10 @@ class StatusRepository:
             " trace_id = CASE WHEN trace_id = '' THEN $5 ELSE trace_id END,"
             " summary = COALESCE($6, summary),"
             " findings = COALESCE($7::jsonb, findings),"
-            " routing = COALESCE($8::jsonb, routing)"
+            " routing = COALESCE($8::jsonb, routing),"
+            " invoice_number = CASE WHEN $9 <> '' THEN $9 ELSE invoice_number END,"
+            " seller_ids = CASE WHEN cardinality($10::text[]) > 0 THEN $10 ELSE seller_ids END,"
+            " buyer_ids = CASE WHEN cardinality($11::text[]) > 0 THEN $11 ELSE buyer_ids END"
             " WHERE invoice_id = $1",
             facts.invoice_id,
             facts.filename,
@@ -166,6 +217,9 @@ class StatusRepository:
             facts.summary.SerializeToString() if facts.summary is not None else None,
             json.dumps(facts.findings) if facts.findings is not None else None,
             json.dumps(facts.routing) if facts.routing is not None else None,
+            facts.summary.invoice_number if facts.summary is not None else "",
+            _id_values(facts.summary.seller_ids, facts.summary.seller_vat_id) if facts.summary is not None else [],
+            _id_values(facts.summary.buyer_ids, facts.summary.buyer_vat_id) if facts.summary is not None else [],
         )
 
     async def _append(
@@ -226,6 +280,7 @@ class StatusRepository:
             else common_pb2.InvoiceSummary(),
             findings=json.loads(row["findings"]) if row["findings"] else [],
             routing=json.loads(row["routing"]) if row["routing"] else None,
+            received_at=row["received_at"],
             history=[
                 HistoryRow(
                     seq=h["seq"],
@@ -253,3 +308,116 @@ class StatusRepository:
 
     async def mark_published(self, conn: asyncpg.Connection, seqs: Sequence[int]) -> None:
         await conn.execute("UPDATE outbox SET published_at = now() WHERE seq = ANY($1::bigint[])", list(seqs))
+
+
+@dataclass(frozen=True)
+class Filter:
+    seller_id: str = ""
+    buyer_id: str = ""
+    status_codes: tuple[int, ...] = ()
+    received_from: datetime | None = None
+    received_to: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ListItem:
+    invoice_id: str
+    status: Status
+    received_at: datetime
+    updated_at: datetime
+    invoice_number: str
+    seller_ids: list[str]
+    buyer_ids: list[str]
+    filename: str
+    reason_code: str
+    reason_text: str
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Position in the ListInvoices order (received_at DESC, invoice_id DESC)."""
+
+    received_at: datetime
+    invoice_id: str
+
+
+def _filter_sql(f: Filter, args: list[Any], status_column: str) -> str:
+    clauses = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if f.seller_id:
+        clauses.append(f"{arg(f.seller_id)} = ANY(i.seller_ids)")
+    if f.buyer_id:
+        clauses.append(f"{arg(f.buyer_id)} = ANY(i.buyer_ids)")
+    if f.status_codes:
+        clauses.append(f"{status_column} = ANY({arg(list(f.status_codes))}::smallint[])")
+    if f.received_from is not None:
+        clauses.append(f"i.received_at >= {arg(f.received_from)}")
+    if f.received_to is not None:
+        clauses.append(f"i.received_at < {arg(f.received_to)}")
+    return " AND ".join(clauses) if clauses else "true"
+
+
+class StatusQueries:
+    """Read side: list, watch, positions."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def list_invoices(self, f: Filter, limit: int, after: Cursor | None) -> list[ListItem]:
+        args: list[Any] = []
+        where = _filter_sql(f, args, "i.status_code")
+        if after is not None:
+            args += [after.received_at, after.invoice_id]
+            where += f" AND (i.received_at, i.invoice_id) < (${len(args) - 1}, ${len(args)}::uuid)"
+        args.append(limit)
+        rows = await self._database.pool.fetch(
+            "SELECT i.invoice_id, i.status_code, i.received_at, i.updated_at, i.invoice_number, i.seller_ids,"
+            " i.buyer_ids, i.filename, i.reason_code, i.reason_text FROM invoices i"
+            f" WHERE i.received_at IS NOT NULL AND {where}"
+            f" ORDER BY i.received_at DESC, i.invoice_id DESC LIMIT ${len(args)}",
+            *args,
+        )
+        return [
+            ListItem(
+                invoice_id=str(r["invoice_id"]),
+                status=Status(r["status_code"]),
+                received_at=r["received_at"],
+                updated_at=r["updated_at"],
+                invoice_number=r["invoice_number"],
+                seller_ids=list(r["seller_ids"]),
+                buyer_ids=list(r["buyer_ids"]),
+                filename=r["filename"],
+                reason_code=r["reason_code"] or "",
+                reason_text=r["reason_text"] or "",
+            )
+            for r in rows
+        ]
+
+    async def head_position(self) -> int:
+        value = await self._database.pool.fetchval("SELECT COALESCE(max(seq), 0) FROM status_history")
+        return int(value)
+
+    async def events_after(self, f: Filter, position: int, limit: int) -> list[tuple[int, bytes]]:
+        """(position, StatusEvent bytes) of history rows after ``position``."""
+        args: list[Any] = [position]
+        where = _filter_sql(f, args, "h.status_code")
+        args.append(limit)
+        rows = await self._database.pool.fetch(
+            "SELECT h.seq, o.payload FROM status_history h JOIN outbox o ON o.seq = h.seq"
+            " JOIN invoices i ON i.invoice_id = h.invoice_id"
+            f" WHERE h.seq > $1 AND {where} ORDER BY h.seq LIMIT ${len(args)}",
+            *args,
+        )
+        return [(int(r["seq"]), bytes(r["payload"])) for r in rows]
+
+    async def current(self, invoice_id: str) -> tuple[Status, int] | None:
+        row = await self._database.pool.fetchrow(
+            "SELECT i.status_code, (SELECT max(seq) FROM status_history h WHERE h.invoice_id = i.invoice_id) AS seq"
+            " FROM invoices i WHERE i.invoice_id = $1",
+            invoice_id,
+        )
+        return None if row is None else (Status(row["status_code"]), int(row["seq"] or 0))

@@ -10,18 +10,26 @@ import asyncio
 import contextlib
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import grpc
 import typer
-from invoicing.v1 import ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
+from invoicing.v1 import events_pb2, ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from invoicectl.config import GRPC_OPTIONS, Endpoints
 from invoicectl.kafka_follow import StatusFollower
-from invoicectl.render import invoice_json, is_pipeline_final, iso, status_event_json, status_event_line
+from invoicectl.render import (
+    invoice_json,
+    is_pipeline_final,
+    iso,
+    list_item_json,
+    status_event_json,
+    status_event_line,
+)
 from invoicectl.validate_cmd import validate
 
 app = typer.Typer(help="Command-line client for the invoicing pipeline.", no_args_is_help=True, add_completion=False)
@@ -185,6 +193,11 @@ def status(
         out.print(f"  file      {data['filename']}")
     if data["trace_id"]:
         out.print(f"  trace_id  {data['trace_id']}")
+    if data["routing"]:
+        r = data["routing"]
+        where = r["destination_platform"] or "-"
+        why = f"  {r['reason_code']}: {r['reason']}" if r["reason_code"] else ""
+        out.print(f"  routing   {r['outcome']} -> {where}{'  (this platform)' if r['local_delivery'] else ''}{why}")
     for h in data["history"]:
         why = f"  {h['reason_code']}: {h['reason']}" if h["reason_code"] else ""
         out.print(f"  {h['at']}  {h['status_code']} {h['status']:<15} by {h['actor']}{why}")
@@ -192,29 +205,178 @@ def status(
         out.print(f"  [{f['severity']}] {f['rule']}  {f['location']}  {f['message']}")
 
 
+def _filter(
+    seller: str, buyer: str, statuses: list[int] | None, since: datetime | None, until: datetime | None
+) -> status_pb2.InvoiceFilter:
+    f = status_pb2.InvoiceFilter(seller_id=seller, buyer_id=buyer, status_codes=statuses or [])
+    if since is not None:
+        f.received_from.FromDatetime(since if since.tzinfo else since.replace(tzinfo=UTC))
+    if until is not None:
+        f.received_to.FromDatetime(until if until.tzinfo else until.replace(tzinfo=UTC))
+    return f
+
+
+SellerOpt = Annotated[str, typer.Option("--seller", help="Seller identifier (SIREN, SIRET, VAT id).")]
+BuyerOpt = Annotated[str, typer.Option("--buyer", help="Buyer identifier (SIREN, SIRET, VAT id).")]
+StatusOpt = Annotated[list[int] | None, typer.Option("--status", help="Status code; repeat for several.")]
+SinceOpt = Annotated[datetime | None, typer.Option("--since", help="Received at or after (ISO 8601, UTC).")]
+UntilOpt = Annotated[datetime | None, typer.Option("--until", help="Received before (ISO 8601, UTC).")]
+
+
+def _rpc_failed(exc: grpc.aio.AioRpcError) -> typer.Exit:
+    return _fail(f"{exc.code().name}: {exc.details()}", 2 if exc.code() == grpc.StatusCode.UNAVAILABLE else 1)
+
+
+@app.command("list")
+def list_invoices(
+    seller: SellerOpt = "",
+    buyer: BuyerOpt = "",
+    status_codes: StatusOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    limit: Annotated[int, typer.Option(help="Invoices to show (0: all).")] = 50,
+    page_size: Annotated[int, typer.Option(help="Invoices per request (1-500).")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array.")] = False,
+) -> None:
+    """List invoices, newest first, following the pages."""
+    endpoints = Endpoints.from_env()
+    f = _filter(seller, buyer, status_codes, since, until)
+
+    async def fetch() -> list[status_pb2.InvoiceListItem]:
+        items: list[status_pb2.InvoiceListItem] = []
+        token = ""
+        async with grpc.aio.insecure_channel(endpoints.status, options=GRPC_OPTIONS) as channel:
+            stub = status_pb2_grpc.StatusServiceStub(channel)
+            while True:
+                size = min(page_size, limit - len(items)) if limit else page_size
+                reply = await stub.ListInvoices(
+                    status_pb2.ListInvoicesRequest(filter=f, page_size=size, page_token=token), timeout=30
+                )
+                items.extend(reply.invoices)
+                token = reply.next_page_token
+                if not token or (limit and len(items) >= limit):
+                    return items
+
+    try:
+        items = asyncio.run(fetch())
+    except grpc.aio.AioRpcError as exc:
+        raise _rpc_failed(exc) from exc
+    if as_json:
+        out.print(json.dumps([list_item_json(i) for i in items], indent=2, ensure_ascii=False))
+        return
+    for i in items:
+        reason = f"  {i.reason.code}" if i.reason.code else ""
+        out.print(f"{i.invoice_id}  {iso(i.received_at)}  {i.status_code} {i.status:<18} {i.invoice_number}{reason}")
+
+
+@app.command()
+def update(
+    invoice_id: Annotated[str, typer.Argument(help="Invoice id.")],
+    status_code: Annotated[int, typer.Option("--status", help="New status code, e.g. 204.")],
+    reason_code: Annotated[str, typer.Option(help="Reason code (required for 206, 207, 208, 210).")] = "",
+    reason: Annotated[str, typer.Option(help="Reason text.")] = "",
+    role: Annotated[str, typer.Option(help="buyer (204-208, 210, 211) or supplier (209, 212).")] = "",
+    actor: Annotated[str, typer.Option(help="Who acts, recorded in the history.")] = "",
+    request_id: Annotated[str, typer.Option(help="Retry key: the same id applies once.")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
+) -> None:
+    """Move an invoice on in its lifecycle (buyer or supplier action)."""
+    roles = {"buyer": status_pb2.ACTOR_ROLE_BUYER, "supplier": status_pb2.ACTOR_ROLE_SUPPLIER}
+    chosen = role or ("supplier" if status_code in (209, 212) else "buyer")
+    if chosen not in roles:
+        raise _fail("--role must be buyer or supplier", 2)
+    endpoints = Endpoints.from_env()
+    request = status_pb2.UpdateStatusRequest(
+        invoice_id=invoice_id, status_code=status_code, role=roles[chosen], actor=actor, request_id=request_id
+    )
+    if reason_code or reason:
+        request.reason.code, request.reason.text = reason_code, reason
+
+    async def call() -> status_pb2.UpdateStatusResponse:
+        async with grpc.aio.insecure_channel(endpoints.status, options=GRPC_OPTIONS) as channel:
+            reply: status_pb2.UpdateStatusResponse = await status_pb2_grpc.StatusServiceStub(channel).UpdateStatus(
+                request, timeout=30
+            )
+            return reply
+
+    try:
+        reply = asyncio.run(call())
+    except grpc.aio.AioRpcError as exc:
+        raise _rpc_failed(exc) from exc
+    data = {"invoice_id": invoice_id, "status_code": reply.status_code, "status": reply.status,
+            "applied": reply.applied, "position": reply.position}  # fmt: skip
+    out.print(json.dumps(data) if as_json else f"{invoice_id}  {reply.status_code} {reply.status}"
+              + ("" if reply.applied else "  (already applied)"))  # fmt: skip
+
+
 @app.command()
 def watch(
-    from_beginning: Annotated[bool, typer.Option(help="Replay the topic from its start.")] = False,
+    seller: SellerOpt = "",
+    buyer: BuyerOpt = "",
+    status_codes: StatusOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    from_position: Annotated[int, typer.Option("--from", help="Resume after this position (0: from now).")] = 0,
+    kafka: Annotated[bool, typer.Option(help="Read invoicing.invoice.status.v1 directly instead.")] = False,
+    from_beginning: Annotated[bool, typer.Option(help="With --kafka: replay the topic from its start.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     limit: Annotated[int, typer.Option(help="Stop after this many events (0: never).")] = 0,
 ) -> None:
-    """Follow invoicing.invoice.status.v1 and print each event."""
+    """Follow status events as they happen. Each line starts with its position;
+    pass the last one to --from to resume, even across restarts."""
     endpoints = Endpoints.from_env()
 
-    async def run() -> None:
+    def show(event: events_pb2.StatusEvent, position: int | None) -> None:
+        if as_json:
+            out.print(json.dumps(status_event_json(event, position), ensure_ascii=False))
+        else:
+            out.print((f"{position}  " if position is not None else "") + status_event_line(event))
+
+    async def via_kafka() -> None:
         follower = StatusFollower(endpoints.kafka, from_beginning=from_beginning)
         await follower.start()
         seen = 0
         try:
             async for event in follower.events():
-                out.print(
-                    json.dumps(status_event_json(event), ensure_ascii=False) if as_json else status_event_line(event)
-                )
+                show(event, None)
                 seen += 1
                 if limit and seen >= limit:
                     return
         finally:
             await follower.stop()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    async def via_grpc() -> None:
+        request = status_pb2.WatchInvoicesRequest(
+            filter=_filter(seller, buyer, status_codes, since, until), from_position=from_position
+        )
+        seen = 0
+        async with grpc.aio.insecure_channel(endpoints.status, options=GRPC_OPTIONS) as channel:
+            async for reply in status_pb2_grpc.StatusServiceStub(channel).WatchInvoices(request):
+                show(reply.event, reply.position)
+                seen += 1
+                if limit and seen >= limit:
+                    return
+
+    try:
+        asyncio.run(via_kafka() if kafka else via_grpc())
+    except KeyboardInterrupt:
+        pass
+    except grpc.aio.AioRpcError as exc:
+        raise _rpc_failed(exc) from exc
+
+
+@app.command("reconcile")
+def reconcile_command(
+    ids_file: Annotated[Path, typer.Option(help="File with one invoice id per line (e.g. from `submit`).")],
+    database_url: Annotated[str, typer.Option(envvar="DATABASE_URL", help="PostgreSQL of the status service.")],
+) -> None:
+    """Check that history rows and status events match, each exactly once."""
+    from invoicectl.reconcile import reconcile
+
+    try:
+        ids = [line.split()[0] for line in ids_file.read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise _fail(f"cannot read {ids_file}: {exc.strerror}", 2) from exc
+    result = asyncio.run(reconcile(database_url, Endpoints.from_env().kafka, ids))
+    out.print(json.dumps(result.as_json(), indent=2))
+    raise typer.Exit(0 if result.ok else 1)

@@ -38,6 +38,8 @@ def invoice_json(reply: status_pb2.GetInvoiceResponse) -> dict[str, Any]:
             }
             for h in reply.history
         ],
+        "received_at": iso(reply.received_at) if reply.HasField("received_at") else "",
+        "routing": routing_json(reply.routing) if reply.HasField("routing") else None,
         "findings": [
             {"rule": f.rule, "severity": severity(f.severity), "location": f.location, "message": f.message}
             for f in reply.findings
@@ -45,8 +47,36 @@ def invoice_json(reply: status_pb2.GetInvoiceResponse) -> dict[str, Any]:
     }
 
 
-def status_event_json(event: events_pb2.StatusEvent) -> dict[str, Any]:
+def routing_json(routing: status_pb2.RoutingDecision) -> dict[str, Any]:
     return {
+        "outcome": events_pb2.RoutingOutcome.Name(routing.outcome).removeprefix("ROUTING_OUTCOME_").lower(),
+        "destination_platform": routing.destination_platform,
+        "local_delivery": routing.local_delivery,
+        "directory_entry_id": routing.directory_entry_id,
+        "reason_code": routing.reason.code,
+        "reason": routing.reason.text,
+    }
+
+
+def list_item_json(item: status_pb2.InvoiceListItem) -> dict[str, Any]:
+    return {
+        "invoice_id": item.invoice_id,
+        "status_code": item.status_code,
+        "status": item.status,
+        "received_at": iso(item.received_at),
+        "updated_at": iso(item.updated_at),
+        "invoice_number": item.invoice_number,
+        "seller_id": item.seller_id,
+        "buyer_id": item.buyer_id,
+        "filename": item.filename,
+        "reason_code": item.reason.code,
+        "reason": item.reason.text,
+    }
+
+
+def status_event_json(event: events_pb2.StatusEvent, position: int | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {} if position is None else {"position": position}
+    return data | {
         "event_id": event.event_id,
         "invoice_id": event.invoice_id,
         "status_code": event.status_code,
@@ -60,6 +90,8 @@ def status_event_json(event: events_pb2.StatusEvent) -> dict[str, Any]:
         "invoice_number": event.invoice_number,
         "trace_id": event.trace_id,
         "sequence": event.sequence,
+        "chorus_pro_status": event.chorus_pro_status,
+        "uncl4343_code": event.uncl4343_code,
     }
 
 

@@ -231,6 +231,9 @@ class StatusEvent(_message.Message):
     TRACE_ID_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    CHORUS_PRO_STATUS_FIELD_NUMBER: _builtins.int
+    UNCL4343_CODE_FIELD_NUMBER: _builtins.int
+    STATUS_LABEL_FR_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     invoice_id: _builtins.str
     status_code: _builtins.int
@@ -243,6 +246,11 @@ class StatusEvent(_message.Message):
     sequence: _builtins.int
     """Position of this event in the status log (monotonic per invoice)."""
     actor: _builtins.str
+    chorus_pro_status: _builtins.str
+    """Equivalent Chorus Pro status (e.g. MISE_A_DISPOSITION), empty if none."""
+    uncl4343_code: _builtins.str
+    """UNCL4343 response code (Peppol Invoice Response), empty if none."""
+    status_label_fr: _builtins.str
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -263,10 +271,13 @@ class StatusEvent(_message.Message):
         trace_id: _builtins.str = ...,
         sequence: _builtins.int = ...,
         actor: _builtins.str = ...,
+        chorus_pro_status: _builtins.str = ...,
+        uncl4343_code: _builtins.str = ...,
+        status_label_fr: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "reason", b"reason"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "buyer_id", b"buyer_id", "event_id", b"event_id", "invoice_id", b"invoice_id", "invoice_number", b"invoice_number", "occurred_at", b"occurred_at", "previous_status_code", b"previous_status_code", "reason", b"reason", "seller_id", b"seller_id", "sequence", b"sequence", "status", b"status", "status_code", b"status_code", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "buyer_id", b"buyer_id", "chorus_pro_status", b"chorus_pro_status", "event_id", b"event_id", "invoice_id", b"invoice_id", "invoice_number", b"invoice_number", "occurred_at", b"occurred_at", "previous_status_code", b"previous_status_code", "reason", b"reason", "seller_id", b"seller_id", "sequence", b"sequence", "status", b"status", "status_code", b"status_code", "status_label_fr", b"status_label_fr", "trace_id", b"trace_id", "uncl4343_code", b"uncl4343_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -6,8 +6,11 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from invoicing.v1 import common_pb2 as _common_pb2
+from invoicing.v1 import events_pb2 as _events_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +21,27 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ActorRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ActorRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActorRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACTOR_ROLE_UNSPECIFIED: _ActorRole.ValueType  # 0
+    ACTOR_ROLE_BUYER: _ActorRole.ValueType  # 1
+    """The buyer or its receiving platform: 204, 205, 206, 207, 208, 210, 211."""
+    ACTOR_ROLE_SUPPLIER: _ActorRole.ValueType  # 2
+    """The supplier: 209 after 208, 212 after 211."""
+
+class ActorRole(_ActorRole, metaclass=_ActorRoleEnumTypeWrapper): ...
+
+ACTOR_ROLE_UNSPECIFIED: ActorRole.ValueType  # 0
+ACTOR_ROLE_BUYER: ActorRole.ValueType  # 1
+"""The buyer or its receiving platform: 204, 205, 206, 207, 208, 210, 211."""
+ACTOR_ROLE_SUPPLIER: ActorRole.ValueType  # 2
+"""The supplier: 209 after 208, 212 after 211."""
+Global___ActorRole: _TypeAlias = ActorRole  # noqa: Y015
 
 @_typing.final
 class GetInvoiceRequest(_message.Message):
@@ -39,6 +63,38 @@ class GetInvoiceRequest(_message.Message):
 Global___GetInvoiceRequest: _TypeAlias = GetInvoiceRequest  # noqa: Y015
 
 @_typing.final
+class RoutingDecision(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    DESTINATION_PLATFORM_FIELD_NUMBER: _builtins.int
+    LOCAL_DELIVERY_FIELD_NUMBER: _builtins.int
+    DIRECTORY_ENTRY_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    outcome: _events_pb2.RoutingOutcome.ValueType
+    destination_platform: _builtins.str
+    local_delivery: _builtins.bool
+    directory_entry_id: _builtins.str
+    @_builtins.property
+    def reason(self) -> _common_pb2.Reason: ...
+    def __init__(
+        self,
+        *,
+        outcome: _events_pb2.RoutingOutcome.ValueType = ...,
+        destination_platform: _builtins.str = ...,
+        local_delivery: _builtins.bool = ...,
+        directory_entry_id: _builtins.str = ...,
+        reason: _common_pb2.Reason | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination_platform", b"destination_platform", "directory_entry_id", b"directory_entry_id", "local_delivery", b"local_delivery", "outcome", b"outcome", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutingDecision: _TypeAlias = RoutingDecision  # noqa: Y015
+
+@_typing.final
 class GetInvoiceResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -51,6 +107,8 @@ class GetInvoiceResponse(_message.Message):
     FINDINGS_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    ROUTING_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
     invoice_id: _builtins.str
     status_code: _builtins.int
     status: _builtins.str
@@ -66,6 +124,10 @@ class GetInvoiceResponse(_message.Message):
     def findings(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Finding]: ...
     @_builtins.property
     def summary(self) -> _common_pb2.InvoiceSummary: ...
+    @_builtins.property
+    def routing(self) -> Global___RoutingDecision: ...
+    @_builtins.property
+    def received_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -78,11 +140,266 @@ class GetInvoiceResponse(_message.Message):
         findings: _abc.Iterable[_common_pb2.Finding] | None = ...,
         summary: _common_pb2.InvoiceSummary | None = ...,
         trace_id: _builtins.str = ...,
+        routing: Global___RoutingDecision | None = ...,
+        received_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "summary", b"summary"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "received_at", b"received_at", "routing", b"routing", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "findings", b"findings", "history", b"history", "invoice_id", b"invoice_id", "reason", b"reason", "status", b"status", "status_code", b"status_code", "summary", b"summary", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "findings", b"findings", "history", b"history", "invoice_id", b"invoice_id", "reason", b"reason", "received_at", b"received_at", "routing", b"routing", "status", b"status", "status_code", b"status_code", "summary", b"summary", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetInvoiceResponse: _TypeAlias = GetInvoiceResponse  # noqa: Y015
+
+@_typing.final
+class InvoiceFilter(_message.Message):
+    """Filters shared by ListInvoices and WatchInvoices; empty means "any"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SELLER_ID_FIELD_NUMBER: _builtins.int
+    BUYER_ID_FIELD_NUMBER: _builtins.int
+    STATUS_CODES_FIELD_NUMBER: _builtins.int
+    RECEIVED_FROM_FIELD_NUMBER: _builtins.int
+    RECEIVED_TO_FIELD_NUMBER: _builtins.int
+    seller_id: _builtins.str
+    """Matches any seller identifier value (SIREN, SIRET, ...)."""
+    buyer_id: _builtins.str
+    @_builtins.property
+    def status_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def received_from(self) -> _timestamp_pb2.Timestamp:
+        """On received_at, [from, to)."""
+
+    @_builtins.property
+    def received_to(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        seller_id: _builtins.str = ...,
+        buyer_id: _builtins.str = ...,
+        status_codes: _abc.Iterable[_builtins.int] | None = ...,
+        received_from: _timestamp_pb2.Timestamp | None = ...,
+        received_to: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["received_from", b"received_from", "received_to", b"received_to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buyer_id", b"buyer_id", "received_from", b"received_from", "received_to", b"received_to", "seller_id", b"seller_id", "status_codes", b"status_codes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvoiceFilter: _TypeAlias = InvoiceFilter  # noqa: Y015
+
+@_typing.final
+class ListInvoicesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1..500, default 50."""
+    page_token: _builtins.str
+    @_builtins.property
+    def filter(self) -> Global___InvoiceFilter: ...
+    def __init__(
+        self,
+        *,
+        filter: Global___InvoiceFilter | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInvoicesRequest: _TypeAlias = ListInvoicesRequest  # noqa: Y015
+
+@_typing.final
+class InvoiceListItem(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOICE_ID_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    INVOICE_NUMBER_FIELD_NUMBER: _builtins.int
+    SELLER_ID_FIELD_NUMBER: _builtins.int
+    BUYER_ID_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    invoice_id: _builtins.str
+    status_code: _builtins.int
+    status: _builtins.str
+    invoice_number: _builtins.str
+    seller_id: _builtins.str
+    buyer_id: _builtins.str
+    filename: _builtins.str
+    @_builtins.property
+    def received_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def reason(self) -> _common_pb2.Reason: ...
+    def __init__(
+        self,
+        *,
+        invoice_id: _builtins.str = ...,
+        status_code: _builtins.int = ...,
+        status: _builtins.str = ...,
+        received_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        invoice_number: _builtins.str = ...,
+        seller_id: _builtins.str = ...,
+        buyer_id: _builtins.str = ...,
+        filename: _builtins.str = ...,
+        reason: _common_pb2.Reason | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "received_at", b"received_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buyer_id", b"buyer_id", "filename", b"filename", "invoice_id", b"invoice_id", "invoice_number", b"invoice_number", "reason", b"reason", "received_at", b"received_at", "seller_id", b"seller_id", "status", b"status", "status_code", b"status_code", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvoiceListItem: _TypeAlias = InvoiceListItem  # noqa: Y015
+
+@_typing.final
+class ListInvoicesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOICES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def invoices(self) -> _containers.RepeatedCompositeFieldContainer[Global___InvoiceListItem]: ...
+    def __init__(
+        self,
+        *,
+        invoices: _abc.Iterable[Global___InvoiceListItem] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invoices", b"invoices", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInvoicesResponse: _TypeAlias = ListInvoicesResponse  # noqa: Y015
+
+@_typing.final
+class WatchInvoicesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    FROM_POSITION_FIELD_NUMBER: _builtins.int
+    from_position: _builtins.int
+    """0: only events from now on. Otherwise every event after this position."""
+    @_builtins.property
+    def filter(self) -> Global___InvoiceFilter: ...
+    def __init__(
+        self,
+        *,
+        filter: Global___InvoiceFilter | None = ...,
+        from_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "from_position", b"from_position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchInvoicesRequest: _TypeAlias = WatchInvoicesRequest  # noqa: Y015
+
+@_typing.final
+class WatchInvoicesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """Pass back as from_position to resume after this event."""
+    @_builtins.property
+    def event(self) -> _events_pb2.StatusEvent: ...
+    def __init__(
+        self,
+        *,
+        event: _events_pb2.StatusEvent | None = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "position", b"position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchInvoicesResponse: _TypeAlias = WatchInvoicesResponse  # noqa: Y015
+
+@_typing.final
+class UpdateStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOICE_ID_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    invoice_id: _builtins.str
+    status_code: _builtins.int
+    role: Global___ActorRole.ValueType
+    actor: _builtins.str
+    """Who acts (free text, recorded in the history), e.g. a user or system id."""
+    request_id: _builtins.str
+    """Client-chosen id; a retry with the same id applies once."""
+    @_builtins.property
+    def reason(self) -> _common_pb2.Reason: ...
+    def __init__(
+        self,
+        *,
+        invoice_id: _builtins.str = ...,
+        status_code: _builtins.int = ...,
+        reason: _common_pb2.Reason | None = ...,
+        role: Global___ActorRole.ValueType = ...,
+        actor: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "invoice_id", b"invoice_id", "reason", b"reason", "request_id", b"request_id", "role", b"role", "status_code", b"status_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateStatusRequest: _TypeAlias = UpdateStatusRequest  # noqa: Y015
+
+@_typing.final
+class UpdateStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    status_code: _builtins.int
+    status: _builtins.str
+    applied: _builtins.bool
+    """False when request_id was already applied (nothing changed now)."""
+    position: _builtins.int
+    def __init__(
+        self,
+        *,
+        status_code: _builtins.int = ...,
+        status: _builtins.str = ...,
+        applied: _builtins.bool = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "position", b"position", "status", b"status", "status_code", b"status_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateStatusResponse: _TypeAlias = UpdateStatusResponse  # noqa: Y015

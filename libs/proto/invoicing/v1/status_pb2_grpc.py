@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class StatusServiceStub:
-    """Read side of the invoice lifecycle.
+    """The invoice lifecycle: read it, list it, follow it, move it on.
     """
 
     def __init__(self, channel):
@@ -40,14 +40,52 @@ class StatusServiceStub:
                 request_serializer=invoicing_dot_v1_dot_status__pb2.GetInvoiceRequest.SerializeToString,
                 response_deserializer=invoicing_dot_v1_dot_status__pb2.GetInvoiceResponse.FromString,
                 _registered_method=True)
+        self.ListInvoices = channel.unary_unary(
+                '/invoicing.v1.StatusService/ListInvoices',
+                request_serializer=invoicing_dot_v1_dot_status__pb2.ListInvoicesRequest.SerializeToString,
+                response_deserializer=invoicing_dot_v1_dot_status__pb2.ListInvoicesResponse.FromString,
+                _registered_method=True)
+        self.WatchInvoices = channel.unary_stream(
+                '/invoicing.v1.StatusService/WatchInvoices',
+                request_serializer=invoicing_dot_v1_dot_status__pb2.WatchInvoicesRequest.SerializeToString,
+                response_deserializer=invoicing_dot_v1_dot_status__pb2.WatchInvoicesResponse.FromString,
+                _registered_method=True)
+        self.UpdateStatus = channel.unary_unary(
+                '/invoicing.v1.StatusService/UpdateStatus',
+                request_serializer=invoicing_dot_v1_dot_status__pb2.UpdateStatusRequest.SerializeToString,
+                response_deserializer=invoicing_dot_v1_dot_status__pb2.UpdateStatusResponse.FromString,
+                _registered_method=True)
 
 
 class StatusServiceServicer:
-    """Read side of the invoice lifecycle.
+    """The invoice lifecycle: read it, list it, follow it, move it on.
     """
 
     def GetInvoice(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInvoices(self, request, context):
+        """Newest first by (received_at, invoice_id); page with next_page_token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchInvoices(self, request, context):
+        """Status events as they happen, from `from_position` on (exclusive).
+        Positions survive restarts of the status service: resume with the last
+        position received.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateStatus(self, request, context):
+        """A buyer, receiving platform or supplier moves an invoice on.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -60,6 +98,21 @@ def add_StatusServiceServicer_to_server(servicer, server):
                     request_deserializer=invoicing_dot_v1_dot_status__pb2.GetInvoiceRequest.FromString,
                     response_serializer=invoicing_dot_v1_dot_status__pb2.GetInvoiceResponse.SerializeToString,
             ),
+            'ListInvoices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInvoices,
+                    request_deserializer=invoicing_dot_v1_dot_status__pb2.ListInvoicesRequest.FromString,
+                    response_serializer=invoicing_dot_v1_dot_status__pb2.ListInvoicesResponse.SerializeToString,
+            ),
+            'WatchInvoices': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchInvoices,
+                    request_deserializer=invoicing_dot_v1_dot_status__pb2.WatchInvoicesRequest.FromString,
+                    response_serializer=invoicing_dot_v1_dot_status__pb2.WatchInvoicesResponse.SerializeToString,
+            ),
+            'UpdateStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateStatus,
+                    request_deserializer=invoicing_dot_v1_dot_status__pb2.UpdateStatusRequest.FromString,
+                    response_serializer=invoicing_dot_v1_dot_status__pb2.UpdateStatusResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'invoicing.v1.StatusService', rpc_method_handlers)
@@ -69,7 +122,7 @@ def add_StatusServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class StatusService:
-    """Read side of the invoice lifecycle.
+    """The invoice lifecycle: read it, list it, follow it, move it on.
     """
 
     @staticmethod
@@ -89,6 +142,87 @@ class StatusService:
             '/invoicing.v1.StatusService/GetInvoice',
             invoicing_dot_v1_dot_status__pb2.GetInvoiceRequest.SerializeToString,
             invoicing_dot_v1_dot_status__pb2.GetInvoiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInvoices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invoicing.v1.StatusService/ListInvoices',
+            invoicing_dot_v1_dot_status__pb2.ListInvoicesRequest.SerializeToString,
+            invoicing_dot_v1_dot_status__pb2.ListInvoicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchInvoices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/invoicing.v1.StatusService/WatchInvoices',
+            invoicing_dot_v1_dot_status__pb2.WatchInvoicesRequest.SerializeToString,
+            invoicing_dot_v1_dot_status__pb2.WatchInvoicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invoicing.v1.StatusService/UpdateStatus',
+            invoicing_dot_v1_dot_status__pb2.UpdateStatusRequest.SerializeToString,
+            invoicing_dot_v1_dot_status__pb2.UpdateStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,23 +27,41 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class StatusServiceStub:
-    """Read side of the invoice lifecycle."""
+    """The invoice lifecycle: read it, list it, follow it, move it on."""
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> StatusServiceAsyncStub: ...
     GetInvoice: _grpc.UnaryUnaryMultiCallable[_status_pb2.GetInvoiceRequest, _status_pb2.GetInvoiceResponse]
+    ListInvoices: _grpc.UnaryUnaryMultiCallable[_status_pb2.ListInvoicesRequest, _status_pb2.ListInvoicesResponse]
+    """Newest first by (received_at, invoice_id); page with next_page_token."""
+    WatchInvoices: _grpc.UnaryStreamMultiCallable[_status_pb2.WatchInvoicesRequest, _status_pb2.WatchInvoicesResponse]
+    """Status events as they happen, from `from_position` on (exclusive).
+    Positions survive restarts of the status service: resume with the last
+    position received.
+    """
+    UpdateStatus: _grpc.UnaryUnaryMultiCallable[_status_pb2.UpdateStatusRequest, _status_pb2.UpdateStatusResponse]
+    """A buyer, receiving platform or supplier moves an invoice on."""
 
 @_typing.type_check_only
 class StatusServiceAsyncStub(StatusServiceStub):
-    """Read side of the invoice lifecycle."""
+    """The invoice lifecycle: read it, list it, follow it, move it on."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetInvoice: _aio.UnaryUnaryMultiCallable[_status_pb2.GetInvoiceRequest, _status_pb2.GetInvoiceResponse]  # type: ignore[assignment]
+    ListInvoices: _aio.UnaryUnaryMultiCallable[_status_pb2.ListInvoicesRequest, _status_pb2.ListInvoicesResponse]  # type: ignore[assignment]
+    """Newest first by (received_at, invoice_id); page with next_page_token."""
+    WatchInvoices: _aio.UnaryStreamMultiCallable[_status_pb2.WatchInvoicesRequest, _status_pb2.WatchInvoicesResponse]  # type: ignore[assignment]
+    """Status events as they happen, from `from_position` on (exclusive).
+    Positions survive restarts of the status service: resume with the last
+    position received.
+    """
+    UpdateStatus: _aio.UnaryUnaryMultiCallable[_status_pb2.UpdateStatusRequest, _status_pb2.UpdateStatusResponse]  # type: ignore[assignment]
+    """A buyer, receiving platform or supplier moves an invoice on."""
 
 class StatusServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Read side of the invoice lifecycle."""
+    """The invoice lifecycle: read it, list it, follow it, move it on."""
 
     @_abc_1.abstractmethod
     def GetInvoice(
@@ -51,5 +69,32 @@ class StatusServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _status_pb2.GetInvoiceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_status_pb2.GetInvoiceResponse, _abc.Awaitable[_status_pb2.GetInvoiceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListInvoices(
+        self,
+        request: _status_pb2.ListInvoicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_status_pb2.ListInvoicesResponse, _abc.Awaitable[_status_pb2.ListInvoicesResponse]]:
+        """Newest first by (received_at, invoice_id); page with next_page_token."""
+
+    @_abc_1.abstractmethod
+    def WatchInvoices(
+        self,
+        request: _status_pb2.WatchInvoicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_status_pb2.WatchInvoicesResponse], _abc.AsyncIterator[_status_pb2.WatchInvoicesResponse]]:
+        """Status events as they happen, from `from_position` on (exclusive).
+        Positions survive restarts of the status service: resume with the last
+        position received.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateStatus(
+        self,
+        request: _status_pb2.UpdateStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_status_pb2.UpdateStatusResponse, _abc.Awaitable[_status_pb2.UpdateStatusResponse]]:
+        """A buyer, receiving platform or supplier moves an invoice on."""
 
 def add_StatusServiceServicer_to_server(servicer: StatusServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
