@@ -72,13 +72,14 @@ async def test_update_status_follows_the_lifecycle_and_names_what_is_allowed(
 
         async def update(
             code: int, role: status_pb2.ActorRole.ValueType, reason: tuple[str, str] | None = None, request_id: str = ""
-        ):  # type: ignore[no-untyped-def]
+        ) -> status_pb2.UpdateStatusResponse:
             request = status_pb2.UpdateStatusRequest(
                 invoice_id=invoice_id, status_code=code, role=role, actor="test", request_id=request_id
             )
             if reason:
                 request.reason.code, request.reason.text = reason
-            return await stub.UpdateStatus(request, timeout=30)
+            reply: status_pb2.UpdateStatusResponse = await stub.UpdateStatus(request, timeout=30)
+            return reply
 
         with pytest.raises(grpc.aio.AioRpcError) as skipped:
             await update(212, SUPPLIER)
