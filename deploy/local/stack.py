@@ -3,6 +3,8 @@
     python deploy/local/stack.py up       start what is not running, wait until ready
     python deploy/local/stack.py down     stop what `up` started, by pid
     python deploy/local/stack.py status   show what runs
+    python deploy/local/stack.py restart-services
+                                          restart the four services with the current environment
     python deploy/local/stack.py test -- [pytest args]
                                           up, run the whole suite, then stop
                                           whatever this command started
@@ -53,6 +55,11 @@ class ServiceSpec:
     module: str
     port: int
     addr_var: str
+
+    @property
+    def metrics_port(self) -> int:
+        # Prometheus scrape port: the gRPC port + 100 unless set explicitly.
+        return int(os.environ.get(f"{self.name.upper()}_METRICS_PORT", str(self.port + 100)))
 
 
 SERVICES = (
@@ -379,7 +386,11 @@ def start_service(spec: ServiceSpec, env: dict[str, str]) -> None:
     if port_open(spec.port):
         raise SystemExit(f"port {spec.port} is taken by another process; set {spec.name.upper()}_PORT")
     say(f"starting {spec.name} on 127.0.0.1:{spec.port}")
-    spawn(spec.name, [str(VENV_BIN / "python"), "-m", spec.module], env={**env, "GRPC_PORT": str(spec.port)})
+    spawn(
+        spec.name,
+        [str(VENV_BIN / "python"), "-m", spec.module],
+        env={**env, "GRPC_PORT": str(spec.port), "METRICS_PORT": str(spec.metrics_port)},
+    )
 
 
 # --- commands ------------------------------------------------------------------
@@ -401,6 +412,7 @@ def endpoints() -> dict[str, str]:
     }
     for spec in SERVICES:
         values[spec.addr_var] = f"127.0.0.1:{spec.port}"
+        values[f"{spec.name.upper()}_METRICS_ADDR"] = f"127.0.0.1:{spec.metrics_port}"
     return values
 
 
@@ -453,6 +465,14 @@ def down(names: list[str] | None = None) -> None:
         (RUN / "env").unlink(missing_ok=True)
 
 
+def restart_services() -> None:
+    """Stop the four services and start them again with this process's
+    environment (e.g. to point OTEL_EXPORTER_OTLP_ENDPOINT somewhere)."""
+    for spec in reversed(SERVICES):
+        stop(spec.name)
+    up()
+
+
 def status() -> int:
     for name in ["kafka", "postgres", *(s.name for s in SERVICES)]:
         pid = running_pid(name)
@@ -489,6 +509,9 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "status":
         return status()
+    if command == "restart-services":
+        restart_services()
+        return 0
     if command == "test":
         rest = argv[2:]
         if rest and rest[0] == "--":

@@ -10,11 +10,12 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
-from invoicing.v1 import ingest_pb2, ingest_pb2_grpc
+from invoicing.v1 import ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
 
 from invoicectl.kafka_follow import StatusFollower
 from invoicectl.reconcile import reconcile
@@ -30,7 +31,26 @@ def _status_pid() -> int:
     return int((run_dir / "pids" / "status.pid").read_text())
 
 
+async def _watch(
+    stack: Stack, since: datetime, from_position: int, count: int
+) -> list[status_pb2.WatchInvoicesResponse]:
+    flt = status_pb2.InvoiceFilter()
+    flt.received_from.FromDatetime(since)
+    got: list[status_pb2.WatchInvoicesResponse] = []
+    async with grpc.aio.insecure_channel(stack.status, options=GRPC_OPTIONS) as channel:
+        call = status_pb2_grpc.StatusServiceStub(channel).WatchInvoices(
+            status_pb2.WatchInvoicesRequest(filter=flt, from_position=from_position)
+        )
+        async for reply in call:
+            got.append(reply)
+            if len(got) == count:
+                call.cancel()
+                break
+    return got
+
+
 async def test_sigkill_mid_batch_loses_and_doubles_nothing(stack: Stack) -> None:
+    since = datetime.now(UTC)
     follower = StatusFollower(stack.kafka)
     await follower.start()
     try:
@@ -57,6 +77,8 @@ async def test_sigkill_mid_batch_loses_and_doubles_nothing(stack: Stack) -> None
                     final.add(event.invoice_id)
                 if seen >= BATCH // 2:
                     break
+        # A watcher that got part of the stream before the crash...
+        before = await asyncio.wait_for(_watch(stack, since, 1, 50), 60)
         pid = _status_pid()
         os.kill(pid, signal.SIGKILL)
 
@@ -77,3 +99,14 @@ async def test_sigkill_mid_batch_loses_and_doubles_nothing(stack: Stack) -> None
     result = await reconcile(stack.database_url, stack.kafka, ids)
     assert result.ok, result.problems
     assert result.history_rows == result.status_events == 2 * BATCH
+
+    # ...resumes after the restart from its last position and gets exactly
+    # the rest: every transition once, none skipped.
+    after = await asyncio.wait_for(_watch(stack, since, before[-1].position, 2 * BATCH - 50), 60)
+    positions = [r.position for r in before + after]
+    assert positions == sorted(positions) and len(set(positions)) == 2 * BATCH
+    per_invoice: dict[str, list[int]] = {}
+    for r in before + after:
+        per_invoice.setdefault(r.event.invoice_id, []).append(r.event.status_code)
+    assert set(per_invoice) == wanted
+    assert all(codes[0] == 200 and codes[-1] in (201, 203) and len(codes) == 2 for codes in per_invoice.values())

@@ -8,14 +8,18 @@ balancers stop sending work before in-flight calls are drained.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from mode import Service
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from invoicing_common.settings import GrpcSettings
+from invoicing_common.telemetry import RPC_DURATION
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,9 @@ class GrpcServer(Service):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._settings = settings
         self._register = register
-        self._interceptors = list(interceptors)
+        # Server spans (rpc.*, continuing a client's traceparent) and the
+        # latency histogram come first, so they cover every other interceptor.
+        self._interceptors = [aio_server_interceptor(), _DurationInterceptor(), *interceptors]  # type: ignore[no-untyped-call]
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._service_names: list[str] = []
@@ -76,3 +82,81 @@ class GrpcServer(Service):
         await self._server.stop(self._settings.shutdown_grace_seconds)
         self._server = None
         log.info("gRPC server stopped")
+
+
+class _DurationInterceptor(grpc.aio.ServerInterceptor):
+    """Records rpc.server.duration (ms) by method and status code."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        service, _, name = method.lstrip("/").rpartition("/")
+
+        def record(start: float, code: str) -> None:
+            RPC_DURATION.record(
+                (time.perf_counter() - start) * 1000,
+                {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name, "rpc.grpc.status_code": code},
+            )
+
+        def status_of(context: grpc.aio.ServicerContext) -> str:
+            code = context.code()
+            return code.name if isinstance(code, grpc.StatusCode) else "OK"
+
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                start = time.perf_counter()
+                try:
+                    return await inner_uu(request, context)
+                finally:
+                    record(start, status_of(context))
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                start = time.perf_counter()
+                try:
+                    async for item in _responses(inner_us(request, context)):
+                        yield item
+                finally:
+                    record(start, status_of(context))
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_stream is not None:
+            inner_ss = handler.stream_stream
+
+            async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                start = time.perf_counter()
+                try:
+                    async for item in _responses(inner_ss(requests, context)):
+                        yield item
+                finally:
+                    record(start, status_of(context))
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+
+async def _responses(result: Any) -> AsyncIterator[Any]:
+    """A streaming handler either yields its responses (async generator) or
+    writes them with context.write() and returns a coroutine."""
+    if hasattr(result, "__aiter__"):
+        async for item in result:
+            yield item
+    else:
+        await result

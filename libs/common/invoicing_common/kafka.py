@@ -12,10 +12,10 @@ from aiokafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyp
 from google.protobuf.timestamp_pb2 import Timestamp
 from invoicing.v1 import events_pb2
 from mode import Service
-from opentelemetry import propagate
 
 from invoicing_common import topics
 from invoicing_common.ids import stage_event_id
+from invoicing_common.telemetry import inject_headers
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,7 @@ def producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
 
 def trace_headers() -> Headers:
     """W3C trace context of the current span as Kafka headers."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return [(k, v.encode()) for k, v in carrier.items()]
+    return inject_headers()
 
 
 def headers_to_carrier(headers: Iterable[tuple[str, bytes]] | None) -> dict[str, str]:

@@ -19,6 +19,8 @@ class ServiceSettings(BaseSettings):
     # Seconds in-flight RPCs get to finish after SIGTERM.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     platform_id: str = Field(default="local", min_length=1)
+    # Prometheus text-format scrape port for this service's metrics (0: off).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     # How fast a crashed consumer's partitions move to the survivors.
     kafka_session_timeout_seconds: float = Field(default=10.0, ge=3.0, le=300.0)
 

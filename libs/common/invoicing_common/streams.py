@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,12 +21,14 @@ import asyncpg  # type: ignore[import-untyped]
 import faust
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from google.protobuf.message import DecodeError
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from invoicing_common import topics
 from invoicing_common.kafka import dead_letter, headers_to_carrier
 from invoicing_common.settings import ServiceSettings
+from invoicing_common.telemetry import DLQ_RECORDS, consume_span_attributes, meter, produce_span
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("invoicing_common.streams")
@@ -75,6 +79,9 @@ def create_app(app_id: str, settings: ServiceSettings, **overrides: Any) -> faus
         "broker_commit_interval": 1.0,
         "producer_linger": 0.005,
         "worker_redirect_stdouts": False,
+        # Tables live in memory; faust still wants a data folder, kept out of
+        # the working directory.
+        "datadir": os.path.join(tempfile.gettempdir(), "invoicing-faust", "{conf.id}"),
         "broker_session_timeout": settings.kafka_session_timeout_seconds,
         "broker_heartbeat_interval": max(1.0, settings.kafka_session_timeout_seconds / 3),
     }
@@ -86,10 +93,12 @@ def raw_topic(app: faust.App, *names: str) -> faust.TopicT:
     return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
 
-async def send(topic: faust.TopicT, key: str, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
-    """Queue a record; faust flushes the producer before committing offsets,
-    so the source record is only committed once this one is acknowledged."""
-    await topic.send(key=key.encode(), value=value, headers=headers or [])
+async def send(topic: faust.TopicT, key: str, value: bytes, message_id: str = "") -> None:
+    """Queue a record under a PRODUCER span whose context travels in the
+    headers. faust flushes the producer before committing offsets, so the
+    source record is only committed once this one is acknowledged."""
+    with produce_span(topic.get_topic_name(), key, message_id) as headers:
+        await topic.send(key=key.encode(), value=value, headers=headers)
 
 
 async def process(
@@ -111,12 +120,18 @@ async def process(
             value=message.value,
             headers=list(message.headers or []),
         )
+        # faust consumes in another thread: contextvars do not follow, so the
+        # trace context is re-extracted from the record headers here.
         parent = propagate.extract(headers_to_carrier(record.headers))
-        token = otel_context.attach(parent)
-        try:
+        with tracer.start_as_current_span(
+            f"process {record.topic}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=consume_span_attributes(
+                record.topic, record.partition, record.offset, consumer_group, record.key
+            ),
+        ):
             await _handle_with_retry(record, handler, dlq=dlq, consumer_group=consumer_group, retry_delay=retry_delay)
-        finally:
-            otel_context.detach(token)
         yield None
 
 
@@ -166,4 +181,41 @@ async def _to_dlq(record: Record, exc: BaseException, *, dlq: faust.TopicT, cons
         exc,
         extra={"topic": record.topic, "partition": record.partition, "offset": record.offset},
     )
+    DLQ_RECORDS.add(1, {"source_topic": record.topic, "consumer_group": consumer_group})
+    trace.get_current_span().set_status(Status(StatusCode.ERROR, f"sent to DLQ: {type(exc).__name__}"))
     await dlq.send(key=record.key, value=letter.SerializeToString(), headers=record.headers)
+
+
+def register_lag_gauge(app: faust.App) -> None:
+    """messaging.kafka.consumer.lag per topic and partition: the high
+    watermark minus the next offset this instance will read."""
+
+    def observe(_options: CallbackOptions) -> Iterable[Observation]:
+        consumer = getattr(app, "_consumer", None)
+        if consumer is None:
+            return []
+        observations = []
+        for tp in consumer.assignment():
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001, S112 - partition being revoked
+                continue
+            if highwater is None:
+                continue
+            read = consumer._read_offset.get(tp)
+            position = read + 1 if read is not None else highwater
+            observations.append(
+                Observation(
+                    max(0, highwater - position),
+                    {
+                        "messaging.destination.name": tp.topic,
+                        "messaging.destination.partition.id": str(tp.partition),
+                        "messaging.consumer.group.name": app.conf.id,
+                    },
+                )
+            )
+        return observations
+
+    meter().create_observable_gauge(
+        "messaging.kafka.consumer.lag", callbacks=[observe], unit="{message}", description="Consumer lag"
+    )

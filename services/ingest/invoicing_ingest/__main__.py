@@ -1,7 +1,8 @@
-"""Entry point: settings -> bootstrap -> serve until SIGTERM."""
+"""Entry point: settings -> telemetry -> bootstrap -> serve until SIGTERM."""
 
 from __future__ import annotations
 
+from invoicing_common import telemetry_setup
 from invoicing_common.lifecycle import run
 from invoicing_ingest.bootstrap import bootstrap
 from invoicing_ingest.settings import IngestSettings
@@ -9,13 +10,17 @@ from invoicing_ingest.settings import IngestSettings
 
 def main() -> None:
     settings = IngestSettings()
+    providers = telemetry_setup.configure(settings.otel_service_name, settings.metrics_port)
     ingest = bootstrap(settings)
-    run(
-        settings.otel_service_name,
-        settings.log_level,
-        [ingest.database, ingest.kafka, ingest.grpc],
-        on_ready=ingest.grpc.mark_serving,
-    )
+    try:
+        run(
+            settings.otel_service_name,
+            settings.log_level,
+            [ingest.database, ingest.kafka, ingest.grpc],
+            on_ready=ingest.grpc.mark_serving,
+        )
+    finally:
+        telemetry_setup.shutdown(*providers)
 
 
 if __name__ == "__main__":

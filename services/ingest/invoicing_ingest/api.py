@@ -12,13 +12,14 @@ from invoicing.v1 import ingest_pb2, ingest_pb2_grpc
 from opentelemetry import trace
 
 from invoicing_common import topics
-from invoicing_common.kafka import ProducerService, trace_headers
+from invoicing_common.kafka import ProducerService
+from invoicing_common.streams import TRANSIENT_ERRORS
+from invoicing_common.telemetry import SUBMISSIONS, current_trace_id, produce_span, record_invoice
 from invoicing_ingest.domain import SubmissionError, check_submission, new_receipt, received_event
 from invoicing_ingest.repository import ConflictingRetry, ReceiptRepository
 from invoicing_ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("invoicing_ingest")
 
 SUBMITTER_METADATA_KEY = "x-submitter"
 
@@ -56,9 +57,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 self._settings.max_document_bytes,
             )
         except SubmissionError as exc:
+            SUBMISSIONS.add(1, {"outcome": "invalid"})
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, exc.field, exc.message) from exc
-        span_context = trace.get_current_span().get_span_context()
-        trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
+        trace_id = current_trace_id()
         candidate = new_receipt(datetime.now(UTC))
         try:
             async with self._receipts.reserve(submission, candidate) as receipt:
@@ -66,22 +67,34 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     event = received_event(submission, receipt, trace_id)
                     # Committing the receipt only after the broker acknowledged
                     # (acks=all) is what makes the answer mean "durable".
-                    await self._kafka.producer.send_and_wait(
-                        topics.RECEIVED,
-                        value=event.SerializeToString(),
-                        key=receipt.invoice_id.encode(),
-                        headers=trace_headers(),
-                    )
+                    with produce_span(topics.RECEIVED, receipt.invoice_id, event.event_id) as headers:
+                        await self._kafka.producer.send_and_wait(
+                            topics.RECEIVED,
+                            value=event.SerializeToString(),
+                            key=receipt.invoice_id.encode(),
+                            headers=headers,
+                        )
+        except TRANSIENT_ERRORS as exc:
+            # Nothing was kept (the receipt rolled back): a retry is safe.
+            SUBMISSIONS.add(1, {"outcome": "unavailable"})
+            log.warning("submission not stored: %s", exc)
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE, "", f"storage unavailable ({type(exc).__name__}); retry with the same key"
+            ) from exc
         except ConflictingRetry as exc:
+            SUBMISSIONS.add(1, {"outcome": "conflict"})
             raise RequestError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "idempotency_key",
                 f"idempotency_key {submission.idempotency_key!r} was already used for invoice {exc.invoice_id}"
                 " with a different document",
             ) from exc
-        log.info(
-            "invoice %s", "duplicate" if receipt.duplicate else "received", extra={"invoice_id": receipt.invoice_id}
-        )
+        outcome = "duplicate" if receipt.duplicate else "accepted"
+        SUBMISSIONS.add(1, {"outcome": outcome})
+        span = trace.get_current_span()
+        record_invoice(span, receipt.invoice_id)
+        span.set_attribute("invoicing.duplicate", receipt.duplicate)
+        log.info("invoice %s", outcome, extra={"invoice_id": receipt.invoice_id})
         received_at = Timestamp()
         received_at.FromDatetime(receipt.received_at)
         return ingest_pb2.SubmitInvoiceResponse(
@@ -94,7 +107,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         try:
             return await self._submit(request, _submitter(context))
         except RequestError as exc:
-            await context.abort(exc.code, f"{exc.field}: {exc.message}")
+            await context.abort(exc.code, f"{exc.field}: {exc.message}" if exc.field else exc.message)
             raise  # unreachable: abort raises
 
     async def SubmitInvoices(  # noqa: N802 - gRPC method name

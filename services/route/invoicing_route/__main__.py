@@ -1,7 +1,8 @@
-"""Entry point: settings -> bootstrap -> consume until SIGTERM."""
+"""Entry point: settings -> telemetry -> bootstrap -> consume until SIGTERM."""
 
 from __future__ import annotations
 
+from invoicing_common import telemetry_setup
 from invoicing_common.lifecycle import run
 from invoicing_route.bootstrap import bootstrap
 from invoicing_route.settings import RouteSettings
@@ -9,8 +10,18 @@ from invoicing_route.settings import RouteSettings
 
 def main() -> None:
     settings = RouteSettings()
+    providers = telemetry_setup.configure(settings.otel_service_name, settings.metrics_port)
     route = bootstrap(settings)
-    run(settings.otel_service_name, settings.log_level, [route.grpc], app=route.app, on_ready=route.grpc.mark_serving)
+    try:
+        run(
+            settings.otel_service_name,
+            settings.log_level,
+            [route.grpc],
+            app=route.app,
+            on_ready=route.grpc.mark_serving,
+        )
+    finally:
+        telemetry_setup.shutdown(*providers)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,15 @@ import faust
 from invoicing.v1 import events_pb2
 
 from invoicing_common import topics
-from invoicing_common.kafka import trace_headers
-from invoicing_common.streams import PermanentError, Record, process, raw_topic, send
+from invoicing_common.streams import (
+    PermanentError,
+    Record,
+    process,
+    raw_topic,
+    register_lag_gauge,
+    send,
+)
+from invoicing_common.telemetry import ROUTING_OUTCOMES, record_invoice, tracer
 from invoicing_route.domain import decide, routed_event
 from invoicing_route.settings import RouteSettings
 
@@ -30,9 +37,27 @@ def register(app: faust.App, settings: RouteSettings) -> None:
         event = decode_validated(record)
         if not event.valid:
             return  # the status service records the rejection
-        decision = decide(settings.platform_id, settings.route_default_platform)
-        out = routed_event(event, decision)
-        await send(routed, out.invoice.invoice_id, out.SerializeToString(), trace_headers())
+        with tracer().start_as_current_span("route invoice") as span:
+            record_invoice(span, event.invoice.invoice_id)
+            decision = decide(settings.platform_id, settings.route_default_platform)
+            span.set_attributes(
+                {
+                    "invoicing.routing.outcome": "routed",
+                    "invoicing.routing.destination_platform": decision.destination_platform,
+                    "invoicing.routing.local_delivery": decision.local_delivery,
+                }
+            )
+            ROUTING_OUTCOMES.add(
+                1,
+                {
+                    "outcome": "local" if decision.local_delivery else "remote",
+                    "reason": "",
+                },
+            )
+            out = routed_event(event, decision)
+        await send(routed, out.invoice.invoice_id, out.SerializeToString(), out.event_id)
+
+    register_lag_gauge(app)
 
     @app.agent(validated, name="route")
     async def route(stream: faust.StreamT[bytes]) -> None:

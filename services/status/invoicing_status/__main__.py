@@ -1,7 +1,8 @@
-"""Entry point: settings -> bootstrap -> serve until SIGTERM."""
+"""Entry point: settings -> telemetry -> bootstrap -> serve until SIGTERM."""
 
 from __future__ import annotations
 
+from invoicing_common import telemetry_setup
 from invoicing_common.lifecycle import run
 from invoicing_status.bootstrap import bootstrap
 from invoicing_status.settings import StatusSettings
@@ -9,14 +10,18 @@ from invoicing_status.settings import StatusSettings
 
 def main() -> None:
     settings = StatusSettings()
+    providers = telemetry_setup.configure(settings.otel_service_name, settings.metrics_port)
     status = bootstrap(settings)
-    run(
-        settings.otel_service_name,
-        settings.log_level,
-        [status.database, status.kafka, status.publisher, status.notifier, status.grpc],
-        app=status.app,
-        on_ready=status.grpc.mark_serving,
-    )
+    try:
+        run(
+            settings.otel_service_name,
+            settings.log_level,
+            [status.database, status.kafka, status.publisher, status.notifier, status.grpc],
+            app=status.app,
+            on_ready=status.grpc.mark_serving,
+        )
+    finally:
+        telemetry_setup.shutdown(*providers)
 
 
 if __name__ == "__main__":

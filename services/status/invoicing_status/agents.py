@@ -9,12 +9,14 @@ from datetime import UTC, datetime
 import faust
 from google.protobuf.message import Message
 from invoicing.v1 import common_pb2, events_pb2
+from opentelemetry.trace import Span
 
 from invoicing_common import topics
 from invoicing_common.kafka import headers_to_carrier
-from invoicing_common.streams import PermanentError, Record, process, raw_topic
-from invoicing_status.domain import Outcome, Submitted, business_key, plan
-from invoicing_status.lifecycle import Reason, Status
+from invoicing_common.streams import PermanentError, Record, process, raw_topic, register_lag_gauge
+from invoicing_common.telemetry import E2E_LATENCY, STATUS_TRANSITIONS, inject_headers, record_invoice, tracer
+from invoicing_status.domain import Change, Outcome, Submitted, business_key, plan
+from invoicing_status.lifecycle import PIPELINE_OUTCOMES, Reason, Status
 from invoicing_status.repository import InvoiceFacts, StatusRepository
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,6 @@ def _facts(ref: events_pb2.InvoiceRef, record: Record) -> tuple[InvoiceFacts, Su
         submitter=ref.submitter,
         received_at=received_at,
         trace_id=ref.trace_id,
-        headers={k: v for k, v in headers_to_carrier(record.headers).items() if k in ("traceparent", "tracestate")},
     )
     return facts, Submitted(received_event_id=ref.received_event_id, received_at=received_at)
 
@@ -95,20 +96,42 @@ def interpret(record: Record, now: datetime) -> tuple[str, InvoiceFacts, Submitt
     return event_id, facts, submitted, Outcome(Status.REJECTED, "route", now, event_id, reason)
 
 
+def observe_changes(span: Span, changes: list[Change], received_at: datetime | None) -> None:
+    """Span attributes and metrics for the transitions just made."""
+    span.set_attribute("invoicing.status_codes", [c.status.value for c in changes])
+    for change in changes:
+        STATUS_TRANSITIONS.add(1, {"status_code": change.status.value, "status": change.status.name})
+        if change.reason is not None:
+            span.set_attribute("invoicing.reason_code", change.reason.code)
+            span.set_attribute("invoicing.reason", change.reason.text)
+        if change.status in PIPELINE_OUTCOMES and received_at is not None:
+            E2E_LATENCY.record((change.occurred_at - received_at).total_seconds(), {"status_code": change.status.value})
+    if changes:
+        span.set_attribute("invoicing.status_code", changes[-1].status.value)
+
+
 def register(app: faust.App, repository: StatusRepository, on_change: Callable[[], None]) -> None:
     source = raw_topic(app, topics.RECEIVED, topics.VALIDATED, topics.ROUTED)
     dlq = raw_topic(app, topics.DLQ)
 
     async def handle(record: Record) -> None:
         event_id, facts, submitted, outcome = interpret(record, datetime.now(UTC))
-        changes = await repository.apply(
-            event_id, facts, lambda current, duplicate_of: plan(current, submitted, outcome, duplicate_of)
-        )
+        with tracer().start_as_current_span("apply status") as span:
+            record_invoice(span, facts.invoice_id)
+            # The outbox keeps this span's context: the public status event
+            # continues the invoice's trace.
+            facts.headers = headers_to_carrier(inject_headers())
+            changes = await repository.apply(
+                event_id, facts, lambda current, duplicate_of: plan(current, submitted, outcome, duplicate_of)
+            )
+            observe_changes(span, changes, facts.received_at)
         if changes:
             on_change()
             log.info(
                 "status %s", ",".join(str(c.status.value) for c in changes), extra={"invoice_id": facts.invoice_id}
             )
+
+    register_lag_gauge(app)
 
     @app.agent(source, name="status")
     async def project(stream: faust.StreamT[bytes]) -> None:

@@ -12,7 +12,11 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from invoicing.v1 import common_pb2, events_pb2, status_pb2, status_pb2_grpc
+from opentelemetry import trace
 
+from invoicing_common.kafka import headers_to_carrier
+from invoicing_common.telemetry import current_trace_id, inject_headers
+from invoicing_status.agents import observe_changes
 from invoicing_status.domain import Change, TransitionError, check_role, check_update
 from invoicing_status.lifecycle import Reason, Status
 from invoicing_status.notifier import ChangeNotifier
@@ -241,9 +245,11 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
             return [Change(new, actor, now, f"update:{request_id}", reason)]
 
         try:
-            changes = await self._repository.apply(
-                f"update:{invoice_id}:{request_id}", InvoiceFacts(invoice_id=invoice_id), planner
+            facts = InvoiceFacts(
+                invoice_id=invoice_id, trace_id=current_trace_id(), headers=headers_to_carrier(inject_headers())
             )
+            changes = await self._repository.apply(f"update:{invoice_id}:{request_id}", facts, planner)
+            observe_changes(trace.get_current_span(), changes, None)
         except InvoiceNotFound:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"invoice_id: no invoice {invoice_id}")
         except TransitionError as exc:

@@ -19,12 +19,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-unt
 from google.protobuf.message import DecodeError
 from invoicing.v1 import events_pb2
 from mode import Service
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind
 
 from invoicing_common import topics
 from invoicing_common.db import Database
 from invoicing_common.kafka import ProducerService
 from invoicing_common.streams import TRANSIENT_ERRORS
-from invoicing_status.repository import OUTBOX_CHANNEL, StatusRepository
+from invoicing_common.telemetry import inject_headers, record_invoice, tracer
+from invoicing_status.repository import OUTBOX_CHANNEL, PendingEvent, StatusRepository
 
 log = logging.getLogger(__name__)
 _LOCK_KEY = zlib.crc32(b"invoicing-status-outbox") & 0x7FFFFFFF
@@ -79,20 +82,33 @@ class OutboxPublisher(Service):
                 if not batch:
                     await self._wait()
                     continue
-                futures = [
-                    await self._kafka.producer.send(
-                        topics.STATUS,
-                        value=event.payload,
-                        key=event.invoice_id.encode(),
-                        headers=[(k, v.encode()) for k, v in event.headers.items()],
-                    )
-                    for event in batch
-                ]
+                futures = [await self._send(event) for event in batch]
                 await asyncio.gather(*futures)
                 await self._repository.mark_published(conn, [e.seq for e in batch])
                 self.published += len(batch)
         finally:
             await conn.close()
+
+    async def _send(self, event: PendingEvent) -> asyncio.Future[object]:
+        # A PRODUCER span under the span that made the transition, so the
+        # public event is part of the invoice's trace.
+        parent = propagate.extract(event.headers)
+        with (
+            tracer().start_as_current_span(f"send {topics.STATUS}", context=parent, kind=SpanKind.PRODUCER) as span,
+        ):
+            span.set_attributes(
+                {
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "send",
+                    "messaging.destination.name": topics.STATUS,
+                    "messaging.kafka.message.key": event.invoice_id,
+                }
+            )
+            record_invoice(span, event.invoice_id)
+            future: asyncio.Future[object] = await self._kafka.producer.send(
+                topics.STATUS, value=event.payload, key=event.invoice_id.encode(), headers=inject_headers()
+            )
+            return future
 
     async def _reconcile(self, conn: asyncpg.Connection) -> int:
         oldest = await conn.fetchval("SELECT min(created_at) FROM outbox WHERE published_at IS NULL")

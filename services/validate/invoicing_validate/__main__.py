@@ -1,7 +1,8 @@
-"""Entry point: settings -> bootstrap -> consume until SIGTERM."""
+"""Entry point: settings -> telemetry -> bootstrap -> consume until SIGTERM."""
 
 from __future__ import annotations
 
+from invoicing_common import telemetry_setup
 from invoicing_common.lifecycle import run
 from invoicing_validate.bootstrap import bootstrap
 from invoicing_validate.settings import ValidateSettings
@@ -9,14 +10,18 @@ from invoicing_validate.settings import ValidateSettings
 
 def main() -> None:
     settings = ValidateSettings()
+    providers = telemetry_setup.configure(settings.otel_service_name, settings.metrics_port)
     validate = bootstrap(settings)
-    run(
-        settings.otel_service_name,
-        settings.log_level,
-        [validate.pool, validate.grpc],
-        app=validate.app,
-        on_ready=validate.grpc.mark_serving,
-    )
+    try:
+        run(
+            settings.otel_service_name,
+            settings.log_level,
+            [validate.pool, validate.grpc],
+            app=validate.app,
+            on_ready=validate.grpc.mark_serving,
+        )
+    finally:
+        telemetry_setup.shutdown(*providers)
 
 
 if __name__ == "__main__":

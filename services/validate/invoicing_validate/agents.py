@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from concurrent.futures import Executor
 
 import faust
 from invoicing.v1 import events_pb2
+from opentelemetry.trace import Status, StatusCode
 
 from invoicing_common import topics
-from invoicing_common.kafka import trace_headers
-from invoicing_common.streams import PermanentError, Record, process, raw_topic, send
+from invoicing_common.streams import PermanentError, Record, process, raw_topic, register_lag_gauge, send
+from invoicing_common.telemetry import FINDINGS, VALIDATION_DURATION, record_invoice, tracer
 from invoicing_validate.checks import run_checks
 from invoicing_validate.domain import validated_event
+
+log = logging.getLogger(__name__)
 
 
 def decode_received(record: Record) -> events_pb2.InvoiceReceived:
@@ -31,11 +36,35 @@ def register(app: faust.App, executor: Executor, concurrency: int) -> None:
 
     async def handle(record: Record) -> None:
         event = decode_received(record)
+        invoice_id = event.invoice.invoice_id
         loop = asyncio.get_running_loop()
-        # CPU-bound: run in the process pool so the loop keeps consuming.
-        report = await loop.run_in_executor(executor, run_checks, event.document, event.invoice.filename)
-        out = validated_event(event, report)
-        await send(validated, out.invoice.invoice_id, out.SerializeToString(), trace_headers())
+        with tracer().start_as_current_span("validate invoice") as span:
+            record_invoice(span, invoice_id)
+            started = time.perf_counter()
+            # CPU-bound: run in the process pool so the loop keeps consuming.
+            report = await loop.run_in_executor(executor, run_checks, event.document, event.invoice.filename)
+            VALIDATION_DURATION.record(time.perf_counter() - started, {"format": report.format, "valid": report.valid})
+            fatal = sum(1 for f in report.findings if f.severity != "warning")
+            span.set_attributes(
+                {
+                    "invoicing.format": report.format,
+                    "invoicing.profile": report.profile,
+                    "invoicing.valid": report.valid,
+                    "invoicing.findings.fatal": fatal,
+                    "invoicing.findings.warning": len(report.findings) - fatal,
+                }
+            )
+            for f in report.findings:
+                FINDINGS.add(1, {"rule": f.rule, "severity": f.severity})
+            out = validated_event(event, report)
+            if not report.valid:
+                span.set_attribute("invoicing.reason_code", out.reason.code)
+                span.set_attribute("invoicing.reason", out.reason.text)
+                span.set_status(Status(StatusCode.ERROR, f"{out.reason.code}: {out.reason.text}"[:500]))
+            log.info("validated: %s, %d fatal finding(s)", report.format, fatal, extra={"invoice_id": invoice_id})
+        await send(validated, invoice_id, out.SerializeToString(), out.event_id)
+
+    register_lag_gauge(app)
 
     @app.agent(received, name="validate", concurrency=concurrency)
     async def validate(stream: faust.StreamT[bytes]) -> None:

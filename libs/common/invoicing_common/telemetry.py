@@ -1,0 +1,102 @@
+"""Tracing and metrics helpers on the OpenTelemetry *API* only.
+
+Library code never configures the SDK: without ``telemetry_setup.configure``
+(called by each service's entry point) every span and instrument here is a
+no-op. Span attributes follow the semantic conventions: ``messaging.*`` for
+Kafka, ``rpc.*`` for gRPC (via the gRPC instrumentation), ``db.*`` for
+PostgreSQL (via the asyncpg instrumentation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.trace import Span, SpanKind
+from opentelemetry.util.types import AttributeValue
+
+_tracer = trace.get_tracer("invoicing")
+_meter = metrics.get_meter("invoicing")
+
+# The metrics every SRE dashboard is built on (docs/operations.md).
+SUBMISSIONS = _meter.create_counter(
+    "invoicing.submissions", unit="{invoice}", description="Submissions to ingest, by outcome"
+)
+VALIDATION_DURATION = _meter.create_histogram(
+    "invoicing.validation.duration", unit="s", description="Time to validate one document"
+)
+FINDINGS = _meter.create_counter(
+    "invoicing.validation.findings", unit="{finding}", description="Validation findings, by rule and severity"
+)
+ROUTING_OUTCOMES = _meter.create_counter(
+    "invoicing.routing.outcomes", unit="{invoice}", description="Routing decisions, by outcome and reason"
+)
+STATUS_TRANSITIONS = _meter.create_counter(
+    "invoicing.status.transitions", unit="{transition}", description="Lifecycle transitions, by status code"
+)
+E2E_LATENCY = _meter.create_histogram(
+    "invoicing.e2e.latency",
+    unit="s",
+    description="From submission to the first final pipeline status (201, 203 or 213)",
+)
+RPC_DURATION = _meter.create_histogram(
+    "rpc.server.duration", unit="ms", description="gRPC server call duration, by method and status"
+)
+DLQ_RECORDS = _meter.create_counter(
+    "invoicing.dlq.records", unit="{record}", description="Records sent to the dead-letter topic, by source"
+)
+
+
+def tracer() -> trace.Tracer:
+    return _tracer
+
+
+def meter() -> metrics.Meter:
+    return _meter
+
+
+def current_trace_id() -> str:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+def inject_headers() -> list[tuple[str, bytes]]:
+    """W3C trace context of the current span, as Kafka record headers."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return [(k, v.encode()) for k, v in carrier.items()]
+
+
+@contextmanager
+def produce_span(topic: str, key: str, message_id: str = "") -> Iterator[list[tuple[str, bytes]]]:
+    """A PRODUCER span for one record; yields the headers to send with it,
+    which carry this span as the consumer's parent."""
+    attributes: dict[str, AttributeValue] = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": topic,
+        "messaging.kafka.message.key": key,
+    }
+    if message_id:
+        attributes["messaging.message.id"] = message_id
+    with _tracer.start_as_current_span(f"send {topic}", kind=SpanKind.PRODUCER, attributes=attributes):
+        yield inject_headers()
+
+
+def consume_span_attributes(
+    topic: str, partition: int, offset: int, group: str, key: bytes | None
+) -> dict[str, AttributeValue]:
+    return {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": topic,
+        "messaging.destination.partition.id": str(partition),
+        "messaging.kafka.offset": offset,
+        "messaging.consumer.group.name": group,
+        "messaging.kafka.message.key": (key or b"").decode(errors="replace"),
+    }
+
+
+def record_invoice(span: Span, invoice_id: str) -> None:
+    span.set_attribute("invoicing.invoice_id", invoice_id)
