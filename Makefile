@@ -7,7 +7,7 @@ PACKAGES := libs/proto libs/common services/ingest services/validate services/ro
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard proto/invoicing/v1/*.proto)
 
-.PHONY: install run up down status test test-unit lint proto proto-check samples clean
+.PHONY: install run up down status test test-unit lint proto proto-check clean bench
 
 install: $(STAMP)
 	@$(BIN)/python scripts/fetch_artefacts.py
@@ -22,7 +22,9 @@ $(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PAC
 ## Start Kafka, PostgreSQL and the four services, then push the samples through.
 run: install
 	$(BIN)/python deploy/local/stack.py up
-	. .run/env && $(BIN)/invoicectl submit --follow samples/*
+	. .run/env && $(BIN)/invoicectl directory import samples/directory.csv \
+		&& $(BIN)/invoicectl directory import-services samples/directory-services.csv \
+		&& $(BIN)/invoicectl submit --follow samples/*.xml samples/*.txt
 	@echo "The stack stays up: 'source .run/env' to use it, 'make down' to stop it."
 
 up: install
@@ -52,6 +54,14 @@ proto: install
 
 proto-check: install
 	$(BIN)/python scripts/protogen.py check
+
+## Load test: starts the stack when needed, then `invoicectl bench` (docs/performance.md).
+BENCH_ARGS ?= --count 5000 --json bench-report.json
+bench: install
+	$(BIN)/python deploy/local/stack.py up
+	. $${STACK_RUN_DIR:-.run}/env && $(BIN)/invoicectl directory import samples/directory.csv \
+		&& $(BIN)/invoicectl directory import-services samples/directory-services.csv \
+		&& $(BIN)/invoicectl bench $(BENCH_ARGS)
 
 clean: down
 	rm -rf .run

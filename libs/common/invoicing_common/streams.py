@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 import faust
@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from google.protobuf.message import DecodeError
 from opentelemetry import propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from invoicing_common import topics
 from invoicing_common.kafka import dead_letter, headers_to_carrier
@@ -59,7 +59,60 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CannotConnectNowError,
 )
 
+# Failures that will not go away by retrying: the record goes to the DLQ.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    DecodeError,
+    PermanentError,
+    ValueError,
+    KeyError,
+    TypeError,
+    UnicodeDecodeError,
+)
+
 Handler = Callable[[Record], Awaitable[None]]
+T = TypeVar("T")
+
+
+def record_from(message: Any) -> Record:
+    return Record(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        headers=list(message.headers or []),
+    )
+
+
+def consumer_span(record: Record, consumer_group: str) -> Span:
+    """A started CONSUMER span for ``record``, child of the producer's span
+    found in its headers (faust consumes on another thread: contextvars do
+    not follow, so the context is re-extracted here). The caller ends it."""
+    return tracer.start_span(
+        f"process {record.topic}",
+        context=propagate.extract(headers_to_carrier(record.headers)),
+        kind=SpanKind.CONSUMER,
+        attributes=consume_span_attributes(record.topic, record.partition, record.offset, consumer_group, record.key),
+    )
+
+
+async def retry_transient(operation: Callable[[], Awaitable[T]], what: str, retry_delay: float = 0.5) -> T:
+    """Run ``operation`` until it succeeds or fails for a non-transient
+    reason: a broker or database outage holds the partition, never skips it."""
+    delay = retry_delay
+    while True:
+        try:
+            return await operation()
+        except TRANSIENT_ERRORS as exc:
+            log.warning("transient failure in %s, retrying in %.1fs: %s", what, delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def _faust_datadir() -> str:
+    base = os.path.join(tempfile.gettempdir(), "invoicing-faust")
+    os.makedirs(base, exist_ok=True)  # faust creates only the last level
+    return os.path.join(base, "{conf.id}")
 
 
 def create_app(app_id: str, settings: ServiceSettings, **overrides: Any) -> faust.App:
@@ -81,7 +134,7 @@ def create_app(app_id: str, settings: ServiceSettings, **overrides: Any) -> faus
         "worker_redirect_stdouts": False,
         # Tables live in memory; faust still wants a data folder, kept out of
         # the working directory.
-        "datadir": os.path.join(tempfile.gettempdir(), "invoicing-faust", "{conf.id}"),
+        "datadir": _faust_datadir(),
         "broker_session_timeout": settings.kafka_session_timeout_seconds,
         "broker_heartbeat_interval": max(1.0, settings.kafka_session_timeout_seconds / 3),
     }
@@ -112,25 +165,8 @@ async def process(
     """Run ``handler`` for each event of a faust stream (``stream.events()``)."""
     async for event in stream:
         message = event.message
-        record = Record(
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            key=message.key,
-            value=message.value,
-            headers=list(message.headers or []),
-        )
-        # faust consumes in another thread: contextvars do not follow, so the
-        # trace context is re-extracted from the record headers here.
-        parent = propagate.extract(headers_to_carrier(record.headers))
-        with tracer.start_as_current_span(
-            f"process {record.topic}",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes=consume_span_attributes(
-                record.topic, record.partition, record.offset, consumer_group, record.key
-            ),
-        ):
+        record = record_from(message)
+        with trace.use_span(consumer_span(record, consumer_group), end_on_exit=True):
             await _handle_with_retry(record, handler, dlq=dlq, consumer_group=consumer_group, retry_delay=retry_delay)
         yield None
 
@@ -153,19 +189,19 @@ async def _handle_with_retry(
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
-        except (DecodeError, PermanentError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            await _to_dlq(record, exc, dlq=dlq, consumer_group=consumer_group)
+        except PERMANENT_ERRORS as exc:
+            await send_to_dlq(record, exc, dlq=dlq, consumer_group=consumer_group)
             return
         except Exception as exc:
             log.exception(
                 "unexpected failure",
                 extra={"topic": record.topic, "partition": record.partition, "offset": record.offset},
             )
-            await _to_dlq(record, exc, dlq=dlq, consumer_group=consumer_group)
+            await send_to_dlq(record, exc, dlq=dlq, consumer_group=consumer_group)
             return
 
 
-async def _to_dlq(record: Record, exc: BaseException, *, dlq: faust.TopicT, consumer_group: str) -> None:
+async def send_to_dlq(record: Record, exc: BaseException, *, dlq: faust.TopicT, consumer_group: str) -> None:
     letter = dead_letter(
         topic=record.topic,
         partition=record.partition,

@@ -1,4 +1,4 @@
-"""Entry point: settings -> telemetry -> bootstrap -> consume until SIGTERM."""
+"""Entry point: settings -> telemetry -> bootstrap -> consume and serve until SIGTERM."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def main() -> None:
         run(
             settings.otel_service_name,
             settings.log_level,
-            [route.grpc],
+            [route.database, route.publisher, route.feed, route.grpc],
             app=route.app,
             on_ready=route.grpc.mark_serving,
         )

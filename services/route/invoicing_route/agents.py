@@ -1,22 +1,22 @@
-"""faust agent: validated -> routed (valid invoices only)."""
+"""faust agent: validated -> routed (valid invoices only), resolved against
+the in-memory directory index (no database round trip per invoice)."""
 
 from __future__ import annotations
 
+import logging
+
 import faust
 from invoicing.v1 import events_pb2
+from opentelemetry.trace import Status, StatusCode
 
 from invoicing_common import topics
-from invoicing_common.streams import (
-    PermanentError,
-    Record,
-    process,
-    raw_topic,
-    register_lag_gauge,
-    send,
-)
+from invoicing_common.streams import PermanentError, Record, process, raw_topic, register_lag_gauge, send
 from invoicing_common.telemetry import ROUTING_OUTCOMES, record_invoice, tracer
-from invoicing_route.domain import decide, routed_event
+from invoicing_route.domain import BuyerIdentifiers, routed_event
 from invoicing_route.settings import RouteSettings
+from invoicing_route.usecases import Directory
+
+log = logging.getLogger(__name__)
 
 
 def decode_validated(record: Record) -> events_pb2.InvoiceValidated:
@@ -28,7 +28,7 @@ def decode_validated(record: Record) -> events_pb2.InvoiceValidated:
     return event
 
 
-def register(app: faust.App, settings: RouteSettings) -> None:
+def register(app: faust.App, settings: RouteSettings, directory: Directory) -> None:
     validated = raw_topic(app, topics.VALIDATED)
     routed = raw_topic(app, topics.ROUTED)
     dlq = raw_topic(app, topics.DLQ)
@@ -39,22 +39,27 @@ def register(app: faust.App, settings: RouteSettings) -> None:
             return  # the status service records the rejection
         with tracer().start_as_current_span("route invoice") as span:
             record_invoice(span, event.invoice.invoice_id)
-            decision = decide(settings.platform_id, settings.route_default_platform)
+            resolution = directory.resolve_now(BuyerIdentifiers.from_summary(event.summary))
+            out = routed_event(event, resolution, settings.platform_id)
+            outcome = "routed" if resolution.routed else "rejected"
+            ROUTING_OUTCOMES.add(1, {"outcome": outcome, "reason": resolution.reason_code or outcome})
             span.set_attributes(
                 {
-                    "invoicing.routing.outcome": "routed",
-                    "invoicing.routing.destination_platform": decision.destination_platform,
-                    "invoicing.routing.local_delivery": decision.local_delivery,
+                    "invoicing.routing.outcome": outcome,
+                    "invoicing.routing.destination_platform": out.destination_platform,
+                    "invoicing.routing.local_delivery": out.local_delivery,
+                    "invoicing.routing.entry_id": out.directory_entry_id,
                 }
             )
-            ROUTING_OUTCOMES.add(
-                1,
-                {
-                    "outcome": "local" if decision.local_delivery else "remote",
-                    "reason": "",
-                },
-            )
-            out = routed_event(event, decision)
+            if not resolution.routed:
+                span.set_attribute("invoicing.reason_code", out.reason.code)
+                span.set_attribute("invoicing.reason", out.reason.text)
+                span.set_status(Status(StatusCode.ERROR, f"{out.reason.code}: {out.reason.text}"[:500]))
+        log.info(
+            "routed to %s" if resolution.routed else "refused: %s",
+            out.destination_platform if resolution.routed else out.reason.text,
+            extra={"invoice_id": out.invoice.invoice_id},
+        )
         await send(routed, out.invoice.invoice_id, out.SerializeToString(), out.event_id)
 
     register_lag_gauge(app)

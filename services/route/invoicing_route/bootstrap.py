@@ -3,22 +3,44 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.resources import files
 
 import faust
 
+from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
 from invoicing_common.streams import create_app
 from invoicing_route import agents
+from invoicing_route.api import DirectoryServicer, registrar
+from invoicing_route.directory import DirectoryIndex
+from invoicing_route.feed import DirectoryFeed, DirectoryPublisher
+from invoicing_route.repository import DirectoryRepository
 from invoicing_route.settings import RouteSettings
+from invoicing_route.usecases import Directory
 
 
 @dataclass
 class Route:
     app: faust.App
+    database: Database
+    publisher: DirectoryPublisher
+    feed: DirectoryFeed
     grpc: GrpcServer
 
 
 def bootstrap(settings: RouteSettings) -> Route:
+    database = Database(settings.database_url, schema="directory", migrations=files("invoicing_route") / "migrations")
+    publisher = DirectoryPublisher(
+        settings.kafka_bootstrap_servers, f"{settings.otel_service_name}-directory", settings.directory_linger_ms
+    )
+    feed = DirectoryFeed(
+        settings.kafka_bootstrap_servers,
+        settings.topic_partitions,
+        DirectoryIndex(),
+        client_id=f"{settings.otel_service_name}-directory-feed",
+    )
+    directory = Directory(DirectoryRepository(database), publisher, feed, settings.directory_apply_timeout_seconds)
     app = create_app(settings.otel_service_name, settings)
-    agents.register(app, settings)
-    return Route(app=app, grpc=GrpcServer(settings, lambda _server: []))
+    agents.register(app, settings, directory)
+    server = GrpcServer(settings, registrar(DirectoryServicer(directory, settings.platform_id)))
+    return Route(app=app, database=database, publisher=publisher, feed=feed, grpc=server)

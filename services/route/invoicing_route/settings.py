@@ -7,7 +7,9 @@ from invoicing_common.settings import GrpcSettings
 
 class RouteSettings(GrpcSettings):
     grpc_port: int = Field(default=17003, ge=0, le=65535)
-    # Until the directory exists every valid invoice goes to this platform;
-    # equal to platform_id means "made available here" (203), else 201.
-    route_default_platform: str = Field(default="local", min_length=1)
+    # Upsert/Delete answer once this instance's index has the change, or
+    # after this many seconds (the change is durable either way).
+    directory_apply_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Producer linger for directory changes: larger batches for bulk imports.
+    directory_linger_ms: int = Field(default=20, ge=0, le=1000)
     otel_service_name: str = "invoicing-route"

@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import faust
 from google.protobuf.message import Message
 from invoicing.v1 import common_pb2, events_pb2
-from opentelemetry.trace import Span
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Link, Span
 
 from invoicing_common import topics
-from invoicing_common.kafka import headers_to_carrier
-from invoicing_common.streams import PermanentError, Record, process, raw_topic, register_lag_gauge
-from invoicing_common.telemetry import E2E_LATENCY, STATUS_TRANSITIONS, inject_headers, record_invoice, tracer
+from invoicing_common.streams import (
+    PERMANENT_ERRORS,
+    PermanentError,
+    Record,
+    consumer_span,
+    raw_topic,
+    record_from,
+    register_lag_gauge,
+    retry_transient,
+    send_to_dlq,
+)
+from invoicing_common.telemetry import E2E_LATENCY, STATUS_TRANSITIONS, record_invoice, tracer
 from invoicing_status.domain import Change, Outcome, Submitted, business_key, plan
 from invoicing_status.lifecycle import PIPELINE_OUTCOMES, Reason, Status
-from invoicing_status.repository import InvoiceFacts, StatusRepository
+from invoicing_status.repository import InvoiceFacts, Planner, StatusRepository
 
 log = logging.getLogger(__name__)
 
@@ -110,30 +121,101 @@ def observe_changes(span: Span, changes: list[Change], received_at: datetime | N
         span.set_attribute("invoicing.status_code", changes[-1].status.value)
 
 
-def register(app: faust.App, repository: StatusRepository, on_change: Callable[[], None]) -> None:
+@dataclass
+class _Prepared:
+    record: Record
+    consume: Span
+    apply: Span
+    event_id: str
+    facts: InvoiceFacts
+    planner: Planner
+
+
+def register(
+    app: faust.App, repository: StatusRepository, on_change: Callable[[], None], batch_size: int = 200
+) -> None:
     source = raw_topic(app, topics.RECEIVED, topics.VALIDATED, topics.ROUTED)
     dlq = raw_topic(app, topics.DLQ)
+    group = app.conf.id
 
-    async def handle(record: Record) -> None:
-        event_id, facts, submitted, outcome = interpret(record, datetime.now(UTC))
-        with tracer().start_as_current_span("apply status") as span:
-            record_invoice(span, facts.invoice_id)
-            # The outbox keeps this span's context: the public status event
-            # continues the invoice's trace.
-            facts.headers = headers_to_carrier(inject_headers())
-            changes = await repository.apply(
-                event_id, facts, lambda current, duplicate_of: plan(current, submitted, outcome, duplicate_of)
-            )
-            observe_changes(span, changes, facts.received_at)
+    def prepare(record: Record, now: datetime) -> _Prepared:
+        consume = consumer_span(record, group)
+        try:
+            event_id, facts, submitted, outcome = interpret(record, now)
+        except BaseException:
+            consume.end()
+            raise
+        apply = tracer().start_span("apply status", context=trace.set_span_in_context(consume))
+        record_invoice(apply, facts.invoice_id)
+        # The outbox keeps this span's context: the public status event
+        # continues the invoice's trace.
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(apply))
+        facts.headers = carrier
+
+        def planner(current: Status | None, duplicate_of: str | None) -> list[Change]:
+            return plan(current, submitted, outcome, duplicate_of)
+
+        return _Prepared(record, consume, apply, event_id, facts, planner)
+
+    def finish(item: _Prepared, changes: list[Change]) -> None:
+        observe_changes(item.apply, changes, item.facts.received_at)
+        item.apply.end()
+        item.consume.end()
         if changes:
-            on_change()
             log.info(
-                "status %s", ",".join(str(c.status.value) for c in changes), extra={"invoice_id": facts.invoice_id}
+                "status %s",
+                ",".join(str(c.status.value) for c in changes),
+                extra={"invoice_id": item.facts.invoice_id},
             )
+
+    async def one_by_one(items: list[_Prepared]) -> None:
+        for item in items:
+            with trace.use_span(item.apply):
+                try:
+                    changes = await retry_transient(
+                        lambda item=item: repository.apply(item.event_id, item.facts, item.planner),  # type: ignore[misc]
+                        "status apply",
+                    )
+                except Exception as exc:  # noqa: BLE001 - one bad event must not stop the partition
+                    await send_to_dlq(item.record, exc, dlq=dlq, consumer_group=group)
+                    changes = []
+            finish(item, changes)
+
+    async def handle_batch(events: Sequence[faust.EventT[bytes]]) -> None:
+        now = datetime.now(UTC)
+        items: list[_Prepared] = []
+        for event in events:
+            record = record_from(event.message)
+            try:
+                items.append(prepare(record, now))
+            except PERMANENT_ERRORS as exc:
+                await send_to_dlq(record, exc, dlq=dlq, consumer_group=group)
+        if not items:
+            return
+        links = [Link(item.apply.get_span_context()) for item in items]
+        with tracer().start_as_current_span("apply status batch", links=links) as batch_span:
+            batch_span.set_attribute("invoicing.batch.size", len(items))
+            try:
+                results = await retry_transient(
+                    lambda: repository.apply_many([(i.event_id, i.facts, i.planner) for i in items]),
+                    "status batch",
+                )
+            except Exception:
+                log.exception("status batch failed; applying its %d event(s) one by one", len(items))
+                await one_by_one(items)
+                on_change()
+                return
+        for item, changes in zip(items, results, strict=True):
+            finish(item, changes)
+        if any(results):
+            on_change()
 
     register_lag_gauge(app)
 
     @app.agent(source, name="status")
     async def project(stream: faust.StreamT[bytes]) -> None:
-        async for _ in process(stream.events(), handle, dlq=dlq, consumer_group=app.conf.id):
-            pass
+        # Batches: one transaction (one commit) per batch; events of one
+        # invoice keep their order inside it. Offsets are acked after it.
+        async for events in stream.take_events(batch_size, within=0.02):  # type: ignore[attr-defined]
+            await handle_batch(events)

@@ -9,4 +9,6 @@ class StatusSettings(GrpcSettings):
     grpc_port: int = Field(default=17004, ge=0, le=65535)
     # Largest number of status events published in one outbox batch.
     outbox_batch_size: int = Field(default=500, ge=1, le=10_000)
+    # Pipeline events applied per transaction (one commit per batch).
+    status_batch_size: int = Field(default=200, ge=1, le=5_000)
     otel_service_name: str = "invoicing-status"

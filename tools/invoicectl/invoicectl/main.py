@@ -20,7 +20,9 @@ from invoicing.v1 import events_pb2, ingest_pb2, ingest_pb2_grpc, status_pb2, st
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from invoicectl.bench.cli import bench
 from invoicectl.config import GRPC_OPTIONS, Endpoints
+from invoicectl.directory_cmd import directory_app
 from invoicectl.kafka_follow import StatusFollower
 from invoicectl.render import (
     invoice_json,
@@ -36,6 +38,8 @@ app = typer.Typer(help="Command-line client for the invoicing pipeline.", no_arg
 out = Console(highlight=False, soft_wrap=True, markup=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 app.command()(validate)
+app.command()(bench)
+app.add_typer(directory_app, name="directory")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:

@@ -1,0 +1,230 @@
+"""The directory topic: publishing changes, and following them into the
+in-memory index.
+
+Every route instance reads every partition of the compacted topic with a
+plain consumer (no consumer group), so each instance holds the whole
+directory and all instances converge on the same state. At start the topic
+is read from its beginning up to its end offsets before the instance
+reports itself ready; then the feed follows new records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+from google.protobuf.message import DecodeError
+from mode import Service
+
+from invoicing_common import topics
+from invoicing_common.kafka import ensure_topics
+from invoicing_route.codec import Removal, decode_record
+from invoicing_route.directory import DirectoryError, DirectoryIndex, Entry
+
+log = logging.getLogger(__name__)
+
+Offsets = dict[int, int]
+
+
+class DirectoryPublisher(Service):
+    """An idempotent acks=all producer writing whole record batches.
+
+    It picks the partition itself (CRC-32 of the key modulo the partition
+    count) and appends records to one batch per partition: a bulk import
+    costs a few microseconds per record instead of a full ``send`` each. A
+    key always maps to the same partition, which is all compaction and
+    per-entry ordering need; this publisher is the topic's only writer.
+    """
+
+    def __init__(self, bootstrap_servers: str, client_id: str, linger_ms: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._bootstrap_servers = bootstrap_servers
+        self._client_id = client_id
+        self._linger_ms = linger_ms
+        self._producer: AIOKafkaProducer | None = None
+        self._partitions = 0
+
+    async def on_start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap_servers,
+            client_id=self._client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=self._linger_ms,
+            max_batch_size=1024 * 1024,
+            max_request_size=topics.MAX_MESSAGE_BYTES,
+        )
+        await self._producer.start()
+
+    async def on_stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def publish(self, records: Iterable[tuple[bytes, bytes | None]]) -> Offsets:
+        """Send every (key, value) record (value None: tombstone) and wait
+        until all are acknowledged; returns the last offset per partition."""
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("directory publisher not started")
+        if not self._partitions:
+            self._partitions = len(await producer.partitions_for(topics.DIRECTORY))
+        batches: dict[int, Any] = {}
+        sent: list[tuple[int, asyncio.Future[Any]]] = []
+
+        async def flush(partition: int, batch: Any) -> None:
+            count = batch.record_count()
+            sent.append((count, await producer.send_batch(batch, topics.DIRECTORY, partition=partition)))
+
+        for key, value in records:
+            partition = zlib.crc32(key) % self._partitions
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                await flush(partition, batch)
+                batch = batches[partition] = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        for partition, batch in batches.items():
+            await flush(partition, batch)
+        last: Offsets = {}
+        for (count, _), metadata in zip(sent, await asyncio.gather(*(f for _, f in sent)), strict=True):
+            end = metadata.offset + count - 1
+            last[metadata.partition] = max(last.get(metadata.partition, -1), end)
+        return last
+
+
+class DirectoryFeed(Service):
+    """Keeps ``index`` equal to the directory topic."""
+
+    def __init__(
+        self, bootstrap_servers: str, partitions: int, index: DirectoryIndex, client_id: str, **kwargs: object
+    ) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._bootstrap_servers = bootstrap_servers
+        self._partitions = partitions
+        self._client_id = client_id
+        self.index = index
+        self._consumer: AIOKafkaConsumer | None = None
+        # Next offset to apply, per partition.
+        self._applied: Offsets = {}
+        self._progress = asyncio.Condition()
+        self.records_applied = 0
+
+    async def on_start(self) -> None:
+        await ensure_topics(self._bootstrap_servers, self._partitions, [topics.DIRECTORY])
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap_servers,
+            client_id=self._client_id,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=100,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
+        await consumer.start()
+        self._consumer = consumer
+        # aiokafka has no public call for a topic's partitions without a
+        # consumer group; the client's metadata is what topics() uses.
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = sorted(cluster.partitions_for_topic(topics.DIRECTORY) or ())
+        if not partitions:
+            raise RuntimeError(f"topic {topics.DIRECTORY} has no partitions")
+        tps = [TopicPartition(topics.DIRECTORY, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        started = time.monotonic()
+        # Ready only once everything published before the start is applied.
+        behind = {tp for tp in tps if ends[tp] > 0}
+        while behind:
+            await self._apply(await consumer.getmany(*behind, timeout_ms=500))
+            for tp in list(behind):
+                if await consumer.position(tp) >= ends[tp]:
+                    behind.discard(tp)
+        for tp in tps:
+            self._applied[tp.partition] = await consumer.position(tp)
+        log.info(
+            "directory loaded: %d entries at %d addresses from %d records in %.1fs",
+            len(self.index),
+            self.index.addresses,
+            self.records_applied,
+            time.monotonic() - started,
+        )
+
+    async def on_stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    @Service.task
+    async def _follow(self) -> None:
+        delay = 0.5
+        while not self.should_stop:
+            consumer = self._consumer
+            if consumer is None:
+                return
+            try:
+                batch = await consumer.getmany(timeout_ms=200)
+                delay = 0.5
+            except KafkaError as exc:
+                log.warning("directory feed interrupted, retrying in %.1fs: %s", delay, exc)
+                await self.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            await self._apply(batch)
+
+    async def _apply(self, batch: Mapping[TopicPartition, list[object]]) -> None:
+        if not batch:
+            return
+        index = self.index
+        for tp, records in batch.items():
+            for record in records:
+                try:
+                    change = decode_record(record.key, record.value)  # type: ignore[attr-defined]
+                except (DirectoryError, DecodeError, UnicodeDecodeError) as exc:
+                    log.error(
+                        "directory record skipped: %s",
+                        exc,
+                        extra={"topic": tp.topic, "partition": tp.partition, "offset": record.offset},  # type: ignore[attr-defined]
+                    )
+                    continue
+                if isinstance(change, Removal):
+                    if change.code is None:
+                        assert change.valid_from is not None
+                        index.remove_entry(change.address, change.valid_from)
+                    else:
+                        index.remove_service(change.address, change.code)
+                elif isinstance(change, Entry):
+                    index.put_entry(change)
+                else:
+                    index.put_service(change)
+            self.records_applied += len(records)
+            if records:
+                self._applied[tp.partition] = records[-1].offset + 1  # type: ignore[attr-defined]
+        async with self._progress:
+            self._progress.notify_all()
+
+    def caught_up(self, offsets: Mapping[int, int]) -> bool:
+        return all(self._applied.get(p, 0) > o for p, o in offsets.items())
+
+    async def wait_applied(self, offsets: Mapping[int, int], timeout: float) -> bool:
+        """True once every (partition, offset) is in the index; False after
+        ``timeout`` seconds."""
+
+        async def wait() -> None:
+            async with self._progress:
+                await self._progress.wait_for(lambda: self.caught_up(offsets))
+
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            return False
+        return True

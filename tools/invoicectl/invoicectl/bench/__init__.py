@@ -1,0 +1,1 @@
+"""`invoicectl bench`: load generator, pipeline runner, same-run baselines and report."""

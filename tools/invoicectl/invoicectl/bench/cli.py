@@ -1,0 +1,135 @@
+"""`invoicectl bench`: load the running pipeline and report against same-run ceilings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from invoicectl.bench.baselines import grpc_baseline, kafka_baseline, validation_baseline
+from invoicectl.bench.generator import BenchDocument, Generator, mix
+from invoicectl.bench.report import Baselines, BenchReport, render
+from invoicectl.bench.runner import BenchError, Mode, Tick, run_pipeline
+from invoicectl.config import Endpoints
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+        console=err, transient=False,
+    )  # fmt: skip
+
+
+@contextmanager
+def _step(progress: Progress, description: str, total: int) -> Iterator[Tick]:
+    task: TaskID = progress.add_task(description, total=total, rate="")
+
+    def tick() -> None:
+        progress.advance(task)
+        speed = progress.tasks[task].speed
+        progress.update(task, rate=f"{speed:8.1f}/s" if speed else "")
+
+    yield tick
+    progress.update(task, completed=progress.tasks[task].completed)
+
+
+def _generate(generator: Generator, count: int, invalid_share: float, progress: Progress) -> list[BenchDocument]:
+    documents: list[BenchDocument] = []
+    with _step(progress, "generating documents", count) as tick:
+        for document in generator.documents(count, invalid_share):
+            documents.append(document)
+            tick()
+    return documents
+
+
+def bench(
+    count: Annotated[int, typer.Option(min=1, help="Distinct invoices to submit.")] = 1000,
+    mode: Annotated[Mode, typer.Option(help="closed: fixed concurrency; open: fixed arrival rate.")] = Mode.CLOSED,
+    concurrency: Annotated[int, typer.Option(min=1, help="Calls in flight (closed loop).")] = 32,
+    rate: Annotated[float, typer.Option(min=0.1, help="Submissions per second (open loop).")] = 50.0,
+    invalid_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of invalid invoices.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the document mix and sellers.")] = 1,
+    idle_timeout: Annotated[
+        float, typer.Option(min=1.0, help="Give up waiting for final statuses after this many seconds without one.")
+    ] = 120.0,
+    baselines: Annotated[bool, typer.Option(help="Also measure the gRPC, Kafka and validation ceilings.")] = True,
+    baseline_count: Annotated[
+        int, typer.Option(min=1, help="Documents per baseline (default: all, at most 2000).")
+    ] = 2000,
+    validation_workers: Annotated[
+        int, typer.Option(min=1, help="Processes of the validation baseline (default: one per core).")
+    ] = os.cpu_count() or 1,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions of the Kafka baseline's topic.")] = 6,
+    json_file: Annotated[Path | None, typer.Option("--json", help="Write the report to this file.")] = None,
+) -> None:
+    """Load the running pipeline with generated invoices; report throughput,
+    latencies, losses and the same-run ceilings. Exit 1 if an invoice is lost
+    or refused, 2 if the stack cannot be reached."""
+    endpoints = Endpoints.from_env()
+    run_id = uuid.uuid4().hex[:8]
+    generator = Generator(run_id, seed=seed)
+
+    async def run() -> BenchReport:
+        with _progress() as progress:
+            documents = _generate(generator, count, invalid_share, progress)
+            with (
+                _step(progress, "submitted (acknowledged)", count) as on_ack,
+                _step(progress, "final status", count) as on_final,
+            ):
+                pipeline = await run_pipeline(
+                    endpoints,
+                    documents,
+                    mode=mode,
+                    concurrency=concurrency,
+                    per_second=rate,
+                    submitter=f"bench-{run_id}",
+                    idle_timeout=idle_timeout,
+                    on_ack=on_ack,
+                    on_final=on_final,
+                )
+            ceilings = Baselines()
+            if baselines:
+                subset = documents[: min(baseline_count, len(documents))]
+                with _step(progress, "ceiling: bare gRPC", len(subset)) as tick:
+                    ceilings.ingest_grpc = await grpc_baseline(subset, concurrency, tick)
+                with _step(progress, "ceiling: Kafka", len(subset)) as tick:
+                    ceilings.kafka = await kafka_baseline(endpoints.kafka, subset, partitions, 1000, tick)
+                chunks = -(-len(subset) // 20)
+                with _step(progress, "ceiling: validation (chunks)", chunks) as tick:
+                    ceilings.validation = await asyncio.to_thread(validation_baseline, subset, validation_workers, tick)
+        return BenchReport(run_id=run_id, pipeline=pipeline, baselines=ceilings, mix=mix(documents))
+
+    try:
+        report = asyncio.run(run())
+    except BenchError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except grpc.aio.AioRpcError as exc:
+        err.print(f"[red]error:[/red] {exc.code().name}: {exc.details()}")
+        raise typer.Exit(2) from exc
+    render(report, out)
+    if json_file is not None:
+        try:
+            json_file.write_text(json.dumps(report.as_json(), indent=2, allow_nan=False) + "\n")
+        except (OSError, ValueError) as exc:
+            err.print(f"[red]error:[/red] cannot write {json_file}: {exc}")
+            raise typer.Exit(2) from exc
+        err.print(f"report written to {json_file}")
+    p = report.pipeline
+    if p.lost or p.failed_submissions:
+        err.print(f"[red]{p.lost} invoice(s) lost, {sum(p.failed_submissions.values())} refused[/red]")
+        raise typer.Exit(1)

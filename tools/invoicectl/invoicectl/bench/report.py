@@ -1,0 +1,226 @@
+"""Bench figures: percentiles, rates, the JSON report and its console table."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) with linear interpolation between the
+    closest ranks (numpy's default); NaN for no values."""
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"percentile must be between 0 and 100, not {q}")
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Milliseconds."""
+
+    p50: float
+    p95: float
+    p99: float
+    max: float
+    mean: float
+    count: int
+
+    @classmethod
+    def of_seconds(cls, samples: Sequence[float]) -> Latency:
+        ms = [s * 1000.0 for s in samples]
+        return cls(
+            p50=_round(percentile(ms, 50)),
+            p95=_round(percentile(ms, 95)),
+            p99=_round(percentile(ms, 99)),
+            max=_round(max(ms)) if ms else math.nan,
+            mean=_round(sum(ms) / len(ms)) if ms else math.nan,
+            count=len(ms),
+        )
+
+
+def rate(count: int, seconds: float) -> float:
+    """Events per second; 0 when nothing was measured."""
+    return _round(count / seconds) if seconds > 0 and count > 0 else 0.0
+
+
+def steady_rate(times: Sequence[float], low: float = 10.0, high: float = 90.0) -> float:
+    """Rate between the ``low`` and ``high`` percentiles of completion times:
+    the plateau, without ramp-up and drain."""
+    if len(times) < 10:
+        return 0.0
+    ordered = sorted(times)
+    i, j = int(len(ordered) * low / 100), int(len(ordered) * high / 100) - 1
+    return rate(j - i, ordered[j] - ordered[i])
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    return round(numerator / denominator, 3) if denominator > 0 else None
+
+
+def _round(value: float) -> float:
+    return value if math.isnan(value) else round(value, 2)
+
+
+@dataclass
+class PipelineFigures:
+    mode: str
+    concurrency: int
+    target_rate: float | None
+    count: int
+    acked: int
+    failed_submissions: dict[str, int]
+    submit_seconds: float
+    submissions_per_s: float
+    ack_latency_ms: Latency
+    e2e_latency_ms: Latency
+    e2e_seconds: float
+    e2e_invoices_per_s: float
+    e2e_invoices_per_s_steady: float
+    lost: int
+    finals: dict[str, int]
+    valid_rejected: int
+    invalid_accepted: int
+    lost_invoice_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GrpcBaseline:
+    """A bare grpc.aio server answering SubmitInvoice at once: the ingest ceiling."""
+
+    requests: int
+    concurrency: int
+    submissions_per_s: float
+    ack_latency_ms: Latency
+
+
+@dataclass
+class KafkaBaseline:
+    """aiokafka produce -> consume of the same payloads, acks=all: the Kafka ceiling."""
+
+    records: int
+    payload_bytes_mean: float
+    partitions: int
+    produce_per_s: float
+    produce_consume_per_s: float
+
+
+@dataclass
+class ValidationBaseline:
+    """saxonche + the official XSLT, one process per core: the validation ceiling."""
+
+    documents: int
+    workers: int
+    docs_per_s: float
+    docs_per_s_per_worker: float
+    stylesheets: dict[str, list[str]]
+
+
+@dataclass
+class Baselines:
+    ingest_grpc: GrpcBaseline | None = None
+    kafka: KafkaBaseline | None = None
+    validation: ValidationBaseline | None = None
+
+
+@dataclass
+class BenchReport:
+    run_id: str
+    pipeline: PipelineFigures
+    baselines: Baselines
+    mix: dict[str, int]
+    machine: dict[str, Any] = field(default_factory=lambda: machine())
+
+    def ratios(self) -> dict[str, float | None]:
+        b = self.baselines
+        return {
+            "e2e_over_validation_ceiling": ratio(self.pipeline.e2e_invoices_per_s, b.validation.docs_per_s)
+            if b.validation
+            else None,
+            "e2e_steady_over_validation_ceiling": ratio(
+                self.pipeline.e2e_invoices_per_s_steady, b.validation.docs_per_s
+            )
+            if b.validation
+            else None,
+            "submissions_over_ingest_ceiling": ratio(self.pipeline.submissions_per_s, b.ingest_grpc.submissions_per_s)
+            if b.ingest_grpc
+            else None,
+            "submissions_over_kafka_ceiling": ratio(self.pipeline.submissions_per_s, b.kafka.produce_consume_per_s)
+            if b.kafka
+            else None,
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        p = asdict(self.pipeline)
+        return {
+            "run_id": self.run_id,
+            "machine": self.machine,
+            "mix": self.mix,
+            **p,
+            "baselines": asdict(self.baselines),
+            "ratios": self.ratios(),
+        }
+
+
+def machine() -> dict[str, Any]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_end": [round(x, 2) for x in load],
+    }
+
+
+def _lat(latency: Latency) -> str:
+    return f"p50 {latency.p50:.1f}  p95 {latency.p95:.1f}  p99 {latency.p99:.1f}  (max {latency.max:.1f})"
+
+
+def render(report: BenchReport, console: Console) -> None:
+    p = report.pipeline
+    table = Table(title=f"invoicectl bench {report.run_id}", show_header=True, header_style="bold")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    mode = f"{p.mode}, " + (f"{p.target_rate:g}/s" if p.target_rate else f"concurrency {p.concurrency}")
+    table.add_row("mode", mode)
+    table.add_row("documents", f"{p.count} ({', '.join(f'{k} {v}' for k, v in report.mix.items())})")
+    table.add_row("submissions/s", f"{p.submissions_per_s:.1f}")
+    table.add_row("ack latency ms", _lat(p.ack_latency_ms))
+    table.add_row("end-to-end latency ms", _lat(p.e2e_latency_ms))
+    table.add_row("end-to-end invoices/s", f"{p.e2e_invoices_per_s:.1f} (steady {p.e2e_invoices_per_s_steady:.1f})")
+    table.add_row("final statuses", ", ".join(f"{k}: {v}" for k, v in sorted(p.finals.items())) or "-")
+    table.add_row("lost", f"[{'green' if p.lost == 0 else 'red'}]{p.lost}[/]")
+    if p.failed_submissions:
+        table.add_row("refused submissions", ", ".join(f"{k}: {v}" for k, v in p.failed_submissions.items()))
+    if p.valid_rejected or p.invalid_accepted:
+        unexpected = f"valid rejected {p.valid_rejected}, invalid accepted {p.invalid_accepted}"
+        table.add_row("unexpected outcomes", unexpected)
+    b = report.baselines
+    if b.ingest_grpc:
+        grpc_line = f"{b.ingest_grpc.submissions_per_s:.1f}  ({_lat(b.ingest_grpc.ack_latency_ms)})"
+        table.add_row("ceiling: bare gRPC /s", grpc_line)
+    if b.kafka:
+        kafka_line = f"produce {b.kafka.produce_per_s:.1f}, produce->consume {b.kafka.produce_consume_per_s:.1f}"
+        table.add_row("ceiling: Kafka /s", kafka_line)
+    if b.validation:
+        table.add_row(
+            "ceiling: validation docs/s",
+            f"{b.validation.docs_per_s:.1f} ({b.validation.workers} processes, "
+            f"{b.validation.docs_per_s_per_worker:.1f} each)",
+        )
+    for name, value in report.ratios().items():
+        if value is not None:
+            table.add_row(name.replace("_", " "), f"{value:.3f}")
+    console.print(table)

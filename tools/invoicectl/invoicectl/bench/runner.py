@@ -1,0 +1,234 @@
+"""Submits bench documents over gRPC and follows them to their final status.
+
+Two load shapes:
+
+* closed loop: ``concurrency`` submitters, each sending its next document as
+  soon as the previous one is acknowledged (throughput at that concurrency);
+* open loop: one document every ``1 / rate`` seconds whatever the answers
+  (latency under a given load). Latencies are measured from the *scheduled*
+  send time, so a stalled server cannot hide its queueing delay
+  (no coordinated omission).
+
+The status topic is read with a group-less consumer (``StatusFollower``),
+pinned to the end before the first submission, so no event is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import grpc
+from invoicing.v1 import ingest_pb2, ingest_pb2_grpc
+
+from invoicectl.bench.generator import BenchDocument
+from invoicectl.bench.report import Latency, PipelineFigures, rate, steady_rate
+from invoicectl.config import GRPC_OPTIONS, Endpoints
+from invoicectl.kafka_follow import StatusFollower
+
+FINAL_CODES = frozenset({201, 203, 213})
+REJECTED = 213
+SUBMIT_TIMEOUT_SECONDS = 120.0
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+Tick = Callable[[], None]
+
+
+class Mode(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+
+
+class BenchError(RuntimeError):
+    """The bench cannot run (endpoint unreachable, bad arguments)."""
+
+
+@dataclass
+class Sent:
+    document: BenchDocument
+    # perf_counter seconds: scheduled send time (open loop) or actual (closed).
+    start: float
+    acked: float | None = None
+    invoice_id: str = ""
+    duplicate: bool = False
+    error: str = ""
+
+
+async def wait_ready(channel: grpc.aio.Channel, address: str) -> None:
+    try:
+        await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_SECONDS)
+    except TimeoutError:
+        raise BenchError(f"cannot connect to {address} within {CONNECT_TIMEOUT_SECONDS:.0f}s") from None
+
+
+class Submitter:
+    """SubmitInvoice calls on one channel (HTTP/2 multiplexes them)."""
+
+    def __init__(self, stub: ingest_pb2_grpc.IngestServiceStub, submitter: str, on_ack: Tick) -> None:
+        self._stub = stub
+        self._metadata = (("x-submitter", submitter),)
+        self._on_ack = on_ack
+
+    async def send(self, document: BenchDocument, start: float) -> Sent:
+        sent = Sent(document, start)
+        request = ingest_pb2.SubmitInvoiceRequest(document=document.data, filename=document.filename)
+        try:
+            reply = await self._stub.SubmitInvoice(request, metadata=self._metadata, timeout=SUBMIT_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as exc:
+            sent.error = exc.code().name
+        else:
+            sent.acked = time.perf_counter()
+            sent.invoice_id = reply.invoice_id
+            sent.duplicate = reply.duplicate
+        self._on_ack()
+        return sent
+
+    async def closed_loop(self, documents: Iterable[BenchDocument], concurrency: int) -> list[Sent]:
+        if concurrency < 1:
+            raise BenchError("concurrency must be at least 1")
+        pending = iter(documents)
+        results: list[Sent] = []
+
+        async def worker() -> None:
+            # One shared iterator: each document is taken by exactly one worker.
+            for document in pending:
+                results.append(await self.send(document, time.perf_counter()))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return results
+
+    async def open_loop(self, documents: Sequence[BenchDocument], per_second: float) -> list[Sent]:
+        if per_second <= 0:
+            raise BenchError("rate must be positive")
+        t0 = time.perf_counter()
+        tasks: list[asyncio.Task[Sent]] = []
+        for i, document in enumerate(documents):
+            scheduled = t0 + i / per_second
+            # Pacing, not synchronisation: this is what a fixed arrival rate is.
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(self.send(document, scheduled)))
+        return list(await asyncio.gather(*tasks))
+
+
+class FinalTracker:
+    """Records, per invoice, the arrival time of its first final status."""
+
+    def __init__(self, follower: StatusFollower, on_final: Tick) -> None:
+        self._follower = follower
+        self._on_final = on_final
+        self.finals: dict[str, tuple[int, float]] = {}
+        self._wanted: set[str] = set()
+        self._changed = asyncio.Event()
+
+    def want(self, invoice_id: str) -> None:
+        """Count ``invoice_id`` in the progress (its final may already be in)."""
+        self._wanted.add(invoice_id)
+        if invoice_id in self.finals:
+            self._on_final()
+
+    async def run(self) -> None:
+        async for event in self._follower.events():
+            if event.status_code in FINAL_CODES and event.invoice_id not in self.finals:
+                self.finals[event.invoice_id] = (event.status_code, time.perf_counter())
+                if event.invoice_id in self._wanted:
+                    self._on_final()
+                self._changed.set()
+
+    async def wait_for(self, invoice_ids: set[str], idle_timeout: float) -> set[str]:
+        """Return once every id has its final status, or when none arrived
+        for ``idle_timeout`` seconds; returns the ids still without one."""
+        while True:
+            self._changed.clear()
+            missing = invoice_ids - self.finals.keys()
+            if not missing:
+                return missing
+            try:
+                await asyncio.wait_for(self._changed.wait(), idle_timeout)
+            except TimeoutError:
+                return invoice_ids - self.finals.keys()
+
+
+async def run_pipeline(
+    endpoints: Endpoints,
+    documents: Sequence[BenchDocument],
+    *,
+    mode: Mode,
+    concurrency: int,
+    per_second: float,
+    submitter: str,
+    idle_timeout: float,
+    on_ack: Tick,
+    on_final: Tick,
+) -> PipelineFigures:
+    follower = StatusFollower(endpoints.kafka)
+    try:
+        await follower.start()
+    except Exception as exc:
+        raise BenchError(f"cannot follow the status topic on {endpoints.kafka}: {exc}") from exc
+    tracker = FinalTracker(follower, on_final)
+    following = asyncio.create_task(tracker.run())
+
+    try:
+        async with grpc.aio.insecure_channel(endpoints.ingest, options=GRPC_OPTIONS) as channel:
+            await wait_ready(channel, endpoints.ingest)
+            client = Submitter(ingest_pb2_grpc.IngestServiceStub(channel), submitter, on_ack)
+            t0 = time.perf_counter()
+            if mode is Mode.CLOSED:
+                sent = await client.closed_loop(documents, concurrency)
+            else:
+                sent = await client.open_loop(documents, per_second)
+            submitted_at = time.perf_counter()
+        ids = {s.invoice_id for s in sent if s.invoice_id}
+        for invoice_id in ids:
+            tracker.want(invoice_id)
+        missing = await tracker.wait_for(ids, idle_timeout)
+    finally:
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+        await follower.stop()
+    return figures(sent, tracker.finals, missing, t0, submitted_at, mode, concurrency, per_second)
+
+
+def figures(
+    sent: Sequence[Sent],
+    finals: dict[str, tuple[int, float]],
+    missing: set[str],
+    t0: float,
+    submitted_at: float,
+    mode: Mode,
+    concurrency: int,
+    per_second: float,
+) -> PipelineFigures:
+    ok = [s for s in sent if s.acked is not None]
+    ours = [(s, finals[s.invoice_id]) for s in ok if s.invoice_id in finals]
+    final_times = [t for _, (_, t) in ours]
+    e2e_seconds = (max(final_times) - t0) if final_times else 0.0
+    codes = Counter(str(code) for _, (code, _) in ours)
+    return PipelineFigures(
+        mode=mode.value,
+        concurrency=concurrency,
+        target_rate=per_second if mode is Mode.OPEN else None,
+        count=len(sent),
+        acked=len(ok),
+        failed_submissions=dict(Counter(s.error for s in sent if s.error)),
+        submit_seconds=round(submitted_at - t0, 3),
+        submissions_per_s=rate(len(ok), submitted_at - t0),
+        ack_latency_ms=Latency.of_seconds([s.acked - s.start for s in ok if s.acked is not None]),
+        e2e_latency_ms=Latency.of_seconds([t - s.start for s, (_, t) in ours]),
+        e2e_seconds=round(e2e_seconds, 3),
+        e2e_invoices_per_s=rate(len(ours), e2e_seconds),
+        e2e_invoices_per_s_steady=steady_rate(final_times),
+        lost=len(missing),
+        finals=dict(sorted(codes.items())),
+        valid_rejected=sum(1 for s, (code, _) in ours if s.document.expect_valid and code == REJECTED),
+        invalid_accepted=sum(1 for s, (code, _) in ours if not s.document.expect_valid and code != REJECTED),
+        lost_invoice_ids=sorted(missing)[:100],
+    )
