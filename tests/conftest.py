@@ -6,8 +6,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.support import Stack
+
+
+@pytest.fixture(scope="session")
+def memory_spans() -> InMemorySpanExporter:
+    """The process's tracer provider, exporting to memory. A process has one
+    global provider, so every test that inspects spans shares this one."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "invoicing-tests"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    trace.set_tracer_provider(provider)
+    return memory
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,8 @@
     python deploy/local/stack.py status   show what runs
     python deploy/local/stack.py restart-services
                                           restart the four services with the current environment
+    python deploy/local/stack.py stop-services
+                                          stop the four services, keep Kafka and PostgreSQL (`up` restarts them)
     python deploy/local/stack.py test -- [pytest args]
                                           up, run the whole suite, then stop
                                           whatever this command started
@@ -511,6 +513,10 @@ def main(argv: list[str]) -> int:
         return status()
     if command == "restart-services":
         restart_services()
+        return 0
+    if command == "stop-services":
+        for spec in reversed(SERVICES):
+            stop(spec.name)
         return 0
     if command == "test":
         rest = argv[2:]

@@ -3,7 +3,7 @@ routing without restart, import with bad rows, as-of lookups, the topic."""
 
 from __future__ import annotations
 
-import itertools
+import random
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -20,13 +20,15 @@ from tests.support import GRPC_OPTIONS, Stack, records_for_key
 
 pytestmark = pytest.mark.stack
 
-_payloads = itertools.count(int(time.time() * 10) % 10**7 * 10)
+# Random, not clock-based: this module is imported twice (by pytest and by
+# tests/e2e/test_routing.py), and two clock-seeded counters collided.
+_random = random.SystemRandom()
 
 
 def fresh_siren() -> str:
-    """A valid SIREN no other test run has used (8-digit payload from the clock)."""
+    """A valid SIREN that no test has used (random 8-digit payload: 9e7 choices)."""
     while True:
-        payload = f"{next(_payloads) % 10**8:08d}"
+        payload = f"{_random.randrange(10**7, 10**8):08d}"
         for digit in "0123456789":
             if is_siren(payload + digit) and payload[0] != "0":
                 return payload + digit

@@ -11,9 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -41,13 +39,10 @@ class NoDlq:
         raise AssertionError("nothing should be dead-lettered")
 
 
-@pytest.fixture(scope="module")
-def exporter() -> InMemorySpanExporter:
-    memory = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    trace.set_tracer_provider(provider)
-    return memory
+@pytest.fixture
+def exporter(memory_spans: InMemorySpanExporter) -> InMemorySpanExporter:
+    memory_spans.clear()
+    return memory_spans
 
 
 def _consume_on_another_thread(headers: list[tuple[str, bytes]]) -> str:

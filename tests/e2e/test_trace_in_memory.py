@@ -1,0 +1,167 @@
+"""One journey, one trace, with an in-memory exporter.
+
+The four services run inside this test process (the stack's own instances
+are stopped for the duration, so every record is handled here), on the
+stack's real Kafka and PostgreSQL. All spans land in the in-memory exporter;
+the consumer group on each CONSUMER span tells which service handled it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from mode import Service
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from invoicectl.kafka_follow import StatusFollower
+from tests.support import ROOT, Stack, collect_until_final, submit, unique_invoice
+
+pytestmark = pytest.mark.stack
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _stack(command: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "local" / "stack.py"), command],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture
+async def in_process(stack: Stack) -> AsyncIterator[str]:
+    """Stops the stack's services, runs all four here; yields ingest's address."""
+    from invoicing_ingest.bootstrap import bootstrap as ingest
+    from invoicing_ingest.settings import IngestSettings
+    from invoicing_route.bootstrap import bootstrap as route
+    from invoicing_route.settings import RouteSettings
+    from invoicing_status.bootstrap import bootstrap as status
+    from invoicing_status.settings import StatusSettings
+    from invoicing_validate.bootstrap import bootstrap as validate
+    from invoicing_validate.settings import ValidateSettings
+
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, _stack, "stop-services")
+    started: list[Service] = []
+    try:
+        kafka, db = stack.kafka, stack.database_url
+        i = ingest(IngestSettings(grpc_port=_free_port(), kafka_bootstrap_servers=kafka, database_url=db))
+        v = validate(
+            ValidateSettings(grpc_port=_free_port(), validate_workers=1, kafka_bootstrap_servers=kafka, database_url=db)
+        )
+        r = route(RouteSettings(grpc_port=_free_port(), kafka_bootstrap_servers=kafka, database_url=db))
+        st = status(StatusSettings(grpc_port=_free_port(), kafka_bootstrap_servers=kafka, database_url=db))
+        services: list[Service] = [
+            i.database, i.kafka, i.grpc,
+            v.pool, v.grpc, v.app,
+            r.database, r.publisher, r.feed, r.grpc, r.app,
+            st.database, st.kafka, st.publisher, st.notifier, st.grpc, st.app,
+        ]  # fmt: skip
+        for service in services:
+            await service.start()
+            started.append(service)
+        # Ready when every faust consumer owns its partitions.
+        deadline = time.monotonic() + 120
+        while not all(app.consumer.assignment() for app in (v.app, r.app, st.app)):
+            assert time.monotonic() < deadline, "faust consumers got no partitions"
+            await asyncio.sleep(0.2)  # polling a readiness condition, bounded by the deadline
+        yield f"127.0.0.1:{i.grpc.port}"
+    finally:
+        for service in reversed(started):
+            await service.stop()
+        await loop.run_in_executor(None, _stack, "up")
+
+
+def _descends(span: ReadableSpan, root_id: int, by_id: dict[int, ReadableSpan]) -> bool:
+    current: ReadableSpan | None = span
+    for _ in range(100):
+        if current is None:
+            return False
+        if current.context.span_id == root_id:
+            return True
+        current = by_id.get(current.parent.span_id) if current.parent is not None else None
+    return False
+
+
+async def test_one_journey_gives_one_trace_across_the_four_services(
+    memory_spans: InMemorySpanExporter, in_process: str, stack: Stack
+) -> None:
+    follower = StatusFollower(stack.kafka)
+    await follower.start()
+    try:
+        erp_trace, erp_span = secrets.token_hex(16), secrets.token_hex(8)
+        doc, _ = unique_invoice("ubl-invoice-valid.xml")
+        reply = await submit(
+            in_process, doc, "in-memory.xml",
+            metadata=(("traceparent", f"00-{erp_trace}-{erp_span}-01"), ("x-submitter", f"mem-{erp_span}")),
+        )  # fmt: skip
+        events = await collect_until_final(follower, {reply.invoice_id})
+    finally:
+        await follower.stop()
+    assert events[reply.invoice_id][-1].trace_id == erp_trace
+
+    provider = trace.get_tracer_provider()
+    expected = {
+        ("send invoicing.invoice.received.v1", None),
+        ("process invoicing.invoice.received.v1", "invoicing-validate"),
+        ("validate invoice", None),
+        ("send invoicing.invoice.validated.v1", None),
+        ("process invoicing.invoice.validated.v1", "invoicing-route"),
+        ("route invoice", None),
+        ("send invoicing.invoice.routed.v1", None),
+        ("process invoicing.invoice.received.v1", "invoicing-status"),
+        ("process invoicing.invoice.validated.v1", "invoicing-status"),
+        ("process invoicing.invoice.routed.v1", "invoicing-status"),
+        ("apply status", None),
+        ("send invoicing.invoice.status.v1", None),
+    }
+
+    def seen() -> set[tuple[str, str | None]]:
+        out: set[tuple[str, str | None]] = set()
+        for s in memory_spans.get_finished_spans():
+            if format(s.context.trace_id, "032x") == erp_trace:
+                group = (s.attributes or {}).get("messaging.consumer.group.name")
+                out.add((s.name, str(group) if group is not None else None))
+        return out
+
+    deadline = time.monotonic() + 30
+    while not expected <= seen():
+        assert time.monotonic() < deadline, f"missing spans: {expected - seen()}"
+        getattr(provider, "force_flush", lambda: None)()
+        await asyncio.sleep(0.1)  # spans end as the outbox publishes; bounded wait
+
+    spans = [s for s in memory_spans.get_finished_spans() if format(s.context.trace_id, "032x") == erp_trace]
+    by_id = {s.context.span_id: s for s in spans}
+    roots = [s for s in spans if s.kind is SpanKind.SERVER and s.name.endswith("/SubmitInvoice")]
+    assert len(roots) == 1
+    root = roots[0]
+    assert root.parent is not None and format(root.parent.span_id, "016x") == erp_span
+    assert all(_descends(s, root.context.span_id, by_id) for s in spans), "one tree under SubmitInvoice"
+    validation = next(s for s in spans if s.name == "validate invoice")
+    assert (validation.attributes or {})["invoicing.format"] == "ubl-invoice"
+    routing = next(s for s in spans if s.name == "route invoice")
+    assert (routing.attributes or {})["invoicing.routing.outcome"] == "routed"
+    applied: set[int] = set()
+    for s in spans:
+        codes = (s.attributes or {}).get("invoicing.status_codes") if s.name == "apply status" else None
+        if isinstance(codes, tuple | list):
+            applied |= {int(c) for c in codes}
+    outcome = 203 if os.environ.get("PLATFORM_ID", "local") == "local" else 201
+    assert {200, outcome} <= applied
