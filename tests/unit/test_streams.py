@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from invoicing.v1 import events_pb2
 
 from invoicing_common.streams import PermanentError, Record, process
-
-
-@dataclass
-class FakeMessage:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-
-
-@dataclass
-class FakeEvent:
-    message: FakeMessage
+from tests.fakes import FakeEvent, FakeMessage
 
 
 class FakeTopic:
@@ -69,3 +54,18 @@ async def test_transient_failures_are_retried_in_place() -> None:
         pass
     assert attempts == [0, 0, 0]
     assert dlq.sent == []
+
+
+def test_decode_event_refuses_what_is_not_a_pipeline_event() -> None:
+    import pytest
+
+    from invoicing_common.streams import PermanentError, decode_event
+
+    def record(value: bytes | None) -> Record:
+        return Record("t", 0, 0, b"k", value, [])
+
+    good = events_pb2.InvoiceReceived(invoice=events_pb2.InvoiceRef(invoice_id="inv-1"))
+    assert decode_event(record(good.SerializeToString()), events_pb2.InvoiceReceived).invoice.invoice_id == "inv-1"
+    for value in (None, events_pb2.InvoiceReceived(event_id="e").SerializeToString()):
+        with pytest.raises(PermanentError):
+            decode_event(record(value), events_pb2.InvoiceReceived)

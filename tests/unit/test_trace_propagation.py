@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
@@ -17,21 +16,7 @@ from opentelemetry.trace import SpanKind
 
 from invoicing_common.streams import Record, process
 from invoicing_common.telemetry import produce_span, tracer
-
-
-@dataclass
-class FakeMessage:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-
-
-@dataclass
-class FakeEvent:
-    message: FakeMessage
+from tests.fakes import FakeEvent, FakeMessage
 
 
 class NoDlq:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 import faust
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from opentelemetry import propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -71,6 +71,21 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
 
 Handler = Callable[[Record], Awaitable[None]]
 T = TypeVar("T")
+
+
+EventT = TypeVar("EventT", bound=Message)
+
+
+def decode_event(record: Record, message_type: type[EventT]) -> EventT:
+    """Decode a pipeline event; a record that is not one is a PermanentError
+    (it goes to the DLQ). Every pipeline event names its invoice."""
+    if record.value is None:
+        raise PermanentError("record has no value")
+    event = message_type.FromString(record.value)
+    invoice = getattr(event, "invoice", None)
+    if invoice is None or not invoice.invoice_id:
+        raise PermanentError(f"{message_type.DESCRIPTOR.name} without invoice.invoice_id")
+    return event
 
 
 def record_from(message: Any) -> Record:

@@ -10,7 +10,7 @@ from invoicing.v1 import events_pb2
 from opentelemetry.trace import Status, StatusCode
 
 from invoicing_common import topics
-from invoicing_common.streams import PermanentError, Record, process, raw_topic, register_lag_gauge, send
+from invoicing_common.streams import Record, decode_event, process, raw_topic, register_lag_gauge, send
 from invoicing_common.telemetry import ROUTING_OUTCOMES, record_invoice, tracer
 from invoicing_route.domain import BuyerIdentifiers, routed_event
 from invoicing_route.settings import RouteSettings
@@ -19,22 +19,13 @@ from invoicing_route.usecases import Directory
 log = logging.getLogger(__name__)
 
 
-def decode_validated(record: Record) -> events_pb2.InvoiceValidated:
-    if record.value is None:
-        raise PermanentError("record has no value")
-    event = events_pb2.InvoiceValidated.FromString(record.value)
-    if not event.invoice.invoice_id:
-        raise PermanentError("InvoiceValidated without invoice.invoice_id")
-    return event
-
-
 def register(app: faust.App, settings: RouteSettings, directory: Directory) -> None:
     validated = raw_topic(app, topics.VALIDATED)
     routed = raw_topic(app, topics.ROUTED)
     dlq = raw_topic(app, topics.DLQ)
 
     async def handle(record: Record) -> None:
-        event = decode_validated(record)
+        event = decode_event(record, events_pb2.InvoiceValidated)
         if not event.valid:
             return  # the status service records the rejection
         with tracer().start_as_current_span("route invoice") as span:

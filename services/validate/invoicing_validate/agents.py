@@ -12,21 +12,12 @@ from invoicing.v1 import events_pb2
 from opentelemetry.trace import Status, StatusCode
 
 from invoicing_common import topics
-from invoicing_common.streams import PermanentError, Record, process, raw_topic, register_lag_gauge, send
+from invoicing_common.streams import Record, decode_event, process, raw_topic, register_lag_gauge, send
 from invoicing_common.telemetry import FINDINGS, VALIDATION_DURATION, record_invoice, tracer
 from invoicing_validate.checks import run_checks
 from invoicing_validate.domain import validated_event
 
 log = logging.getLogger(__name__)
-
-
-def decode_received(record: Record) -> events_pb2.InvoiceReceived:
-    if record.value is None:
-        raise PermanentError("record has no value")
-    event = events_pb2.InvoiceReceived.FromString(record.value)
-    if not event.invoice.invoice_id:
-        raise PermanentError("InvoiceReceived without invoice.invoice_id")
-    return event
 
 
 def register(app: faust.App, executor: Executor, concurrency: int) -> None:
@@ -35,7 +26,7 @@ def register(app: faust.App, executor: Executor, concurrency: int) -> None:
     dlq = raw_topic(app, topics.DLQ)
 
     async def handle(record: Record) -> None:
-        event = decode_received(record)
+        event = decode_event(record, events_pb2.InvoiceReceived)
         invoice_id = event.invoice.invoice_id
         loop = asyncio.get_running_loop()
         with tracer().start_as_current_span("validate invoice") as span:
