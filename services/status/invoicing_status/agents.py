@@ -191,6 +191,9 @@ def register(
                 items.append(prepare(record, now))
             except PERMANENT_ERRORS as exc:
                 await send_to_dlq(record, exc, dlq=dlq, consumer_group=group)
+            except Exception as exc:  # an unknown failure must not stop the partition
+                log.exception("cannot interpret record %s/%d@%d", record.topic, record.partition, record.offset)
+                await send_to_dlq(record, exc, dlq=dlq, consumer_group=group)
         if not items:
             return
         links = [Link(item.apply.get_span_context()) for item in items]
