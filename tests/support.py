@@ -9,12 +9,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
 from invoicing.v1 import events_pb2, ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
 from lxml import etree
 
 from invoicectl.kafka_follow import StatusFollower
+from invoicing_common.kafka import assign_all, read_to_end
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -128,20 +129,11 @@ async def records_for_key(bootstrap: str, topic: str, key: str) -> list[Consumer
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
-        cluster = await consumer._client.fetch_all_metadata()
-        tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
+        tps = await assign_all(consumer, topic)
         found: list[ConsumerRecord] = []
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+        async for batch in read_to_end(consumer, tps):
             for records in batch.values():
                 found.extend(r for r in records if r.key == key.encode())
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
         return found
     finally:
         await consumer.stop()

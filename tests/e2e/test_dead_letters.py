@@ -7,10 +7,11 @@ import asyncio
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from invoicing.v1 import events_pb2
 
 from invoicing_common import topics
+from invoicing_common.kafka import assign_all
 from tests.support import Stack, collect_until_final, submit, unique_invoice
 
 pytestmark = pytest.mark.stack
@@ -19,9 +20,7 @@ pytestmark = pytest.mark.stack
 async def _dlq_consumer(bootstrap: str) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
-    cluster = await consumer._client.fetch_all_metadata()
-    tps = [TopicPartition(topics.DLQ, p) for p in sorted(cluster.partitions_for_topic(topics.DLQ) or ())]
-    consumer.assign(tps)
+    tps = await assign_all(consumer, topics.DLQ)
     await consumer.seek_to_end(*tps)
     for tp in tps:
         await consumer.position(tp)

@@ -1,25 +1,24 @@
-"""Kafka plumbing: producer settings, record headers, topic creation, DLQ."""
+"""Kafka plumbing: producer settings, record headers, topic creation, DLQ,
+and finite reads of a whole topic by group-less consumers."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyped]
+from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
 from google.protobuf.timestamp_pb2 import Timestamp
 from invoicing.v1 import events_pb2
 from mode import Service
 
 from invoicing_common import topics
 from invoicing_common.ids import stage_event_id
-from invoicing_common.telemetry import inject_headers
 
 log = logging.getLogger(__name__)
-
-Headers = list[tuple[str, bytes]]
 
 
 def producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
@@ -37,13 +36,53 @@ def producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
     )
 
 
-def trace_headers() -> Headers:
-    """W3C trace context of the current span as Kafka headers."""
-    return inject_headers()
-
-
 def headers_to_carrier(headers: Iterable[tuple[str, bytes]] | None) -> dict[str, str]:
     return {k: v.decode("latin-1") for k, v in (headers or ())}
+
+
+async def assign_all(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Assign every partition of ``topic`` to a consumer without a group
+    (readers that must see all of a topic, or must not take partitions from
+    a service). aiokafka has no public call for a topic's partitions without
+    subscribing; the client's metadata fetch is what ``topics()`` uses."""
+    cluster = await consumer._client.fetch_all_metadata()
+    partitions = sorted(cluster.partitions_for_topic(topic) or ())
+    if not partitions:
+        raise RuntimeError(f"topic {topic} not found; is the stack up (make up)?")
+    tps = [TopicPartition(topic, p) for p in partitions]
+    consumer.assign(tps)
+    return tps
+
+
+async def read_to_end(
+    consumer: AIOKafkaConsumer,
+    tps: Sequence[TopicPartition],
+    since_ms: int | None = None,
+    max_records: int | None = None,
+) -> AsyncIterator[Mapping[TopicPartition, list[ConsumerRecord]]]:
+    """Batches (as ``getmany`` returns them) from each partition's beginning,
+    or from its first record at or after ``since_ms``, up to its end offset
+    at call time: a finite, deterministic read."""
+    ends = await consumer.end_offsets(list(tps))
+    # Explicit offsets and seek(): seek_to_beginning() is lazy, and a
+    # position() asked right after it can still answer with the reset policy.
+    if since_ms is None:
+        starts = await consumer.beginning_offsets(list(tps))
+        for tp in tps:
+            consumer.seek(tp, starts[tp])
+    else:
+        found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+        for tp in tps:
+            at = found.get(tp)
+            consumer.seek(tp, at.offset if at is not None else ends[tp])
+    remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+    while remaining:
+        batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=max_records)
+        if batch:
+            yield batch
+        for tp in list(remaining):
+            if await consumer.position(tp) >= ends[tp]:
+                remaining.discard(tp)
 
 
 async def ensure_topics(bootstrap_servers: str, partitions: int, names: Sequence[str] = topics.ALL_TOPICS) -> list[str]:

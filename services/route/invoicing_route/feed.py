@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 from mode import Service
 
 from invoicing_common import topics
-from invoicing_common.kafka import ensure_topics
+from invoicing_common.kafka import assign_all, ensure_topics, read_to_end
 from invoicing_route.codec import Removal, decode_record
 from invoicing_route.directory import DirectoryError, DirectoryIndex, Entry
 
@@ -131,24 +131,11 @@ class DirectoryFeed(Service):
         )
         await consumer.start()
         self._consumer = consumer
-        # aiokafka has no public call for a topic's partitions without a
-        # consumer group; the client's metadata is what topics() uses.
-        cluster = await consumer._client.fetch_all_metadata()
-        partitions = sorted(cluster.partitions_for_topic(topics.DIRECTORY) or ())
-        if not partitions:
-            raise RuntimeError(f"topic {topics.DIRECTORY} has no partitions")
-        tps = [TopicPartition(topics.DIRECTORY, p) for p in partitions]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
+        tps = await assign_all(consumer, topics.DIRECTORY)
         started = time.monotonic()
         # Ready only once everything published before the start is applied.
-        behind = {tp for tp in tps if ends[tp] > 0}
-        while behind:
-            await self._apply(await consumer.getmany(*behind, timeout_ms=500))
-            for tp in list(behind):
-                if await consumer.position(tp) >= ends[tp]:
-                    behind.discard(tp)
+        async for batch in read_to_end(consumer, tps):
+            await self._apply(batch)
         for tp in tps:
             self._applied[tp.partition] = await consumer.position(tp)
         log.info(

@@ -15,7 +15,7 @@ import zlib
 from datetime import timedelta
 
 import asyncpg  # type: ignore[import-untyped]
-from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from google.protobuf.message import DecodeError
 from invoicing.v1 import events_pb2
 from mode import Service
@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanKind
 
 from invoicing_common import topics
 from invoicing_common.db import Database
-from invoicing_common.kafka import ProducerService
+from invoicing_common.kafka import ProducerService, assign_all, read_to_end
 from invoicing_common.streams import TRANSIENT_ERRORS
 from invoicing_common.telemetry import inject_headers, record_invoice, tracer
 from invoicing_status.repository import OUTBOX_CHANNEL, PendingEvent, StatusRepository
@@ -117,30 +117,16 @@ class OutboxPublisher(Service):
         since_ms = int((oldest - timedelta(seconds=_RECONCILE_MARGIN_SECONDS)).timestamp() * 1000)
         consumer = AIOKafkaConsumer(bootstrap_servers=self._kafka.bootstrap_servers, enable_auto_commit=False)
         await consumer.start()
+        found: list[int] = []
         try:
-            cluster = await consumer._client.fetch_all_metadata()
-            tps = [TopicPartition(topics.STATUS, p) for p in sorted(cluster.partitions_for_topic(topics.STATUS) or ())]
-            consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
-            starts = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
-            remaining = set()
-            for tp in tps:
-                start = starts[tp].offset if starts.get(tp) is not None else ends[tp]
-                consumer.seek(tp, start)
-                if start < ends[tp]:
-                    remaining.add(tp)
-            found: list[int] = []
-            while remaining:
-                batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            tps = await assign_all(consumer, topics.STATUS)
+            async for batch in read_to_end(consumer, tps, since_ms=since_ms):
                 for records in batch.values():
                     for record in records:
                         try:
                             found.append(events_pb2.StatusEvent.FromString(record.value).sequence)
                         except DecodeError:
                             continue  # not ours; the topic is public
-                for tp in list(remaining):
-                    if await consumer.position(tp) >= ends[tp]:
-                        remaining.discard(tp)
         finally:
             await consumer.stop()
         if not found:

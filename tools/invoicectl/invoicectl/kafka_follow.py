@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from invoicing.v1 import events_pb2
 
 from invoicing_common import topics
+from invoicing_common.kafka import assign_all
 
 
 class StatusFollower:
@@ -26,17 +27,10 @@ class StatusFollower:
         returns are never missed."""
         await self._consumer.start()
         try:
-            # aiokafka has no public call for a topic's partitions without
-            # subscribing; the client's metadata fetch is what topics() uses.
-            cluster = await self._consumer._client.fetch_all_metadata()
-            partitions = cluster.partitions_for_topic(topics.STATUS) or set()
-            if not partitions:
-                raise RuntimeError(f"topic {topics.STATUS} not found; is the stack up (make up)?")
+            tps = await assign_all(self._consumer, topics.STATUS)
         except BaseException:
             await self._consumer.stop()
             raise
-        tps = [TopicPartition(topics.STATUS, p) for p in sorted(partitions)]
-        self._consumer.assign(tps)
         if self._from_beginning:
             await self._consumer.seek_to_beginning(*tps)
         else:

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 import asyncpg  # type: ignore[import-untyped]
-from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from google.protobuf.message import DecodeError
 from invoicing.v1 import events_pb2
 
 from invoicing_common import topics
+from invoicing_common.kafka import assign_all, read_to_end
 
 PIPELINE_OUTCOMES = {201, 203, 213}
 
@@ -66,14 +67,8 @@ async def _events(bootstrap: str, wanted: set[str]) -> dict[str, list[tuple[int,
     await consumer.start()
     out: dict[str, list[tuple[int, int]]] = defaultdict(list)
     try:
-        cluster = await consumer._client.fetch_all_metadata()
-        tps = [TopicPartition(topics.STATUS, p) for p in sorted(cluster.partitions_for_topic(topics.STATUS) or ())]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)
+        tps = await assign_all(consumer, topics.STATUS)
+        async for batch in read_to_end(consumer, tps, max_records=5000):
             for records in batch.values():
                 for record in records:
                     if record.key is None or record.key.decode(errors="replace") not in wanted:
@@ -83,9 +78,6 @@ async def _events(bootstrap: str, wanted: set[str]) -> dict[str, list[tuple[int,
                     except DecodeError:
                         continue
                     out[event.invoice_id].append((event.sequence, event.status_code))
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
     finally:
         await consumer.stop()
     return out
