@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from invoicing.v1 import events_pb2, ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
 from lxml import etree
 
@@ -137,3 +142,36 @@ async def records_for_key(bootstrap: str, topic: str, key: str) -> list[Consumer
         return found
     finally:
         await consumer.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def wait_serving(addr: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    """Until the gRPC health check of a process the test started says SERVING."""
+    deadline = time.monotonic() + timeout
+    async with grpc.aio.insecure_channel(addr) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"service exited early with {proc.returncode}"
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2, wait_for_ready=True)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.2)  # polling a readiness condition, bounded by the deadline
+    raise AssertionError(f"{addr} not SERVING within {timeout}s")
+
+
+def run_stack(command: str, env: dict[str, str] | None = None) -> None:
+    """`deploy/local/stack.py COMMAND` (e.g. up, stop-services, restart-services)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "local" / "stack.py"), command],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr

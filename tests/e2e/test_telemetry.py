@@ -11,8 +11,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -25,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1 import common_pb2 as otel_common
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from tests.support import ROOT, Stack, collect_until_final, submit, unique_invoice
+from tests.support import Stack, collect_until_final, run_stack, submit, unique_invoice
 
 pytestmark = pytest.mark.stack
 
@@ -116,11 +114,7 @@ class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
 
 def _restart_services(extra_env: dict[str, str]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | extra_env
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "deploy" / "local" / "stack.py"), "restart-services"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    run_stack("restart-services", env)
 
 
 @pytest.fixture

@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -25,24 +22,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from invoicectl.kafka_follow import StatusFollower
-from tests.support import ROOT, Stack, collect_until_final, submit, unique_invoice
+from tests.support import Stack, collect_until_final, free_port, run_stack, submit, unique_invoice
 
 pytestmark = pytest.mark.stack
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _stack(command: str) -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "deploy" / "local" / "stack.py"), command],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.fixture
@@ -58,16 +40,16 @@ async def in_process(stack: Stack) -> AsyncIterator[str]:
     from invoicing_validate.settings import ValidateSettings
 
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, _stack, "stop-services")
+    await loop.run_in_executor(None, run_stack, "stop-services")
     started: list[Service] = []
     try:
         kafka, db = stack.kafka, stack.database_url
-        i = ingest(IngestSettings(grpc_port=_free_port(), kafka_bootstrap_servers=kafka, database_url=db))
+        i = ingest(IngestSettings(grpc_port=free_port(), kafka_bootstrap_servers=kafka, database_url=db))
         v = validate(
-            ValidateSettings(grpc_port=_free_port(), validate_workers=1, kafka_bootstrap_servers=kafka, database_url=db)
+            ValidateSettings(grpc_port=free_port(), validate_workers=1, kafka_bootstrap_servers=kafka, database_url=db)
         )
-        r = route(RouteSettings(grpc_port=_free_port(), kafka_bootstrap_servers=kafka, database_url=db))
-        st = status(StatusSettings(grpc_port=_free_port(), kafka_bootstrap_servers=kafka, database_url=db))
+        r = route(RouteSettings(grpc_port=free_port(), kafka_bootstrap_servers=kafka, database_url=db))
+        st = status(StatusSettings(grpc_port=free_port(), kafka_bootstrap_servers=kafka, database_url=db))
         services: list[Service] = [
             i.database, i.kafka, i.grpc,
             v.pool, v.grpc, v.app,
@@ -86,7 +68,7 @@ async def in_process(stack: Stack) -> AsyncIterator[str]:
     finally:
         for service in reversed(started):
             await service.stop()
-        await loop.run_in_executor(None, _stack, "up")
+        await loop.run_in_executor(None, run_stack, "up")
 
 
 def _descends(span: ReadableSpan, root_id: int, by_id: dict[int, ReadableSpan]) -> bool:

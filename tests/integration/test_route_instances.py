@@ -14,8 +14,7 @@ import grpc
 import pytest
 from invoicing.v1 import common_pb2, directory_pb2, directory_pb2_grpc, events_pb2
 
-from tests.integration.test_shutdown import _free_port, _wait_serving
-from tests.support import GRPC_OPTIONS, Stack
+from tests.support import GRPC_OPTIONS, Stack, free_port, wait_serving
 
 pytestmark = pytest.mark.stack
 
@@ -36,7 +35,7 @@ async def _decision(addr: str, siren: str) -> directory_pb2.ResolveResponse:
 
 
 async def test_a_change_through_one_instance_reaches_the_other_within_a_second(stack: Stack) -> None:
-    port = _free_port()
+    port = free_port()
     second = f"127.0.0.1:{port}"
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once, then only signalled
         [sys.executable, "-m", "invoicing_route"],
@@ -45,7 +44,7 @@ async def test_a_change_through_one_instance_reaches_the_other_within_a_second(s
         stderr=subprocess.DEVNULL,
     )
     try:
-        await _wait_serving(second, proc)
+        await wait_serving(second, proc)
         siren = _fresh_siren()
         assert (await _decision(second, siren)).reason.code == "REJ_ADR"
 

@@ -7,53 +7,28 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support import Stack
+from tests.support import Stack, free_port, wait_serving
 
 pytestmark = pytest.mark.stack
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def _wait_serving(addr: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    async with grpc.aio.insecure_channel(addr) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"service exited early with {proc.returncode}"
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2, wait_for_ready=True)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.2)  # polling a readiness condition, bounded by the deadline
-    raise AssertionError(f"{addr} not SERVING within {timeout}s")
-
-
 @pytest.mark.parametrize("module", ["invoicing_ingest", "invoicing_validate", "invoicing_route", "invoicing_status"])
 async def test_sigterm_turns_health_not_serving_and_exits_cleanly(stack: Stack, module: str, tmp_path: object) -> None:
-    port = _free_port()
+    port = free_port()
     addr = f"127.0.0.1:{port}"
     env = {**os.environ, "GRPC_PORT": str(port), "LOG_LEVEL": "INFO"}
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once, then only signalled
         [sys.executable, "-m", module], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-        await _wait_serving(addr, proc)
+        await wait_serving(addr, proc)
         seen: list[int] = []
         async with grpc.aio.insecure_channel(addr) as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)

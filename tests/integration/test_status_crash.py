@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +18,7 @@ from invoicing.v1 import ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grp
 
 from invoicectl.kafka_follow import StatusFollower
 from invoicectl.reconcile import reconcile
-from tests.support import GRPC_OPTIONS, ROOT, Stack, collect_until_final, submitter, unique_invoice
+from tests.support import GRPC_OPTIONS, ROOT, Stack, collect_until_final, run_stack, submitter, unique_invoice
 
 pytestmark = pytest.mark.stack
 
@@ -83,12 +82,7 @@ async def test_sigkill_mid_batch_loses_and_doubles_nothing(stack: Stack) -> None
         os.kill(pid, signal.SIGKILL)
 
         # `stack up` restarts what is not running and waits for its health.
-        restart = await asyncio.create_subprocess_exec(
-            sys.executable, str(ROOT / "deploy" / "local" / "stack.py"), "up",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        out, _ = await restart.communicate()
-        assert restart.returncode == 0, out.decode(errors="replace")
+        await asyncio.get_running_loop().run_in_executor(None, run_stack, "up")
         assert _status_pid() != pid
 
         # The follower goes on where it stopped: it misses nothing.
