@@ -25,15 +25,16 @@ from invoicing_common.streams import (
     retry_transient,
     send_to_dlq,
 )
-from invoicing_common.telemetry import E2E_LATENCY, STATUS_TRANSITIONS, record_invoice, tracer
+from invoicing_common.telemetry import record_invoice, tracer
 from invoicing_status.domain import Change, Outcome, Submitted, business_key, plan
-from invoicing_status.lifecycle import PIPELINE_OUTCOMES, Reason, Status
+from invoicing_status.lifecycle import Reason, Status
+from invoicing_status.observability import observe_changes
 from invoicing_status.repository import InvoiceFacts, Planner, StatusRepository
 
 log = logging.getLogger(__name__)
 
 
-def _facts(ref: events_pb2.InvoiceRef, record: Record) -> tuple[InvoiceFacts, Submitted]:
+def _facts(ref: events_pb2.InvoiceRef) -> tuple[InvoiceFacts, Submitted]:
     received_at = ref.received_at.ToDatetime(tzinfo=UTC)
     facts = InvoiceFacts(
         invoice_id=ref.invoice_id,
@@ -70,7 +71,7 @@ def interpret(record: Record, now: datetime) -> tuple[str, InvoiceFacts, Submitt
     event_id: str = decoded.event_id  # type: ignore[attr-defined]
     if not ref.invoice_id or not ref.received_event_id or not event_id:
         raise PermanentError(f"{type(decoded).__name__} lacks invoice_id, received_event_id or event_id")
-    facts, submitted = _facts(ref, record)
+    facts, submitted = _facts(ref)
     if isinstance(decoded, events_pb2.InvoiceReceived):
         return event_id, facts, submitted, Outcome(None, "ingest", now, event_id)
     if isinstance(decoded, events_pb2.InvoiceValidated):
@@ -105,20 +106,6 @@ def interpret(record: Record, now: datetime) -> tuple[str, InvoiceFacts, Submitt
         return event_id, facts, submitted, Outcome(status, "route", now, event_id)
     reason = Reason(decoded.reason.code or "REJ_ADR", decoded.reason.text)
     return event_id, facts, submitted, Outcome(Status.REJECTED, "route", now, event_id, reason)
-
-
-def observe_changes(span: Span, changes: list[Change], received_at: datetime | None) -> None:
-    """Span attributes and metrics for the transitions just made."""
-    span.set_attribute("invoicing.status_codes", [c.status.value for c in changes])
-    for change in changes:
-        STATUS_TRANSITIONS.add(1, {"status_code": change.status.value, "status": change.status.name})
-        if change.reason is not None:
-            span.set_attribute("invoicing.reason_code", change.reason.code)
-            span.set_attribute("invoicing.reason", change.reason.text)
-        if change.status in PIPELINE_OUTCOMES and received_at is not None:
-            E2E_LATENCY.record((change.occurred_at - received_at).total_seconds(), {"status_code": change.status.value})
-    if changes:
-        span.set_attribute("invoicing.status_code", changes[-1].status.value)
 
 
 @dataclass

@@ -16,10 +16,10 @@ from opentelemetry import trace
 
 from invoicing_common.kafka import headers_to_carrier
 from invoicing_common.telemetry import current_trace_id, inject_headers
-from invoicing_status.agents import observe_changes
 from invoicing_status.domain import Change, TransitionError, check_role, check_update
 from invoicing_status.lifecycle import Reason, Status
 from invoicing_status.notifier import ChangeNotifier
+from invoicing_status.observability import observe_changes
 from invoicing_status.repository import (
     Cursor,
     Filter,

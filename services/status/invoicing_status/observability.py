@@ -1,0 +1,26 @@
+"""Span attributes and metrics for status transitions, shared by the
+agent (pipeline events) and the API (UpdateStatus)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from opentelemetry.trace import Span
+
+from invoicing_common.telemetry import E2E_LATENCY, STATUS_TRANSITIONS
+from invoicing_status.domain import Change
+from invoicing_status.lifecycle import PIPELINE_OUTCOMES
+
+
+def observe_changes(span: Span, changes: list[Change], received_at: datetime | None) -> None:
+    """Span attributes and metrics for the transitions just made."""
+    span.set_attribute("invoicing.status_codes", [c.status.value for c in changes])
+    for change in changes:
+        STATUS_TRANSITIONS.add(1, {"status_code": change.status.value, "status": change.status.name})
+        if change.reason is not None:
+            span.set_attribute("invoicing.reason_code", change.reason.code)
+            span.set_attribute("invoicing.reason", change.reason.text)
+        if change.status in PIPELINE_OUTCOMES and received_at is not None:
+            E2E_LATENCY.record((change.occurred_at - received_at).total_seconds(), {"status_code": change.status.value})
+    if changes:
+        span.set_attribute("invoicing.status_code", changes[-1].status.value)
