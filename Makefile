@@ -64,4 +64,6 @@ bench: install
 		&& $(BIN)/invoicectl bench $(BENCH_ARGS)
 
 clean: down
+	@# PostgreSQL data may live outside .run when the postgres account cannot enter the repo.
+	@if [ -L .run/postgres ]; then rm -rf "$$(readlink .run/postgres)"; fi
 	rm -rf .run

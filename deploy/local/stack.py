@@ -27,7 +27,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,16 +306,39 @@ def _pg_user() -> str | None:
     return "postgres" if os.geteuid() == 0 else None
 
 
+def _reachable_by(user: str, path: Path) -> bool:
+    """Can ``user`` traverse every folder down to ``path``?"""
+    probe = subprocess.run(["test", "-x", str(path)], user=user, group=user, extra_groups=[], check=False)
+    return probe.returncode == 0
+
+
+def _postgres_home(user: str | None) -> Path:
+    """`.run/postgres`, unless the repo sits under a folder the `postgres`
+    account may not enter (e.g. a mode-0700 `mktemp -d`): then a folder in
+    the temp directory, named after the run folder, with `.run/postgres`
+    pointing at it."""
+    home = RUN / "postgres"
+    RUN.mkdir(parents=True, exist_ok=True)
+    if user is None or home.is_symlink() or _reachable_by(user, RUN):
+        return home.resolve() if home.is_symlink() else home
+    outside = Path(tempfile.gettempdir()) / f"invoicing-postgres-{zlib.crc32(str(RUN).encode()):08x}"
+    outside.mkdir(mode=0o755, exist_ok=True)
+    shutil.chown(outside, user)
+    home.symlink_to(outside, target_is_directory=True)
+    say(f"{RUN} is not reachable by the {user} account; PostgreSQL data goes to {outside} (linked from {home})")
+    return outside
+
+
 def start_postgres() -> None:
     if running_pid("postgres") is not None:
         say(f"postgres already running on 127.0.0.1:{PG_PORT}")
         return
     if port_open(PG_PORT):
         raise SystemExit(f"port {PG_PORT} is taken by another process; set PG_PORT")
-    home = RUN / "postgres"
+    user = _pg_user()
+    home = _postgres_home(user)
     data = home / "data"
     sock = home / "sock"
-    user = _pg_user()
     if not (data / "PG_VERSION").exists():
         say("initdb (PostgreSQL 15)")
         shutil.rmtree(data, ignore_errors=True)
@@ -425,10 +450,28 @@ def write_env(values: dict[str, str]) -> None:
     (RUN / "env").write_text("\n".join(lines) + "\n")
 
 
+ALL_PARTS = ("kafka", "postgres", *(s.name for s in SERVICES))
+
+
 def up() -> list[str]:
-    """Start what is not running; returns the names started by this call."""
+    """Start what is not running; returns the names started by this call.
+    If start-up fails, what this call started is stopped again: a failed
+    `make up` or `make test` leaves no process behind."""
+    before = {name for name in ALL_PARTS if running_pid(name)}
+    try:
+        _up()
+    except BaseException:
+        started = [name for name in ALL_PARTS if name not in before and running_pid(name)]
+        if started:
+            say(f"start-up failed; stopping what it started: {', '.join(started)}")
+            down(started)
+        raise
+    after = {name for name in ALL_PARTS if running_pid(name)}
+    return sorted(after - before)
+
+
+def _up() -> None:
     values = endpoints()
-    before = {name for name in ["kafka", "postgres", *(s.name for s in SERVICES)] if running_pid(name)}
     if values["STACK_EXTERNAL_INFRA"] == "1":
         say("KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL are set: using them, starting no broker or database")
     else:
@@ -454,8 +497,6 @@ def up() -> list[str]:
         say(f"{spec.name} SERVING on 127.0.0.1:{spec.port}")
     write_env(values)
     say(f"ready; endpoints written to {RUN / 'env'}")
-    after = {name for name in ["kafka", "postgres", *(s.name for s in SERVICES)] if running_pid(name)}
-    return sorted(after - before)
 
 
 def down(names: list[str] | None = None) -> None:
@@ -476,7 +517,7 @@ def restart_services() -> None:
 
 
 def status() -> int:
-    for name in ["kafka", "postgres", *(s.name for s in SERVICES)]:
+    for name in ALL_PARTS:
         pid = running_pid(name)
         say(f"{name:9} {'running, pid ' + str(pid) if pid else 'stopped'}")
     return 0
