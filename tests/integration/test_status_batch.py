@@ -1,0 +1,176 @@
+"""The status store applies a batch of events set-based (apply_many) with
+exactly the effect of applying them one by one (apply): same changes, same
+rows, same status events. Each path writes into its own fresh schema of the
+stack's PostgreSQL."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from importlib.resources import files
+from typing import Any
+
+import pytest
+from invoicing.v1 import common_pb2
+
+from invoicing_common.db import Database
+from invoicing_status.domain import Change, Outcome, Submitted, plan
+from invoicing_status.lifecycle import Reason, Status
+from invoicing_status.repository import InvoiceFacts, Planner, StatusRepository
+from tests.support import Stack
+
+pytestmark = pytest.mark.stack
+
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+Item = tuple[str, InvoiceFacts, Planner]
+
+
+class Invoice:
+    """Builds the events the pipeline would emit for one invoice."""
+
+    def __init__(self, name: str, key: str | None = None) -> None:
+        self.id = str(uuid.uuid4())
+        self.name = name
+        self.key = key
+        self.submitted = Submitted(received_event_id=f"{name}-received", received_at=T0)
+        self.summary = common_pb2.InvoiceSummary(invoice_number=f"F-{name}", seller_name=f"seller {name}")
+
+    def _item(self, stage: str, status: Status | None, actor: str, **facts: Any) -> Item:
+        event_id = f"{self.name}-{stage}" if stage != "received" else self.submitted.received_event_id
+        outcome = Outcome(status, actor, T0 + timedelta(seconds=len(stage)), event_id, facts.pop("reason", None))
+        f = InvoiceFacts(
+            invoice_id=self.id, filename=f"{self.name}.xml", submitter="erp", received_at=T0,
+            trace_id=f"trace-{self.name}", headers={"traceparent": f"tp-{self.name}-{stage}"}, **facts,
+        )  # fmt: skip
+        submitted = self.submitted
+
+        def planner(current: Status | None, duplicate_of: str | None) -> list[Change]:
+            return plan(current, submitted, outcome, duplicate_of)
+
+        return event_id, f, planner
+
+    def received(self) -> Item:
+        return self._item("received", None, "ingest")
+
+    def validated(self, valid: bool = True) -> Item:
+        findings = [] if valid else [{"rule": "BR-01", "severity": "fatal", "location": "/", "message": "x"}]
+        if valid:
+            return self._item(
+                "validated", None, "validate", summary=self.summary, findings=findings, business_key=self.key
+            )
+        return self._item(
+            "validated", Status.REJECTED, "validate", summary=self.summary, findings=findings,
+            reason=Reason("REJ_SEMAN", "BR-01"),
+        )  # fmt: skip
+
+    def routed(self, ok: bool = True) -> Item:
+        routing = {"outcome": "ROUTED" if ok else "REJECTED"}
+        if ok:
+            return self._item(
+                "routed", Status.MADE_AVAILABLE, "route", summary=self.summary, routing=routing, business_key=self.key
+            )
+        return self._item(
+            "routed", Status.REJECTED, "route", summary=self.summary, routing=routing,
+            reason=Reason("REJ_ADR", "unknown buyer"),
+        )  # fmt: skip
+
+
+@pytest.fixture
+async def stores(stack: Stack) -> AsyncIterator[tuple[StatusRepository, StatusRepository, Database, Database]]:
+    suffix = uuid.uuid4().hex[:8]
+    migrations = files("invoicing_status") / "migrations"
+    dbs = [
+        Database(stack.database_url, schema=f"status_eq_{suffix}_{side}", migrations=migrations)
+        for side in ("batch", "single")
+    ]
+    for db in dbs:
+        await db.start()
+    try:
+        yield StatusRepository(dbs[0]), StatusRepository(dbs[1]), dbs[0], dbs[1]
+    finally:
+        for db in dbs:
+            async with db.pool.acquire() as conn:
+                await conn.execute(f'DROP SCHEMA "{db._schema}" CASCADE')
+            await db.stop()
+
+
+async def _dump(db: Database) -> dict[str, list[tuple[Any, ...]]]:
+    async with db.pool.acquire() as conn:
+        return {
+            "invoices": [
+                tuple(r)
+                for r in await conn.fetch(
+                    "SELECT invoice_id, status_code, reason_code, reason_text, filename, submitter, received_at,"
+                    " trace_id, summary, findings, routing, invoice_number, seller_ids, buyer_ids"
+                    " FROM invoices ORDER BY invoice_id"
+                )
+            ],
+            "history": [
+                tuple(r)
+                for r in await conn.fetch(
+                    "SELECT seq, invoice_id, status_code, previous_code, reason_code, reason_text, actor,"
+                    " occurred_at, source_event_id, trace_id FROM status_history ORDER BY seq"
+                )
+            ],
+            "outbox": [
+                tuple(r) for r in await conn.fetch("SELECT seq, invoice_id, payload, headers FROM outbox ORDER BY seq")
+            ],
+            "keys": [tuple(r) for r in await conn.fetch("SELECT * FROM business_keys ORDER BY business_key")],
+            "processed": [tuple(r) for r in await conn.fetch("SELECT event_id FROM processed_events ORDER BY 1")],
+        }
+
+
+async def _compare(
+    stores: tuple[StatusRepository, StatusRepository, Database, Database], batches: list[list[Item]]
+) -> dict[str, list[tuple[Any, ...]]]:
+    batch_repo, single_repo, batch_db, single_db = stores
+    for batch in batches:
+        got = await batch_repo.apply_many(batch)
+        expected = [await single_repo.apply(event_id, facts, planner) for event_id, facts, planner in batch]
+        assert got == expected
+    batch_rows, single_rows = await _dump(batch_db), await _dump(single_db)
+    assert batch_rows == single_rows
+    return batch_rows
+
+
+async def test_a_mixed_batch_has_the_effect_of_one_by_one(stores: Any, caplog: pytest.LogCaptureFixture) -> None:
+    a, b, c, d, e = Invoice("a", "k-a"), Invoice("b", "k-b"), Invoice("c", "k-cd"), Invoice("d", "k-cd"), Invoice("e")
+    old = Invoice("old", "k-old")
+    batches = [
+        # A duplicate (same business key) of an invoice from an earlier batch.
+        [old.received(), old.validated()],
+        [
+            a.received(), a.validated(), a.routed(),
+            b.validated(), b.received(), b.routed(),          # stage event before the received one
+            c.received(), c.validated(), d.received(), d.validated(), c.routed(), d.routed(),
+            e.received(), e.validated(valid=False),
+            a.validated(),                                     # the same event twice in a batch
+            Invoice("again", "k-old").validated(),             # REJ_UNI against the earlier batch
+        ],
+        # Redelivered events change nothing.
+        [a.routed(), e.validated(valid=False), old.routed()],
+    ]  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="invoicing_status.repository"):
+        rows = await _compare(stores, batches)
+    assert "one by one" not in caplog.text  # the set-based path did it all
+    statuses = {r[0]: r[1] for r in rows["invoices"]}
+    assert statuses[uuid.UUID(a.id)] == Status.MADE_AVAILABLE.value
+    assert statuses[uuid.UUID(d.id)] == Status.REJECTED.value  # REJ_UNI: c holds the key
+    assert statuses[uuid.UUID(e.id)] == Status.REJECTED.value
+    assert statuses[uuid.UUID(old.id)] == Status.MADE_AVAILABLE.value
+    assert len(rows["outbox"]) == len(rows["history"]) > 0
+
+
+async def test_a_key_released_and_claimed_again_in_one_batch(stores: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # f is rejected by routing (its key is released), then g, same key, comes
+    # in the same batch: g must be accepted, as it would be one by one.
+    f, g = Invoice("f", "k-fg"), Invoice("g", "k-fg")
+    with caplog.at_level(logging.INFO, logger="invoicing_status.repository"):
+        rows = await _compare(stores, [[f.received(), f.validated(), f.routed(ok=False), g.validated(), g.routed()]])
+    assert "released and claimed again" in caplog.text
+    statuses = {r[0]: r[1] for r in rows["invoices"]}
+    assert statuses[uuid.UUID(f.id)] == Status.REJECTED.value
+    assert statuses[uuid.UUID(g.id)] == Status.MADE_AVAILABLE.value
+    assert rows["keys"] == [("k-fg", uuid.UUID(g.id))]
