@@ -25,7 +25,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from invoicing_common import topics
+from invoicing_common import topics, transport
 from invoicing_common.kafka import dead_letter, headers_to_carrier
 from invoicing_common.settings import ServiceSettings
 from invoicing_common.telemetry import DLQ_RECORDS, consume_span_attributes, meter, produce_span
@@ -133,7 +133,7 @@ def _faust_datadir() -> str:
 def create_app(app_id: str, settings: ServiceSettings, **overrides: Any) -> faust.App:
     """A faust app speaking raw bytes: values are protobuf, decoded by us."""
     conf: dict[str, Any] = {
-        "broker": f"kafka://{settings.kafka_bootstrap_servers}",
+        "broker": f"{transport.SCHEME}://{settings.kafka_bootstrap_servers}",
         "key_serializer": "raw",
         "value_serializer": "raw",
         "web_enabled": False,
@@ -145,7 +145,7 @@ def create_app(app_id: str, settings: ServiceSettings, **overrides: Any) -> faus
         "consumer_max_fetch_size": topics.MAX_MESSAGE_BYTES,
         "consumer_auto_offset_reset": "earliest",
         "broker_commit_interval": 1.0,
-        "producer_linger": 0.005,
+        "producer_linger": settings.kafka_producer_linger_ms / 1000,
         "worker_redirect_stdouts": False,
         # Tables live in memory; faust still wants a data folder, kept out of
         # the working directory.
@@ -154,7 +154,11 @@ def create_app(app_id: str, settings: ServiceSettings, **overrides: Any) -> faus
         "broker_heartbeat_interval": max(1.0, settings.kafka_session_timeout_seconds / 3),
     }
     conf.update(overrides)
-    return faust.App(app_id, **conf)
+    app = faust.App(app_id, **conf)
+    transport.configure_fetch(
+        app, transport.FetchSettings(settings.kafka_fetch_min_bytes, settings.kafka_fetch_max_wait_ms)
+    )
+    return app
 
 
 def raw_topic(app: faust.App, *names: str) -> faust.TopicT:
