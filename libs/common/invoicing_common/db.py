@@ -44,6 +44,18 @@ async def apply_migrations(conn: asyncpg.Connection, schema: str, folder: Traver
     return applied
 
 
+async def _reset_if_in_transaction(conn: asyncpg.Connection) -> None:
+    """Pool release hook. asyncpg's default reset costs a round trip on every
+    release (unlock all advisory locks, close cursors, UNLISTEN, RESET ALL).
+    Pooled connections here hold no session state: advisory locks are
+    transaction-scoped (or released explicitly, as by the migrations),
+    LISTEN and the outbox leader lock use dedicated connections, settings
+    are SET LOCAL. Only a connection left inside a transaction is reset,
+    which rolls it back."""
+    if conn.is_in_transaction():
+        await conn.reset()
+
+
 class Database(Service):
     """Owns the pool; ``pool`` is usable once the service has started."""
 
@@ -90,6 +102,7 @@ class Database(Service):
                     min_size=self._min_size,
                     max_size=self._max_size,
                     server_settings=self._server_settings(),
+                    reset=_reset_if_in_transaction,
                 )
                 break
             except (OSError, asyncpg.PostgresError) as exc:

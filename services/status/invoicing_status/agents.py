@@ -119,7 +119,11 @@ class _Prepared:
 
 
 def register(
-    app: faust.App, repository: StatusRepository, on_change: Callable[[], None], batch_size: int = 200
+    app: faust.App,
+    repository: StatusRepository,
+    on_change: Callable[[], None],
+    batch_size: int = 200,
+    batch_window: float = 0.1,
 ) -> None:
     source = raw_topic(app, topics.RECEIVED, topics.VALIDATED, topics.ROUTED)
     dlq = raw_topic(app, topics.DLQ)
@@ -207,5 +211,5 @@ def register(
     async def project(stream: faust.StreamT[bytes]) -> None:
         # Batches: one transaction (one commit) per batch; events of one
         # invoice keep their order inside it. Offsets are acked after it.
-        async for events in stream.take_events(batch_size, within=0.02):  # type: ignore[attr-defined]
+        async for events in stream.take_events(batch_size, within=batch_window):  # type: ignore[attr-defined]
             await handle_batch(events)

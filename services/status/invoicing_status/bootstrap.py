@@ -40,7 +40,7 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
         settings.outbox_batch_size,
     )
     app = create_app(settings.otel_service_name, settings)
-    agents.register(app, repository, publisher.wake, settings.status_batch_size)
+    agents.register(app, repository, publisher.wake, settings.status_batch_size, settings.status_batch_window_ms / 1000)
     notifier = ChangeNotifier(database)
     server = GrpcServer(settings, registrar(StatusServicer(repository, StatusQueries(database), notifier)))
     return StatusApp(app=app, database=database, kafka=kafka, publisher=publisher, notifier=notifier, grpc=server)

@@ -11,4 +11,8 @@ class StatusSettings(GrpcSettings):
     outbox_batch_size: int = Field(default=500, ge=1, le=10_000)
     # Pipeline events applied per transaction (one commit per batch).
     status_batch_size: int = Field(default=200, ge=1, le=5_000)
+    # How long a batch waits to fill once its first event is there. Longer
+    # batches cost fewer statements per event (docs/performance.md) and add
+    # at most this much to each status change's latency.
+    status_batch_window_ms: int = Field(default=100, ge=0, le=5_000)
     otel_service_name: str = "invoicing-status"
