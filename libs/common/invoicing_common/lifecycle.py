@@ -9,6 +9,7 @@ pools.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,17 @@ import mode
 from invoicing_common.logs import configure_logging, logging_config
 
 ReadyHook = Callable[[], Awaitable[None]]
+
+
+def use_event_loop(name: str) -> None:
+    """Select the event loop implementation. Call first in an entry point:
+    services created afterwards bind to the loop the policy makes."""
+    if name == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    else:
+        asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
 
 
 class _FaustWorker(faust.Worker):

@@ -5,6 +5,8 @@ Unknown or malformed values fail at start, before any connection is made.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -32,6 +34,8 @@ class ServiceSettings(BaseSettings):
     # against 5 ms (docs/performance.md); ingest's producer, which waits for
     # each acknowledgement, keeps its own 5 ms.
     kafka_producer_linger_ms: int = Field(default=20, ge=0, le=1000)
+    # uvloop: the event loop in C (docs/performance.md has the measurement).
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
 
 class GrpcSettings(ServiceSettings):

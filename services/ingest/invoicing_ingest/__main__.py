@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from invoicing_common import telemetry_setup
-from invoicing_common.lifecycle import run
+from invoicing_common.lifecycle import run, use_event_loop
 from invoicing_ingest.bootstrap import bootstrap
 from invoicing_ingest.settings import IngestSettings
 
 
 def main() -> None:
     settings = IngestSettings()
+    use_event_loop(settings.event_loop)
     providers = telemetry_setup.configure(settings.otel_service_name, settings.metrics_port)
     ingest = bootstrap(settings)
     try:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from invoicing_common import telemetry_setup
-from invoicing_common.lifecycle import run
+from invoicing_common.lifecycle import run, use_event_loop
 from invoicing_route.bootstrap import bootstrap
 from invoicing_route.settings import RouteSettings
 
 
 def main() -> None:
     settings = RouteSettings()
+    use_event_loop(settings.event_loop)
     providers = telemetry_setup.configure(settings.otel_service_name, settings.metrics_port)
     route = bootstrap(settings)
     try:

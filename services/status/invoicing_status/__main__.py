@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from invoicing_common import telemetry_setup
-from invoicing_common.lifecycle import run
+from invoicing_common.lifecycle import run, use_event_loop
 from invoicing_status.bootstrap import bootstrap
 from invoicing_status.settings import StatusSettings
 
 
 def main() -> None:
     settings = StatusSettings()
+    use_event_loop(settings.event_loop)
     providers = telemetry_setup.configure(settings.otel_service_name, settings.metrics_port)
     status = bootstrap(settings)
     try:

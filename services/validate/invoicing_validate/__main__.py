@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from invoicing_common import telemetry_setup
-from invoicing_common.lifecycle import run
+from invoicing_common.lifecycle import run, use_event_loop
 from invoicing_validate.bootstrap import bootstrap
 from invoicing_validate.settings import ValidateSettings
 
 
 def main() -> None:
     settings = ValidateSettings()
+    use_event_loop(settings.event_loop)
     providers = telemetry_setup.configure(settings.otel_service_name, settings.metrics_port)
     validate = bootstrap(settings)
     try:
