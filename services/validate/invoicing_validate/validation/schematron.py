@@ -41,6 +41,8 @@ _XSL_NS: Final = "http://www.w3.org/1999/XSL/Transform"
 # document('name.xml') with a constant, local, relative file name.
 _CONSTANT_DOCUMENT = re.compile(r"document\(\s*'([A-Za-z0-9][A-Za-z0-9._\-]*\.xml)'\s*\)")
 _PRELOAD_PARAM: Final = "invoicing-preloaded-document-{}"
+# What svrl_findings reads: any of these means the report must be parsed.
+_ANY_FINDING: Final = "exists(//svrl:failed-assert | //svrl:successful-report)"
 
 # One SaxonC processor per process: it wraps a GraalVM isolate which does
 # not survive fork(), hence the pid check.
@@ -141,6 +143,7 @@ class SchematronSet:
         self._paths = paths
         # False runs the stylesheets exactly as shipped (tests compare both).
         self._preload = preload
+        self._xpath: tuple[int, Any] | None = None
         self._executables: dict[str, Any] = {}
         # SaxonC objects are not documented as thread-safe; one Validator is
         # shared by the threads of a process, so calls are serialised.
@@ -167,6 +170,15 @@ class SchematronSet:
             self._executables[key] = executable
         return executable
 
+    def _has_findings(self, report: Any) -> bool:
+        if self._xpath is None or self._xpath[0] != os.getpid():
+            xpath = saxon_processor().new_xpath_processor()
+            xpath.declare_namespace("svrl", SVRL_NS)
+            self._xpath = (os.getpid(), xpath)
+        xpath = self._xpath[1]
+        xpath.set_context(xdm_item=report)
+        return bool(xpath.effective_boolean_value(_ANY_FINDING))
+
     def preload(self, keys: list[str] | None = None) -> None:
         with self._lock:
             for key in keys or list(self._paths):
@@ -183,13 +195,20 @@ class SchematronSet:
     def run(self, key: str, node: Any) -> list[Finding]:
         with self._lock:
             try:
-                svrl = self._executable(key).transform_to_string(xdm_node=node)
+                # The SVRL stays a Saxon tree: most invoices have no finding,
+                # and asking the tree costs less than serialising the whole
+                # report (every fired rule is in it) and parsing it back.
+                result = self._executable(key).transform_to_value(xdm_node=node)
+                report = result.head if result is not None else None
+                if report is None:
+                    raise SchematronError(f"{self._paths[key].name} produced no SVRL output")
+                if not self._has_findings(report):
+                    return []
+                svrl = report.to_string()
             except SchematronError:
                 raise
             except Exception as exc:
                 raise SchematronError(f"{self._paths[key].name}: {exc}") from exc
-        if not svrl:
-            raise SchematronError(f"{self._paths[key].name} produced no SVRL output")
         try:
             return svrl_findings(svrl)
         except etree.LxmlError as exc:

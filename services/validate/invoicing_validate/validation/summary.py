@@ -7,7 +7,8 @@ service shows what was rejected).
 
 from __future__ import annotations
 
-from typing import Final
+import threading
+from typing import Any, Final
 
 from lxml import etree
 
@@ -47,8 +48,23 @@ def xpath_of(el: etree._Element) -> str:
     return "/" + "/".join(reversed(steps))
 
 
+_local = threading.local()
+
+
+def _xpath(root: etree._Element, path: str) -> Any:
+    """Evaluate ``path`` compiled once per thread (``root.xpath`` compiles
+    on every call; compiled XPath objects are not shared between threads)."""
+    compiled: dict[str, etree.XPath] | None = getattr(_local, "xpaths", None)
+    if compiled is None:
+        compiled = _local.xpaths = {}
+    evaluator = compiled.get(path)
+    if evaluator is None:
+        evaluator = compiled[path] = etree.XPath(path, namespaces=NS)
+    return evaluator(root)
+
+
 def _first(root: etree._Element, path: str) -> etree._Element | None:
-    found = root.xpath(path, namespaces=NS)
+    found = _xpath(root, path)
     if isinstance(found, list) and found and isinstance(found[0], etree._Element):
         return found[0]
     return None
@@ -62,7 +78,7 @@ def _text(root: etree._Element | None, path: str) -> str:
 
 
 def _count(root: etree._Element, path: str) -> int:
-    found = root.xpath(f"count({path})", namespaces=NS)
+    found = _xpath(root, f"count({path})")
     return int(found) if isinstance(found, float) else 0
 
 
@@ -71,7 +87,7 @@ def _ids(party: etree._Element | None, specs: list[tuple[str, str, str]]) -> lis
     if party is None:
         return out
     for path, bt, label in specs:
-        for el in party.xpath(path, namespaces=NS):
+        for el in _xpath(party, path):
             if not isinstance(el, etree._Element):
                 continue
             value = (el.text or "").strip()
@@ -97,7 +113,7 @@ def iso_date_from_cii(value: str, fmt: str) -> str:
 
 def _amount_in(root: etree._Element, path: str, currency: str) -> str:
     """The amount of `path` in `currency`, or the first one when unspecified."""
-    els = [e for e in root.xpath(path, namespaces=NS) if isinstance(e, etree._Element)]
+    els = [e for e in _xpath(root, path) if isinstance(e, etree._Element)]
     for el in els:
         if currency and el.get("currencyID") == currency:
             return (el.text or "").strip()
@@ -221,7 +237,7 @@ def _cii(root: etree._Element, summary: Summary) -> list[PartyIdentifier]:
     summary.rounding_amount = _text(totals, "ram:RoundingAmount")
     summary.payable_amount = _text(totals, "ram:DuePayableAmount")
     if totals is not None:
-        tax_amounts = [e for e in totals.xpath("ram:TaxTotalAmount", namespaces=NS) if isinstance(e, etree._Element)]
+        tax_amounts = [e for e in _xpath(totals, "ram:TaxTotalAmount") if isinstance(e, etree._Element)]
         # BT-110 carries the invoice currency; CII profiles below EN 16931
         # often leave currencyID out, then the only amount is BT-110.
         summary.tax_total = _amount_in(totals, "ram:TaxTotalAmount", summary.currency) or (
