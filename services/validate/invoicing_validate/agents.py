@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from concurrent.futures import Executor
@@ -14,13 +13,18 @@ from opentelemetry.trace import Status, StatusCode
 from invoicing_common import topics
 from invoicing_common.streams import Record, decode_event, process, raw_topic, register_lag_gauge, send
 from invoicing_common.telemetry import FINDINGS, VALIDATION_DURATION, record_invoice, tracer
-from invoicing_validate.checks import run_checks
+from invoicing_validate.checks import run_checks_many
+from invoicing_validate.dispatch import ChunkingDispatcher
 from invoicing_validate.domain import validated_event
+from invoicing_validate.validation import ValidationReport
 
 log = logging.getLogger(__name__)
 
 
-def register(app: faust.App, executor: Executor, concurrency: int) -> None:
+def register(app: faust.App, executor: Executor, workers: int, concurrency: int) -> None:
+    dispatcher: ChunkingDispatcher[tuple[bytes, str], ValidationReport] = ChunkingDispatcher(
+        executor, workers, run_checks_many
+    )
     received = raw_topic(app, topics.RECEIVED)
     validated = raw_topic(app, topics.VALIDATED)
     dlq = raw_topic(app, topics.DLQ)
@@ -28,12 +32,11 @@ def register(app: faust.App, executor: Executor, concurrency: int) -> None:
     async def handle(record: Record) -> None:
         event = decode_event(record, events_pb2.InvoiceReceived)
         invoice_id = event.invoice.invoice_id
-        loop = asyncio.get_running_loop()
         with tracer().start_as_current_span("validate invoice") as span:
             record_invoice(span, invoice_id)
             started = time.perf_counter()
             # CPU-bound: run in the process pool so the loop keeps consuming.
-            report = await loop.run_in_executor(executor, run_checks, event.document, event.invoice.filename)
+            report = await dispatcher.submit((event.document, event.invoice.filename))
             VALIDATION_DURATION.record(time.perf_counter() - started, {"format": report.format, "valid": report.valid})
             fatal = sum(1 for f in report.findings if f.severity != "warning")
             span.set_attributes(

@@ -52,6 +52,6 @@ class Validate:
 def bootstrap(settings: ValidateSettings) -> Validate:
     app = create_app(settings.otel_service_name, settings)
     pool = WorkerPool(settings.validate_workers)
-    agents.register(app, pool.executor, settings.validate_concurrency)
+    agents.register(app, pool.executor, settings.validate_workers, settings.validate_concurrency)
     server = GrpcServer(settings, lambda _server: [])
     return Validate(app=app, pool=pool, grpc=server)
