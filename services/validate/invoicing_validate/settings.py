@@ -12,6 +12,7 @@ class ValidateSettings(GrpcSettings):
     grpc_port: int = Field(default=17002, ge=0, le=65535)
     # Processes that run validation, off the event loop; default one per core.
     validate_workers: int = Field(default=os.cpu_count() or 1, ge=1, le=64)
-    # Documents validated concurrently by this instance.
-    validate_concurrency: int = Field(default=8, ge=1, le=1024)
+    # Documents in flight in this instance; more than the workers, so that
+    # documents wait together for the next free worker (see dispatch.py).
+    validate_concurrency: int = Field(default=16, ge=1, le=1024)
     otel_service_name: str = "invoicing-validate"

@@ -148,6 +148,11 @@ class Validator:
         self._schematrons.preload(["en16931-ubl", "en16931-cii"])
         self._schemas.preload(["ubl-invoice", "ubl-creditnote", "cii-d16b"])
 
+    def preload(self, schematrons: list[str], schemas: list[str]) -> None:
+        """Compile these stylesheets and schemas now rather than on first use."""
+        self._schematrons.preload(schematrons)
+        self._schemas.preload(schemas)
+
     def preload_all(self) -> None:
         """Compile every schema and stylesheet now (about 10 s)."""
         self._schemas.preload()
