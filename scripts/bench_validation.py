@@ -13,7 +13,9 @@ Both run in this one process, on one core, round after round in turn so
 that machine noise hits both alike. Each is reported per wall-clock second
 and per CPU second of this process (the latter is steadier on a shared
 machine). The corpus is ``<repo>/../shared/corpora/en16931`` (folders
-ubl-examples, cii-examples, testfiles) or ``$EN16931_CORPUS``.
+ubl-examples, cii-examples, testfiles) or ``$EN16931_CORPUS``; with
+``--mix N``, N documents of the ``invoicectl bench`` mix instead (UBL, CII
+and Factur-X PDFs: ours reads the PDF, bare gets the embedded XML).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from invoicectl.bench.baselines import BareValidator, stylesheets_for
+from invoicectl.bench.generator import Generator
 from invoicing_validate.validation import Validator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +69,12 @@ def load(corpus: Path) -> list[tuple[Path, bytes]]:
     ]
 
 
+def load_mix(count: int) -> list[tuple[Path, bytes, bytes, bool]]:
+    """(name, what ours gets, what bare gets, in a PDF) for the bench mix."""
+    documents = Generator("bench-validation").documents(count, 0.0)
+    return [(Path(d.filename), d.data, d.xml, d.in_pdf) for d in documents]
+
+
 def timed(run: Callable[[], None]) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     run()
@@ -76,26 +85,32 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=5, help="passes over the corpus per path (default 5)")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--mix", type=int, metavar="N", help="N documents of the bench mix instead of the CEN corpus")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
 
-    documents = load(corpus_dir())
+    if args.mix is not None:
+        documents = load_mix(args.mix)
+        corpus = f"invoicectl bench mix, {args.mix} documents"
+    else:
+        documents = [(p, data, data, False) for p, data in load(corpus_dir())]
+        corpus = str(corpus_dir())
     validator = Validator()
     bare = BareValidator()
-    plans = [stylesheets_for(data, in_pdf=False) for _, data in documents]
+    plans = [stylesheets_for(xml, in_pdf) for _, _, xml, in_pdf in documents]
     # Warm-up, untimed: compile every stylesheet and check the corpus is clean.
-    invalid = [p.name for p, data in documents if not validator.validate(data, filename=p.name).valid]
-    for (_, data), keys in zip(documents, plans, strict=True):
-        bare.run(data, keys)
+    invalid = [p.name for p, data, _, _ in documents if not validator.validate(data, filename=p.name).valid]
+    for (_, _, xml, _), keys in zip(documents, plans, strict=True):
+        bare.run(xml, keys)
 
     def ours() -> None:
-        for path, data in documents:
+        for path, data, _, _ in documents:
             validator.validate(data, filename=path.name)
 
     def official() -> None:
-        for (_, data), keys in zip(documents, plans, strict=True):
-            bare.run(data, keys)
+        for (_, _, xml, _), keys in zip(documents, plans, strict=True):
+            bare.run(xml, keys)
 
     totals = {"validator": [0.0, 0.0], "bare_official": [0.0, 0.0]}
     for _ in range(args.rounds):
@@ -106,7 +121,7 @@ def main(argv: list[str]) -> int:
     n = len(documents) * args.rounds
     rates = {name: Rate(n, wall, cpu) for name, (wall, cpu) in totals.items()}
     result = {
-        "corpus": str(corpus_dir()),
+        "corpus": corpus,
         "documents": len(documents),
         "rounds": args.rounds,
         "not_valid": invalid,
