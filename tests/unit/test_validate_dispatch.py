@@ -89,3 +89,12 @@ async def test_a_failed_call_fails_each_of_its_documents_and_the_next_ones_run()
             with pytest.raises(ValueError, match="worker failed"):
                 await task
         assert await dispatcher.submit("later") == "LATER"
+
+
+async def test_a_pool_that_is_shut_down_fails_the_call_instead_of_hanging() -> None:
+    executor = ThreadPoolExecutor(1)
+    executor.shutdown()
+    dispatcher: ChunkingDispatcher[str, str] = ChunkingDispatcher(executor, 1, Gate())
+    with pytest.raises(RuntimeError, match="shutdown"):
+        await dispatcher.submit("a")
+    assert dispatcher.waiting == 0

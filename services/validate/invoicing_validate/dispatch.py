@@ -15,7 +15,7 @@ import asyncio
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 Args = TypeVar("Args")
 Result = TypeVar("Result")
@@ -49,22 +49,35 @@ class ChunkingDispatcher(Generic[Args, Result]):
             # all to the first one.
             size = math.ceil(len(self._pending) / (self._workers - self._in_flight))
             chunk, self._pending = self._pending[:size], self._pending[size:]
+            try:
+                call = loop.run_in_executor(self._executor, self._run_many, [args for args, _ in chunk])
+            except Exception as exc:  # noqa: BLE001 - e.g. the pool is shut down: its callers must hear of it
+                _fail(chunk, exc)
+                continue
             self._in_flight += 1
-            call = loop.run_in_executor(self._executor, self._run_many, [args for args, _ in chunk])
             call.add_done_callback(lambda done, chunk=chunk: self._settle(chunk, done))  # type: ignore[misc]
 
     def _settle(self, chunk: list[tuple[Args, asyncio.Future[Result]]], done: asyncio.Future[Sequence[Result]]) -> None:
         self._in_flight -= 1
+        if done.cancelled():
+            for _, future in chunk:
+                future.cancel()
+            self._dispatch()
+            return
         try:
             results = done.result()
             if len(results) != len(chunk):
                 raise RuntimeError(f"{len(results)} results for {len(chunk)} documents")
-        except BaseException as exc:  # noqa: BLE001 - every caller of the chunk gets the failure
-            for _, future in chunk:
-                if not future.done():
-                    future.set_exception(exc)
+        except Exception as exc:  # noqa: BLE001 - every caller of the chunk gets the failure
+            _fail(chunk, exc)
         else:
             for (_, future), result in zip(chunk, results, strict=True):
                 if not future.done():  # its caller may have been cancelled
                     future.set_result(result)
         self._dispatch()
+
+
+def _fail(chunk: Sequence[tuple[object, asyncio.Future[Any]]], exc: Exception) -> None:
+    for _, future in chunk:
+        if not future.done():
+            future.set_exception(exc)
