@@ -18,7 +18,8 @@ from invoicing.v1 import common_pb2
 from invoicing_common.db import Database
 from invoicing_status.domain import Change, Outcome, Submitted, plan
 from invoicing_status.lifecycle import Reason, Status
-from invoicing_status.repository import InvoiceFacts, Planner, StatusRepository
+from invoicing_status.records import InvoiceFacts, Planner
+from invoicing_status.repository import StatusRepository
 from tests.support import Stack
 
 pytestmark = pytest.mark.stack

@@ -29,7 +29,8 @@ from invoicing_common.telemetry import record_invoice, tracer
 from invoicing_status.domain import Change, Outcome, Submitted, business_key, plan
 from invoicing_status.lifecycle import Reason, Status
 from invoicing_status.observability import observe_changes
-from invoicing_status.repository import InvoiceFacts, Planner, StatusRepository
+from invoicing_status.records import InvoiceFacts, Planner
+from invoicing_status.repository import StatusRepository
 
 log = logging.getLogger(__name__)
 

@@ -20,15 +20,9 @@ from invoicing_status.domain import Change, TransitionError, check_role, check_u
 from invoicing_status.lifecycle import Reason, Status
 from invoicing_status.notifier import ChangeNotifier
 from invoicing_status.observability import observe_changes
-from invoicing_status.repository import (
-    Cursor,
-    Filter,
-    InvoiceFacts,
-    InvoiceView,
-    ListItem,
-    StatusQueries,
-    StatusRepository,
-)
+from invoicing_status.queries import Cursor, Filter, ListItem, StatusQueries
+from invoicing_status.records import InvoiceFacts, InvoiceView
+from invoicing_status.repository import StatusRepository
 
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50

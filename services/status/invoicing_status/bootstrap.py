@@ -15,7 +15,8 @@ from invoicing_status import agents
 from invoicing_status.api import StatusServicer, registrar
 from invoicing_status.notifier import ChangeNotifier
 from invoicing_status.outbox import OutboxPublisher
-from invoicing_status.repository import StatusQueries, StatusRepository
+from invoicing_status.queries import StatusQueries
+from invoicing_status.repository import StatusRepository
 from invoicing_status.settings import StatusSettings
 
 

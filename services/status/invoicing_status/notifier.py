@@ -12,7 +12,7 @@ from mode import Service
 
 from invoicing_common.db import Database
 from invoicing_common.streams import TRANSIENT_ERRORS
-from invoicing_status.repository import OUTBOX_CHANNEL
+from invoicing_status.records import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
 

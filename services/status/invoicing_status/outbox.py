@@ -27,7 +27,8 @@ from invoicing_common.db import Database
 from invoicing_common.kafka import ProducerService, assign_all, read_to_end
 from invoicing_common.streams import TRANSIENT_ERRORS
 from invoicing_common.telemetry import inject_headers, record_invoice, tracer
-from invoicing_status.repository import OUTBOX_CHANNEL, PendingEvent, StatusRepository
+from invoicing_status.records import OUTBOX_CHANNEL, PendingEvent
+from invoicing_status.repository import StatusRepository
 
 log = logging.getLogger(__name__)
 _LOCK_KEY = zlib.crc32(b"invoicing-status-outbox") & 0x7FFFFFFF

@@ -1,0 +1,123 @@
+"""Status store, read side: list, watch, positions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from invoicing_common.db import Database
+from invoicing_status.lifecycle import Status
+
+
+@dataclass(frozen=True)
+class Filter:
+    seller_id: str = ""
+    buyer_id: str = ""
+    status_codes: tuple[int, ...] = ()
+    received_from: datetime | None = None
+    received_to: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ListItem:
+    invoice_id: str
+    status: Status
+    received_at: datetime
+    updated_at: datetime
+    invoice_number: str
+    seller_ids: list[str]
+    buyer_ids: list[str]
+    filename: str
+    reason_code: str
+    reason_text: str
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Position in the ListInvoices order (received_at DESC, invoice_id DESC)."""
+
+    received_at: datetime
+    invoice_id: str
+
+
+def _filter_sql(f: Filter, args: list[Any], status_column: str) -> str:
+    clauses = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if f.seller_id:
+        clauses.append(f"{arg(f.seller_id)} = ANY(i.seller_ids)")
+    if f.buyer_id:
+        clauses.append(f"{arg(f.buyer_id)} = ANY(i.buyer_ids)")
+    if f.status_codes:
+        clauses.append(f"{status_column} = ANY({arg(list(f.status_codes))}::smallint[])")
+    if f.received_from is not None:
+        clauses.append(f"i.received_at >= {arg(f.received_from)}")
+    if f.received_to is not None:
+        clauses.append(f"i.received_at < {arg(f.received_to)}")
+    return " AND ".join(clauses) if clauses else "true"
+
+
+class StatusQueries:
+    """Read side: list, watch, positions."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def list_invoices(self, f: Filter, limit: int, after: Cursor | None) -> list[ListItem]:
+        args: list[Any] = []
+        where = _filter_sql(f, args, "i.status_code")
+        if after is not None:
+            args += [after.received_at, after.invoice_id]
+            where += f" AND (i.received_at, i.invoice_id) < (${len(args) - 1}, ${len(args)}::uuid)"
+        args.append(limit)
+        rows = await self._database.pool.fetch(
+            "SELECT i.invoice_id, i.status_code, i.received_at, i.updated_at, i.invoice_number, i.seller_ids,"
+            " i.buyer_ids, i.filename, i.reason_code, i.reason_text FROM invoices i"
+            f" WHERE i.received_at IS NOT NULL AND {where}"
+            f" ORDER BY i.received_at DESC, i.invoice_id DESC LIMIT ${len(args)}",
+            *args,
+        )
+        return [
+            ListItem(
+                invoice_id=str(r["invoice_id"]),
+                status=Status(r["status_code"]),
+                received_at=r["received_at"],
+                updated_at=r["updated_at"],
+                invoice_number=r["invoice_number"],
+                seller_ids=list(r["seller_ids"]),
+                buyer_ids=list(r["buyer_ids"]),
+                filename=r["filename"],
+                reason_code=r["reason_code"] or "",
+                reason_text=r["reason_text"] or "",
+            )
+            for r in rows
+        ]
+
+    async def head_position(self) -> int:
+        value = await self._database.pool.fetchval("SELECT COALESCE(max(seq), 0) FROM status_history")
+        return int(value)
+
+    async def events_after(self, f: Filter, position: int, limit: int) -> list[tuple[int, bytes]]:
+        """(position, StatusEvent bytes) of history rows after ``position``."""
+        args: list[Any] = [position]
+        where = _filter_sql(f, args, "h.status_code")
+        args.append(limit)
+        rows = await self._database.pool.fetch(
+            "SELECT h.seq, o.payload FROM status_history h JOIN outbox o ON o.seq = h.seq"
+            " JOIN invoices i ON i.invoice_id = h.invoice_id"
+            f" WHERE h.seq > $1 AND {where} ORDER BY h.seq LIMIT ${len(args)}",
+            *args,
+        )
+        return [(int(r["seq"]), bytes(r["payload"])) for r in rows]
+
+    async def current(self, invoice_id: str) -> tuple[Status, int] | None:
+        row = await self._database.pool.fetchrow(
+            "SELECT i.status_code, (SELECT max(seq) FROM status_history h WHERE h.invoice_id = i.invoice_id) AS seq"
+            " FROM invoices i WHERE i.invoice_id = $1",
+            invoice_id,
+        )
+        return None if row is None else (Status(row["status_code"]), int(row["seq"] or 0))

@@ -1,0 +1,164 @@
+"""Rows of the status store, and the statements both write paths share
+(one event at a time in ``repository``, set-based in ``batch``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from invoicing.v1 import common_pb2, events_pb2
+
+from invoicing_common.ids import stage_event_id
+from invoicing_status.domain import Change
+from invoicing_status.lifecycle import CHORUS_PRO, FRENCH_NAMES, UNCL4343, Status
+
+OUTBOX_CHANNEL = "status_outbox"
+
+
+@dataclass
+class InvoiceFacts:
+    """What an event teaches about an invoice besides its status."""
+
+    invoice_id: str
+    filename: str = ""
+    submitter: str = ""
+    received_at: datetime | None = None
+    trace_id: str = ""
+    summary: common_pb2.InvoiceSummary | None = None
+    findings: list[dict[str, str]] | None = None
+    routing: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    # Set for valid invoices: claimed in the same transaction (REJ_UNI rule).
+    business_key: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    seq: int
+    status: Status
+    previous: Status | None
+    reason_code: str
+    reason_text: str
+    actor: str
+    occurred_at: datetime
+    source_event_id: str
+    trace_id: str
+
+
+@dataclass(frozen=True)
+class InvoiceView:
+    invoice_id: str
+    status: Status
+    reason_code: str
+    reason_text: str
+    filename: str
+    trace_id: str
+    summary: common_pb2.InvoiceSummary
+    findings: list[dict[str, str]]
+    routing: dict[str, Any] | None
+    history: list[HistoryRow]
+    received_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    seq: int
+    invoice_id: str
+    payload: bytes
+    headers: dict[str, str]
+
+
+# (current status, id of the invoice already holding the business key) -> changes
+Planner = Callable[[Status | None, str | None], list[Change]]
+# Serialises history appends across writers and instances, so positions
+# (history seq) become visible in increasing order: a watcher that resumes
+# after position N never misses a later-committed N-1.
+HISTORY_LOCK = 0x1A7E5EC0
+
+
+RECORD_FACTS = (
+    "UPDATE invoices SET"
+    " filename = CASE WHEN $2 <> '' THEN $2 ELSE filename END,"
+    " submitter = CASE WHEN $3 <> '' THEN $3 ELSE submitter END,"
+    " received_at = COALESCE(received_at, $4),"
+    " trace_id = CASE WHEN trace_id = '' THEN $5 ELSE trace_id END,"
+    " summary = COALESCE($6, summary),"
+    " findings = COALESCE($7::jsonb, findings),"
+    " routing = COALESCE($8::jsonb, routing),"
+    " invoice_number = CASE WHEN $9 <> '' THEN $9 ELSE invoice_number END,"
+    " seller_ids = CASE WHEN cardinality($10::text[]) > 0 THEN $10 ELSE seller_ids END,"
+    " buyer_ids = CASE WHEN cardinality($11::text[]) > 0 THEN $11 ELSE buyer_ids END"
+    " WHERE invoice_id = $1"
+)
+SET_STATUS = (
+    "UPDATE invoices SET status_code = $2, reason_code = $3, reason_text = $4, updated_at = $5 WHERE invoice_id = $1"
+)
+INSERT_OUTBOX = "INSERT INTO outbox (seq, invoice_id, payload, headers) VALUES ($1, $2, $3, $4::jsonb)"
+
+
+def facts_args(facts: InvoiceFacts) -> tuple[Any, ...]:
+    summary = facts.summary
+    return (
+        facts.invoice_id,
+        facts.filename,
+        facts.submitter,
+        facts.received_at,
+        facts.trace_id,
+        summary.SerializeToString() if summary is not None else None,
+        json.dumps(facts.findings) if facts.findings is not None else None,
+        json.dumps(facts.routing) if facts.routing is not None else None,
+        summary.invoice_number if summary is not None else "",
+        _id_values(summary.seller_ids, summary.seller_vat_id) if summary is not None else [],
+        _id_values(summary.buyer_ids, summary.buyer_vat_id) if summary is not None else [],
+    )
+
+
+def _ts(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _first_id(ids: Sequence[common_pb2.PartyIdentifier]) -> str:
+    return f"{ids[0].scheme}:{ids[0].value}" if ids else ""
+
+
+def _id_values(ids: Sequence[common_pb2.PartyIdentifier], vat_id: str) -> list[str]:
+    """Identifier values a filter can match (SIREN, SIRET, VAT id, ...). A
+    SIRET also answers to its SIREN."""
+    values = {i.value for i in ids if i.value}
+    values |= {i.value[:9] for i in ids if i.scheme == "0009" and len(i.value) == 14}
+    if vat_id:
+        values.add(vat_id)
+    return sorted(values)
+
+
+def status_event(
+    seq: int, invoice_id: str, change: Change, previous: Status | None, summary: common_pb2.InvoiceSummary | None,
+    trace_id: str,
+) -> events_pb2.StatusEvent:  # fmt: skip
+    event = events_pb2.StatusEvent(
+        event_id=stage_event_id(invoice_id, f"status:{change.status.value}:{change.source_event_id}"),
+        invoice_id=invoice_id,
+        status_code=change.status.value,
+        status=change.status.name,
+        previous_status_code=previous.value if previous is not None else 0,
+        occurred_at=_ts(change.occurred_at),
+        trace_id=trace_id,
+        sequence=seq,
+        actor=change.actor,
+        chorus_pro_status=CHORUS_PRO.get(change.status) or "",
+        uncl4343_code=UNCL4343.get(change.status) or "",
+        status_label_fr=FRENCH_NAMES[change.status],
+    )
+    if change.reason is not None:
+        event.reason.code, event.reason.text = change.reason.code, change.reason.text
+    if summary is not None:
+        event.seller_id = _first_id(summary.seller_ids)
+        event.buyer_id = _first_id(summary.buyer_ids)
+        event.invoice_number = summary.invoice_number
+    return event
