@@ -84,3 +84,17 @@ def test_report_json_holds_the_required_figures() -> None:
     assert data["baselines"]["validation"]["docs_per_s"] == 10.0
     assert data["ratios"]["e2e_over_validation_ceiling"] == pytest.approx(pipeline.e2e_invoices_per_s / 10.0, abs=1e-3)
     assert data["target_rate"] == 40.0
+
+
+def test_the_validation_ceiling_is_the_mean_of_its_measurements() -> None:
+    before = ValidationBaseline(documents=20, workers=2, docs_per_s=100.0, docs_per_s_per_worker=50.0, stylesheets={})
+    after = ValidationBaseline(documents=20, workers=2, docs_per_s=120.0, docs_per_s_per_worker=60.0, stylesheets={})
+    ceiling = ValidationBaseline.combined([before, after])
+    assert (ceiling.docs_per_s, ceiling.docs_per_s_per_worker, ceiling.measurements) == (110.0, 55.0, [100.0, 120.0])
+    sent = [Sent(_document(i), start=0.0, acked=0.01, invoice_id=str(i)) for i in range(20)]
+    pipeline = figures(sent, {str(i): (203, 1.0 + i / 10) for i in range(20)}, set(), 0.0, 0.5, Mode.CLOSED, 1, 0)
+    data = BenchReport("run", pipeline, Baselines(validation=ceiling), {"ubl": 20}).as_json()
+    assert data["baselines"]["validation"]["measurements"] == [100.0, 120.0]
+    assert data["ratios"]["e2e_over_validation_ceiling"] == pytest.approx(pipeline.e2e_invoices_per_s / 110.0, abs=1e-3)
+    with pytest.raises(ValueError):
+        ValidationBaseline.combined([])
