@@ -141,7 +141,9 @@ async def kafka_baseline(
         await kafka.start()
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        # A new, empty topic starts at offset 0: no need to ask the broker.
+        for tp in tps:
+            consumer.seek(tp, 0)
 
         async def consume() -> float:
             received = 0
