@@ -20,10 +20,6 @@ def warm_up() -> int:
     return os.getpid()
 
 
-def run_checks(document: bytes, filename: str = "") -> ValidationReport:
-    return validate_document(document, filename=filename)
-
-
 def run_checks_many(documents: list[tuple[bytes, str]]) -> list[ValidationReport]:
     """Several (document, filename) in one call: one round trip to the worker."""
     return [validate_document(document, filename=filename) for document, filename in documents]
