@@ -34,8 +34,14 @@ class _Current:
     """An invoice's state as the batch goes, as the one-by-one path would read it."""
 
     status: Status | None
-    summary: bytes | None
+    # The stored summary is decoded only if an event without one needs it.
+    summary: common_pb2.InvoiceSummary | bytes | None
     trace_id: str
+
+    def decoded_summary(self) -> common_pb2.InvoiceSummary | None:
+        if isinstance(self.summary, bytes):
+            self.summary = common_pb2.InvoiceSummary.FromString(self.summary)
+        return self.summary
 
 
 @dataclass(frozen=True)
@@ -127,9 +133,7 @@ class BatchApply:
             elif key is not None and claimant.get(key) == index:
                 raise NeedsSequential(f"business key {key!r} claimed for a final invoice")
             changes = planner(current.status, duplicate_of)
-            summary = facts.summary
-            if summary is None and current.summary is not None:
-                summary = common_pb2.InvoiceSummary.FromString(current.summary)
+            summary = facts.summary if facts.summary is not None else current.decoded_summary()
             trace_id = facts.trace_id or current.trace_id
             previous = current.status
             for change in changes:
@@ -140,7 +144,7 @@ class BatchApply:
                     released.update(k for k, h in holders.items() if h == invoice_id)
             current.status = previous
             if facts.summary is not None:
-                current.summary = facts.summary.SerializeToString()
+                current.summary = facts.summary
             if not current.trace_id:
                 current.trace_id = facts.trace_id
             results[index] = changes
