@@ -1,32 +1,29 @@
 """EN 16931 conformance against the official CEN/TC 434 corpus (release 1.3.16).
 
 The corpus lives outside the repo in ../shared/corpora/en16931 (see its
-README.md). Its absence is a failure, not a skip: a green run must mean the
-engine agreed with the reference.
+README.md; tests/corpus.py says where it is looked for). Its absence is a
+failure, not a skip: a green run must mean the engine agreed with the
+reference.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from invoicing_validate.validation import Validator
+from tests.corpus import en16931_corpus
 
-CORPUS = Path(
-    os.environ.get(
-        "EN16931_CORPUS",
-        Path(__file__).resolve().parents[2] / ".." / "shared" / "corpora" / "en16931",
-    )
-).resolve()
+CORPUS = en16931_corpus()
 VALID_FOLDERS = ("ubl-examples", "cii-examples", "testfiles")
 UNIT_FOLDER = "unit-ubl-invoice"
 MISSING = (
     f"EN 16931 corpus not found at {CORPUS}"
-    " (expected ../shared/corpora/en16931 next to the repo, or set EN16931_CORPUS)"
+    " (expected ../shared/corpora/en16931 next to the repo or the repo it was cloned from,"
+    " or set EN16931_CORPUS)"
 )
 
 
