@@ -82,18 +82,16 @@ class Invoice:
 async def stores(stack: Stack) -> AsyncIterator[tuple[StatusRepository, StatusRepository, Database, Database]]:
     suffix = uuid.uuid4().hex[:8]
     migrations = files("invoicing_status") / "migrations"
-    dbs = [
-        Database(stack.database_url, schema=f"status_eq_{suffix}_{side}", migrations=migrations)
-        for side in ("batch", "single")
-    ]
+    schemas = [f"status_eq_{suffix}_{side}" for side in ("batch", "single")]
+    dbs = [Database(stack.database_url, schema=schema, migrations=migrations) for schema in schemas]
     for db in dbs:
         await db.start()
     try:
         yield StatusRepository(dbs[0]), StatusRepository(dbs[1]), dbs[0], dbs[1]
     finally:
-        for db in dbs:
+        for db, schema in zip(dbs, schemas, strict=True):
             async with db.pool.acquire() as conn:
-                await conn.execute(f'DROP SCHEMA "{db._schema}" CASCADE')
+                await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
             await db.stop()
 
 
