@@ -10,13 +10,17 @@ pools.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import faust
 import mode
 
+from invoicing_common import telemetry_setup
 from invoicing_common.logs import configure_logging, logging_config
+
+log = logging.getLogger(__name__)
 
 ReadyHook = Callable[[], Awaitable[None]]
 
@@ -66,6 +70,8 @@ def run(
     """Block until the process is told to stop. ``services`` start first,
     in order; ``app`` (a faust app) starts after them."""
     configure_logging(service_name, log_level)
+    if telemetry_setup.summary():
+        log.info(telemetry_setup.summary())
     common: dict[str, Any] = {
         "loglevel": log_level,
         "logging_config": logging_config(service_name, log_level),

@@ -10,7 +10,6 @@ Prometheus scrape port) serves the metrics in Prometheus text format.
 
 from __future__ import annotations
 
-import logging
 import os
 
 from opentelemetry import metrics, trace
@@ -20,8 +19,6 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-log = logging.getLogger(__name__)
-
 
 def _otlp_endpoint(signal: str) -> str:
     return os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
@@ -30,6 +27,15 @@ def _otlp_endpoint(signal: str) -> str:
 def _exporter_enabled(signal: str) -> bool:
     choice = os.environ.get(f"OTEL_{signal}_EXPORTER", "otlp").strip().lower()
     return choice != "none" and bool(_otlp_endpoint(signal))
+
+
+# Logging is set up after telemetry (by lifecycle.run), which logs this then.
+_summary = ""
+
+
+def summary() -> str:
+    """What configure() set up, in one line (empty before it ran)."""
+    return _summary
 
 
 def configure(
@@ -70,8 +76,8 @@ def configure(
     AsyncPGInstrumentor().instrument(tracer_provider=tracer_provider)  # type: ignore[no-untyped-call]
     sinks = ["OTLP"] if _exporter_enabled("METRICS") else []
     sinks += [f"Prometheus on port {metrics_port}"] if metrics_port else []
-    log.info(
-        "telemetry: traces %s; metrics %s",
+    global _summary
+    _summary = "telemetry: traces {}; metrics {}".format(
         "exported over OTLP" if _exporter_enabled("TRACES") else "not exported",
         ", ".join(sinks) or "not exported",
     )
