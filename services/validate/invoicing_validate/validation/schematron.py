@@ -145,11 +145,10 @@ def rewrite_stylesheet(path: Path) -> RewrittenStylesheet:
         name = match.group(1)
         return f"${params[name]}" if name in params else match.group(0)
 
-    if params:
-        for element in root.iter():
-            for attribute, value in element.attrib.items():
-                if "document(" in value:
-                    element.set(attribute, _CONSTANT_DOCUMENT.sub(substitute, value))
+    for element in root.iter():
+        for attribute, value in element.attrib.items():
+            if "document(" in value:
+                element.set(attribute, _CONSTANT_DOCUMENT.sub(substitute, value))
     # Top-level parameters go after any xsl:import, which must come first.
     position = sum(1 for child in root if child.tag == f"{{{_XSL_NS}}}import")
     for name in reversed(names):
