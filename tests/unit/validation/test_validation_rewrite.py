@@ -1,6 +1,7 @@
 """The stylesheets as we compile them (code lists preloaded, no
-``svrl:fired-rule`` output) give exactly the findings of the stylesheets as
-shipped, on documents that pass and on documents that break rules."""
+``svrl:fired-rule`` or ``svrl:active-pattern`` output, no walk that can
+output nothing) give exactly the findings of the stylesheets as shipped, on
+documents that pass and on documents that break rules."""
 
 from __future__ import annotations
 
@@ -97,12 +98,14 @@ def test_ubl_stylesheets_give_the_shipped_findings(
     assert sum(counts) > 0, "the comparison must cover reports with findings"
 
 
-def test_every_stylesheet_loses_its_fired_rule_output_and_nothing_else() -> None:
+def test_every_stylesheet_loses_its_fired_rule_and_active_pattern_output_and_nothing_else() -> None:
     for key, path in Artefacts.locate().xslt.items():
         shipped = path.read_text(encoding="utf-8")
         rewritten = rewrite_stylesheet(path)
         assert rewritten.fired_rules_dropped == shipped.count("<svrl:fired-rule") > 0, key
         assert "svrl:fired-rule" not in rewritten.text, key
+        assert rewritten.active_patterns_dropped == shipped.count("<svrl:active-pattern") > 0, key
+        assert "svrl:active-pattern" not in rewritten.text, key
         assert rewritten.text.count("svrl:failed-assert") == shipped.count("svrl:failed-assert"), key
         assert rewritten.text.count("svrl:successful-report") == shipped.count("svrl:successful-report"), key
 
@@ -118,3 +121,102 @@ def test_cen_stylesheets_have_no_code_list_to_preload() -> None:
     paths = Artefacts.locate().xslt
     assert rewrite_stylesheet(paths["en16931-ubl"]).documents == {}
     assert rewrite_stylesheet(paths["en16931-cii"]).documents == {}
+
+
+def test_the_skeleton_walks_that_output_nothing_are_cut() -> None:
+    paths = Artefacts.locate().xslt
+    for key, path in paths.items():
+        shipped = path.read_text(encoding="utf-8")
+        rewritten = rewrite_stylesheet(path)
+        # Every stylesheet we ship walks the document in the default mode
+        # once per pattern, and no rule of ours matches an attribute.
+        assert rewritten.default_walks_dropped == shipped.count("<svrl:active-pattern") > 0, key
+        assert rewritten.walks_narrowed == shipped.count('select="@*|*"'), key
+        assert 'select="@*|*"' not in rewritten.text, key
+    assert rewrite_stylesheet(paths["facturx-en16931"]).walks_narrowed == 439
+
+
+# A stylesheet shaped like the schematron skeleton's output, small enough to
+# read: the root template walks the default mode inside each active pattern,
+# then runs the pattern's mode; every rule ends with the walk on.
+_SKELETON = """<xsl:stylesheet version="2.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform"
+    xmlns:svrl="http://purl.oclc.org/dsdl/svrl">
+  {extra}
+  <xsl:template match="text()" priority="-1"/>
+  <xsl:template match="/">
+    <svrl:schematron-output>
+      <svrl:active-pattern><xsl:apply-templates/></svrl:active-pattern>
+      <xsl:apply-templates mode="M1" select="/"/>
+      <svrl:active-pattern><xsl:apply-templates/></svrl:active-pattern>
+      <xsl:apply-templates mode="M2" select="/"/>
+    </svrl:schematron-output>
+  </xsl:template>
+  <xsl:template match="line[@kind = 'x']" mode="M1" priority="1000">
+    <svrl:failed-assert location="line" id="R1"><svrl:text>[R1] line of kind x</svrl:text></svrl:failed-assert>
+    <xsl:apply-templates mode="M1" select="@*|*"/>
+  </xsl:template>
+  <xsl:template match="text()" mode="M1" priority="-1"/>
+  <xsl:template match="@*|node()" mode="M1" priority="-2">
+    <xsl:apply-templates mode="M1" select="@*|*"/>
+  </xsl:template>
+  <xsl:template match="{m2_rule}" mode="M2" priority="1000">
+    <svrl:failed-assert location="kind" id="R2"><svrl:text>[R2] kind is x</svrl:text></svrl:failed-assert>
+    <xsl:apply-templates mode="M2" select="@*|*"/>
+  </xsl:template>
+  <xsl:template match="text()" mode="M2" priority="-1"/>
+  <xsl:template match="@*|node()" mode="M2" priority="-2">
+    <xsl:apply-templates mode="M2" select="@*|*"/>
+  </xsl:template>
+</xsl:stylesheet>
+"""
+_DOCUMENT = "<doc><line kind='x'>a</line><line kind='y'>b</line></doc>"
+
+
+def _skeleton(tmp_path: Path, *, extra: str = "", m2_rule: str = "line/@kind[. = 'x']") -> Path:
+    path = tmp_path / "rules.xslt"
+    path.write_text(_SKELETON.format(extra=extra, m2_rule=m2_rule), encoding="utf-8")
+    return path
+
+
+def _findings_both_ways(path: Path) -> list[str]:
+    rewritten = SchematronSet({"k": path}, rewrite=True)
+    shipped = SchematronSet({"k": path}, rewrite=False)
+    fast = rewritten.run("k", rewritten.parse(_DOCUMENT))
+    reference = shipped.run("k", shipped.parse(_DOCUMENT))
+    assert fast == reference
+    return [f.rule for f in reference]
+
+
+def test_a_mode_with_an_attribute_rule_keeps_walking_attributes(tmp_path: Path) -> None:
+    path = _skeleton(tmp_path)
+    rewritten = rewrite_stylesheet(path)
+    # M1 only tests an attribute inside a predicate: its two walks narrow.
+    # M2 matches the attribute itself: its walks stay.
+    assert rewritten.walks_narrowed == 2
+    assert rewritten.text.count('mode="M2" select="@*|*"') == 2
+    assert _findings_both_ways(path) == ["R1", "R2"]
+
+
+def test_element_only_modes_narrow(tmp_path: Path) -> None:
+    path = _skeleton(tmp_path, m2_rule="doc//line[not(contains(@kind, ']'))]")
+    assert rewrite_stylesheet(path).walks_narrowed == 4
+    assert _findings_both_ways(path) == ["R1", "R2", "R2"]
+
+
+def test_the_default_walk_stays_when_the_default_mode_can_output(tmp_path: Path) -> None:
+    rule = (
+        '<xsl:template match="line[@kind = \'y\']"><svrl:failed-assert location="line" id="R0">'
+        "<svrl:text>[R0] from the default mode</svrl:text></svrl:failed-assert></xsl:template>"
+    )
+    path = _skeleton(tmp_path, extra=rule)
+    rewritten = rewrite_stylesheet(path)
+    assert (rewritten.default_walks_dropped, rewritten.active_patterns_dropped) == (0, 0)
+    assert _findings_both_ways(path) == ["R0", "R1", "R0", "R2"]
+    plain = rewrite_stylesheet(_skeleton(tmp_path))
+    assert (plain.default_walks_dropped, plain.active_patterns_dropped) == (2, 2)
+
+
+def test_nothing_is_cut_when_templates_come_from_elsewhere(tmp_path: Path) -> None:
+    for extra in ('<xsl:include href="other.xslt"/>', '<xsl:mode on-no-match="shallow-copy"/>'):
+        rewritten = rewrite_stylesheet(_skeleton(tmp_path, extra=extra))
+        assert (rewritten.default_walks_dropped, rewritten.walks_narrowed) == (0, 0), extra
