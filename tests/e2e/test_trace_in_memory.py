@@ -59,10 +59,10 @@ async def in_process(stack: Stack) -> AsyncIterator[str]:
         for service in services:
             await service.start()
             started.append(service)
-        # Ready when every faust consumer owns its partitions.
+        # Ready when every stream consumer owns its partitions.
         deadline = time.monotonic() + 120
-        while not all(app.consumer.assignment() for app in (v.app, r.app, st.app)):
-            assert time.monotonic() < deadline, "faust consumers got no partitions"
+        while not all(app.assignment() for app in (v.app, r.app, st.app)):
+            assert time.monotonic() < deadline, "stream consumers got no partitions"
             await asyncio.sleep(0.2)  # polling a readiness condition, bounded by the deadline
         yield f"127.0.0.1:{i.grpc.port}"
     finally:

@@ -1,4 +1,4 @@
-"""The shared record loop: poison goes to the DLQ, transient faults retry."""
+"""The shared record handling: poison goes to the DLQ, transient faults retry."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from typing import Any
 
 from invoicing.v1 import events_pb2
 
-from invoicing_common.streams import PermanentError, Record, process
-from tests.fakes import FakeEvent, FakeMessage
+from invoicing_common.streams import PermanentError, Record, handle_record
 
 
 class FakeTopic:
@@ -18,9 +17,8 @@ class FakeTopic:
         self.sent.append(kwargs)
 
 
-async def _events(*values: bytes | None):  # type: ignore[no-untyped-def]
-    for offset, value in enumerate(values):
-        yield FakeEvent(FakeMessage("t", 0, offset, b"k", value))
+def _records(*values: bytes | None) -> list[Record]:
+    return [Record("t", 0, offset, b"k", value, []) for offset, value in enumerate(values)]
 
 
 async def test_permanent_failures_go_to_the_dlq_and_the_stream_moves_on() -> None:
@@ -32,8 +30,8 @@ async def test_permanent_failures_go_to_the_dlq_and_the_stream_moves_on() -> Non
         handled.append(record.offset)
 
     dlq = FakeTopic()
-    async for _ in process(_events(b"ok", b"bad", b"ok"), handler, dlq=dlq, consumer_group="g"):  # type: ignore[arg-type]
-        pass
+    for record in _records(b"ok", b"bad", b"ok"):
+        await handle_record(record, handler, dlq=dlq, consumer_group="g")
     assert handled == [0, 2]
     assert len(dlq.sent) == 1
     letter = events_pb2.DeadLetter.FromString(dlq.sent[0]["value"])
@@ -50,8 +48,8 @@ async def test_transient_failures_are_retried_in_place() -> None:
             raise ConnectionRefusedError("database restarting")
 
     dlq = FakeTopic()
-    async for _ in process(_events(b"ok"), handler, dlq=dlq, consumer_group="g", retry_delay=0):  # type: ignore[arg-type]
-        pass
+    for record in _records(b"ok"):
+        await handle_record(record, handler, dlq=dlq, consumer_group="g", retry_delay=0)
     assert attempts == [0, 0, 0]
     assert dlq.sent == []
 

@@ -2,9 +2,9 @@
 
 mode's Worker owns the event loop and the signal handlers. On SIGTERM or
 SIGINT it stops every service in reverse start order: the gRPC server first
-(health NOT_SERVING, stop accepting, drain in-flight calls), then the faust
-app (stop consuming, flush the producer, commit offsets), then producers and
-pools.
+(health NOT_SERVING, stop accepting, drain in-flight calls), then the
+stream app (stop consuming, finish and commit the records in hand, flush
+the producer), then producers and pools.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import faust
 import mode
 
 from invoicing_common import telemetry_setup
@@ -36,17 +35,6 @@ def use_event_loop(name: str) -> None:
         asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
 
 
-class _FaustWorker(faust.Worker):
-    def __init__(self, *args: object, on_ready: ReadyHook | None = None, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._on_ready = on_ready
-
-    async def on_startup_finished(self) -> None:
-        await super().on_startup_finished()
-        if self._on_ready is not None:
-            await self._on_ready()
-
-
 class _ModeWorker(mode.Worker):
     def __init__(self, *args: object, on_ready: ReadyHook | None = None, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -64,11 +52,10 @@ def run(
     log_level: str,
     services: Sequence[mode.ServiceT],
     *,
-    app: faust.App | None = None,
     on_ready: ReadyHook | None = None,
 ) -> None:
-    """Block until the process is told to stop. ``services`` start first,
-    in order; ``app`` (a faust app) starts after them."""
+    """Block until the process is told to stop. ``services`` start in
+    order and stop in reverse."""
     configure_logging(service_name, log_level)
     if telemetry_setup.summary():
         log.info(telemetry_setup.summary())
@@ -79,9 +66,4 @@ def run(
         "on_ready": on_ready,
         "override_logging": True,
     }
-    worker: mode.Worker
-    if app is not None:
-        worker = _FaustWorker(app, *services, quiet=True, **common)
-    else:
-        worker = _ModeWorker(*services, quiet=True, **common)
-    worker.execute_from_commandline()
+    _ModeWorker(*services, quiet=True, **common).execute_from_commandline()

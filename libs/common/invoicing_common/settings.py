@@ -25,8 +25,8 @@ class ServiceSettings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     # How fast a crashed consumer's partitions move to the survivors.
     kafka_session_timeout_seconds: float = Field(default=10.0, ge=3.0, le=300.0)
-    # A consumer fetch returns once this much is there or the wait is over
-    # (see invoicing_common.transport): fewer round trips under load.
+    # A consumer fetch returns once this much is there or the wait is over:
+    # fewer round trips under load, at most the wait per hop when light.
     kafka_fetch_min_bytes: int = Field(default=32 * 1024, ge=1, le=64 * 1024 * 1024)
     kafka_fetch_max_wait_ms: int = Field(default=50, ge=0, le=1500)
     # How long the stream producers (validated, routed, DLQ records) wait to

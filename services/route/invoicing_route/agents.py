@@ -1,16 +1,15 @@
-"""faust agent: validated -> routed (valid invoices only), resolved against
+"""Stream handler: validated -> routed (valid invoices only), resolved against
 the in-memory directory index (no database round trip per invoice)."""
 
 from __future__ import annotations
 
 import logging
 
-import faust
 from invoicing.v1 import events_pb2
 from opentelemetry.trace import Status, StatusCode
 
 from invoicing_common import topics
-from invoicing_common.streams import Record, decode_event, process, raw_topic, register_lag_gauge, send
+from invoicing_common.streams import Record, StreamApp, decode_event, register_lag_gauge, send
 from invoicing_common.telemetry import ROUTING_OUTCOMES, record_invoice, tracer
 from invoicing_route.domain import BuyerIdentifiers, routed_event
 from invoicing_route.settings import RouteSettings
@@ -19,10 +18,8 @@ from invoicing_route.usecases import Directory
 log = logging.getLogger(__name__)
 
 
-def register(app: faust.App, settings: RouteSettings, directory: Directory) -> None:
-    validated = raw_topic(app, topics.VALIDATED)
-    routed = raw_topic(app, topics.ROUTED)
-    dlq = raw_topic(app, topics.DLQ)
+def register(app: StreamApp, settings: RouteSettings, directory: Directory) -> None:
+    routed = app.topic(topics.ROUTED)
 
     async def handle(record: Record) -> None:
         event = decode_event(record, events_pb2.InvoiceValidated)
@@ -54,8 +51,4 @@ def register(app: faust.App, settings: RouteSettings, directory: Directory) -> N
         await send(routed, out.invoice.invoice_id, out.SerializeToString(), out.event_id)
 
     register_lag_gauge(app)
-
-    @app.agent(validated, name="route")
-    async def route(stream: faust.StreamT[bytes]) -> None:
-        async for _ in process(stream.events(), handle, dlq=dlq, consumer_group=app.conf.id):
-            pass
+    app.consume(topics.VALIDATED, handler=handle)

@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.resources import files
 
-import faust
-
 from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
-from invoicing_common.streams import create_app
+from invoicing_common.streams import StreamApp
 from invoicing_route import agents
 from invoicing_route.api import DirectoryServicer, registrar
 from invoicing_route.directory import DirectoryIndex
@@ -21,7 +19,7 @@ from invoicing_route.usecases import Directory
 
 @dataclass
 class Route:
-    app: faust.App
+    app: StreamApp
     database: Database
     publisher: DirectoryPublisher
     feed: DirectoryFeed
@@ -40,7 +38,7 @@ def bootstrap(settings: RouteSettings) -> Route:
         client_id=f"{settings.otel_service_name}-directory-feed",
     )
     directory = Directory(DirectoryRepository(database), publisher, feed, settings.directory_apply_timeout_seconds)
-    app = create_app(settings.otel_service_name, settings)
+    app = StreamApp(settings.otel_service_name, settings)
     agents.register(app, settings, directory)
     server = GrpcServer(settings, registrar(DirectoryServicer(directory, settings.platform_id)))
     return Route(app=app, database=database, publisher=publisher, feed=feed, grpc=server)

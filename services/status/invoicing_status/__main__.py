@@ -17,8 +17,7 @@ def main() -> None:
         run(
             settings.otel_service_name,
             settings.log_level,
-            [status.database, status.kafka, status.publisher, status.notifier, status.grpc],
-            app=status.app,
+            [status.database, status.kafka, status.publisher, status.notifier, status.app, status.grpc],
             on_ready=status.grpc.mark_serving,
         )
     finally:

@@ -1,13 +1,12 @@
-"""faust agent: projects received/validated/routed events into the store."""
+"""Stream handler: projects received/validated/routed events into the store."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import faust
 from google.protobuf.message import Message
 from invoicing.v1 import common_pb2, events_pb2
 from opentelemetry import propagate, trace
@@ -18,9 +17,8 @@ from invoicing_common.streams import (
     PERMANENT_ERRORS,
     PermanentError,
     Record,
+    StreamApp,
     consumer_span,
-    raw_topic,
-    record_from,
     register_lag_gauge,
     retry_transient,
     send_to_dlq,
@@ -120,15 +118,14 @@ class _Prepared:
 
 
 def register(
-    app: faust.App,
+    app: StreamApp,
     repository: StatusRepository,
     on_change: Callable[[], None],
     batch_size: int = 200,
     batch_window: float = 0.1,
 ) -> None:
-    source = raw_topic(app, topics.RECEIVED, topics.VALIDATED, topics.ROUTED)
-    dlq = raw_topic(app, topics.DLQ)
-    group = app.conf.id
+    dlq = app.topic(topics.DLQ)
+    group = app.group_id
 
     def prepare(record: Record, now: datetime) -> _Prepared:
         consume = consumer_span(record, group)
@@ -174,11 +171,10 @@ def register(
                     changes = []
             finish(item, changes)
 
-    async def handle_batch(events: Sequence[faust.EventT[bytes]]) -> None:
+    async def handle_batch(records: list[Record]) -> None:
         now = datetime.now(UTC)
         items: list[_Prepared] = []
-        for event in events:
-            record = record_from(event.message)
+        for record in records:
             try:
                 items.append(prepare(record, now))
             except PERMANENT_ERRORS as exc:
@@ -208,9 +204,13 @@ def register(
 
     register_lag_gauge(app)
 
-    @app.agent(source, name="status")
-    async def project(stream: faust.StreamT[bytes]) -> None:
-        # Batches: one transaction (one commit) per batch; events of one
-        # invoice keep their order inside it. Offsets are acked after it.
-        async for events in stream.take_events(batch_size, within=batch_window):  # type: ignore[attr-defined]
-            await handle_batch(events)
+    # Batches: one transaction (one commit) per batch; events of one
+    # partition keep their order inside it. Offsets are committed after it.
+    app.consume_batches(
+        topics.RECEIVED,
+        topics.VALIDATED,
+        topics.ROUTED,
+        handler=handle_batch,
+        batch_size=batch_size,
+        batch_window=batch_window,
+    )

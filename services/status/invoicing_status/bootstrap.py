@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.resources import files
 
-import faust
-
 from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
 from invoicing_common.kafka import ProducerService
-from invoicing_common.streams import create_app
+from invoicing_common.streams import StreamApp
 from invoicing_status import agents
 from invoicing_status.api import StatusServicer, registrar
 from invoicing_status.notifier import ChangeNotifier
@@ -22,7 +20,7 @@ from invoicing_status.settings import StatusSettings
 
 @dataclass
 class StatusApp:
-    app: faust.App
+    app: StreamApp
     database: Database
     kafka: ProducerService
     publisher: OutboxPublisher
@@ -40,7 +38,7 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
         kafka,
         settings.outbox_batch_size,
     )
-    app = create_app(settings.otel_service_name, settings)
+    app = StreamApp(settings.otel_service_name, settings)
     agents.register(app, repository, publisher.wake, settings.status_batch_size, settings.status_batch_window_ms / 1000)
     notifier = ChangeNotifier(database)
     server = GrpcServer(settings, registrar(StatusServicer(repository, StatusQueries(database), notifier)))

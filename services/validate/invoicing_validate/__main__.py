@@ -17,8 +17,9 @@ def main() -> None:
         run(
             settings.otel_service_name,
             settings.log_level,
-            [validate.pool, validate.grpc],
-            app=validate.app,
+            # Stopped in reverse: gRPC first, then the streams (finishing
+            # the documents in hand), then the worker processes.
+            [validate.pool, validate.app, validate.grpc],
             on_ready=validate.grpc.mark_serving,
         )
     finally:

@@ -1,4 +1,4 @@
-"""faust agent: received -> validated. Thin; the work is in checks/domain."""
+"""Stream handler: received -> validated. Thin; the work is in checks/domain."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import logging
 import time
 from concurrent.futures import Executor
 
-import faust
 from invoicing.v1 import events_pb2
 from opentelemetry.trace import Status, StatusCode
 
 from invoicing_common import topics
-from invoicing_common.streams import Record, decode_event, process, raw_topic, register_lag_gauge, send
+from invoicing_common.streams import Record, StreamApp, decode_event, register_lag_gauge, send
 from invoicing_common.telemetry import FINDINGS, VALIDATION_DURATION, record_invoice, tracer
 from invoicing_validate.checks import run_checks_many
 from invoicing_validate.dispatch import ChunkingDispatcher
@@ -21,13 +20,11 @@ from invoicing_validate.validation import ValidationReport
 log = logging.getLogger(__name__)
 
 
-def register(app: faust.App, executor: Executor, workers: int, concurrency: int) -> None:
+def register(app: StreamApp, executor: Executor, workers: int, concurrency: int) -> None:
     dispatcher: ChunkingDispatcher[tuple[bytes, str], ValidationReport] = ChunkingDispatcher(
         executor, workers, run_checks_many
     )
-    received = raw_topic(app, topics.RECEIVED)
-    validated = raw_topic(app, topics.VALIDATED)
-    dlq = raw_topic(app, topics.DLQ)
+    validated = app.topic(topics.VALIDATED)
 
     async def handle(record: Record) -> None:
         event = decode_event(record, events_pb2.InvoiceReceived)
@@ -59,8 +56,6 @@ def register(app: faust.App, executor: Executor, workers: int, concurrency: int)
         await send(validated, invoice_id, out.SerializeToString(), out.event_id)
 
     register_lag_gauge(app)
-
-    @app.agent(received, name="validate", concurrency=concurrency)
-    async def validate(stream: faust.StreamT[bytes]) -> None:
-        async for _ in process(stream.events(), handle, dlq=dlq, consumer_group=app.conf.id):
-            pass
+    # Up to `concurrency` documents in flight, so the dispatcher can hand
+    # the workers chunks.
+    app.consume(topics.RECEIVED, handler=handle, concurrency=concurrency)

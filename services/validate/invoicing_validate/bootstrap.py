@@ -8,11 +8,10 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-import faust
 from mode import Service
 
 from invoicing_common.grpc_server import GrpcServer
-from invoicing_common.streams import create_app
+from invoicing_common.streams import StreamApp
 from invoicing_validate import agents, checks
 from invoicing_validate.settings import ValidateSettings
 
@@ -25,7 +24,7 @@ class WorkerPool(Service):
     def __init__(self, workers: int, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._workers = workers
-        # spawn, not fork: the parent runs threads (faust's consumer).
+        # spawn, not fork: the parent runs threads (gRPC, OpenTelemetry).
         self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
     async def on_start(self) -> None:
@@ -44,13 +43,13 @@ class WorkerPool(Service):
 
 @dataclass
 class Validate:
-    app: faust.App
+    app: StreamApp
     pool: WorkerPool
     grpc: GrpcServer
 
 
 def bootstrap(settings: ValidateSettings) -> Validate:
-    app = create_app(settings.otel_service_name, settings)
+    app = StreamApp(settings.otel_service_name, settings)
     pool = WorkerPool(settings.validate_workers)
     agents.register(app, pool.executor, settings.validate_workers, settings.validate_concurrency)
     server = GrpcServer(settings, lambda _server: [])
