@@ -161,9 +161,9 @@ async def test_stopping_finishes_and_commits_the_records_in_hand(stack: Stack) -
     await _produce(stack.kafka, source, [b"slow"])
     await asyncio.wait_for(entered.wait(), timeout=60)
     stopping = asyncio.ensure_future(app.stop())
-    # Released only once the stop has begun: the record's commit can then
-    # come from nothing but the stop itself.
-    await _until(lambda: app.should_stop, "the stop to begin")
+    # Released only once the consume loop has ended: the record can then be
+    # finished and committed by nothing but the stop itself.
+    await _until(lambda: app.should_stop and not app.consuming, "the consume loop to end")
     release.set()
     await asyncio.wait_for(stopping, timeout=60)
     assert await _values(stack.kafka, sink) == [b"SLOW"]

@@ -231,6 +231,11 @@ class StreamApp(Service):
             raise RuntimeError("stream consumer not started")
         return self._consumer
 
+    @property
+    def consuming(self) -> bool:
+        """Whether the consume loop still takes new records."""
+        return self._loop_task is not None and not self._loop_task.done()
+
     def assignment(self) -> set[TopicPartition]:
         return set(self._consumer.assignment()) if self._consumer is not None else set()
 
