@@ -21,10 +21,11 @@ from invoicing_common.ids import stage_event_id
 log = logging.getLogger(__name__)
 
 
-def producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
+def producer(bootstrap_servers: str, client_id: str, linger_ms: int = 5) -> AIOKafkaProducer:
     """A producer whose acknowledged sends survive a broker crash.
 
     acks=all plus idempotence: a retried send never duplicates a record.
+    5 ms of linger suits callers that wait for each acknowledgement.
     """
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
@@ -32,7 +33,7 @@ def producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
         acks="all",
         enable_idempotence=True,
         max_request_size=topics.MAX_MESSAGE_BYTES,
-        linger_ms=5,
+        linger_ms=linger_ms,
     )
 
 

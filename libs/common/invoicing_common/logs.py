@@ -45,7 +45,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def logging_config(service: str, level: str = "INFO") -> dict[str, Any]:
-    """A dictConfig that faust/mode workers accept as ``logging_config``."""
+    """A dictConfig that mode workers accept as ``logging_config``."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -55,7 +55,6 @@ def logging_config(service: str, level: str = "INFO") -> dict[str, Any]:
         "loggers": {
             # aiokafka reports every transient coordinator move at INFO/ERROR.
             "aiokafka": {"level": "WARNING"},
-            "faust": {"level": "WARNING"},
             "mode": {"level": "WARNING"},
         },
     }

@@ -31,7 +31,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from invoicing_common import topics
-from invoicing_common.kafka import dead_letter, ensure_topics, headers_to_carrier
+from invoicing_common.kafka import dead_letter, ensure_topics, headers_to_carrier, producer
 from invoicing_common.settings import ServiceSettings
 from invoicing_common.telemetry import DLQ_RECORDS, consume_span_attributes, meter, produce_span
 
@@ -116,6 +116,12 @@ def consumer_span(record: Record, consumer_group: str) -> Span:
     )
 
 
+async def _back_off(delay: float) -> float:
+    """Wait ``delay`` seconds; returns the next wait (doubled, at most 10 s)."""
+    await asyncio.sleep(delay)
+    return min(delay * 2, 10.0)
+
+
 async def retry_transient(operation: Callable[[], Awaitable[T]], what: str, retry_delay: float = 0.5) -> T:
     """Run ``operation`` until it succeeds or fails for a non-transient
     reason: a broker or database outage holds the partition, never skips it."""
@@ -125,8 +131,7 @@ async def retry_transient(operation: Callable[[], Awaitable[T]], what: str, retr
             return await operation()
         except TRANSIENT_ERRORS as exc:
             log.warning("transient failure in %s, retrying in %.1fs: %s", what, delay, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            delay = await _back_off(delay)
 
 
 class OutTopic:
@@ -138,9 +143,6 @@ class OutTopic:
     def __init__(self, app: StreamApp, name: str) -> None:
         self._app = app
         self.name = name
-
-    def get_topic_name(self) -> str:
-        return self.name
 
     async def send(self, *, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
         delivery = await self._app.producer.send(self.name, value=value, key=key, headers=headers or [])
@@ -157,14 +159,13 @@ _deliveries: contextvars.ContextVar[list[asyncio.Future[Any]] | None] = contextv
     "invoicing_deliveries", default=None
 )
 
-RecordHandler = Handler
 BatchHandler = Callable[[list[Record]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
 class _Subscription:
     topics: tuple[str, ...]
-    on_record: RecordHandler | None = None
+    on_record: Handler | None = None
     on_batch: BatchHandler | None = None
     concurrency: int = 1
     batch_size: int = 1
@@ -199,7 +200,8 @@ class StreamApp(Service):
         self._uncommitted: dict[TopicPartition, int] = {}
         self._commit_due = 0.0
         # Every topic read or written, created at start if missing.
-        self._declared: set[str] = {topics.DLQ}
+        self._declared: set[str] = set()
+        self._dlq = self.topic(topics.DLQ)
 
     # -- wiring ---------------------------------------------------------------
 
@@ -207,7 +209,7 @@ class StreamApp(Service):
         self._declared.add(name)
         return OutTopic(self, name)
 
-    def consume(self, *topic_names: str, handler: RecordHandler, concurrency: int = 1) -> None:
+    def consume(self, *topic_names: str, handler: Handler, concurrency: int = 1) -> None:
         self._subscribe(_Subscription(topic_names, on_record=handler, concurrency=concurrency))
 
     def consume_batches(self, *topic_names: str, handler: BatchHandler, batch_size: int, batch_window: float) -> None:
@@ -256,14 +258,7 @@ class StreamApp(Service):
     async def on_start(self) -> None:
         s = self._settings
         await ensure_topics(s.kafka_bootstrap_servers, s.topic_partitions, sorted(self._declared))
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
-            client_id=f"{self.group_id}-streams",
-            acks="all",
-            enable_idempotence=True,
-            max_request_size=topics.MAX_MESSAGE_BYTES,
-            linger_ms=s.kafka_producer_linger_ms,
-        )
+        self._producer = producer(s.kafka_bootstrap_servers, f"{self.group_id}-streams", s.kafka_producer_linger_ms)
         await self._producer.start()
         if self._subscription is None:
             return
@@ -317,7 +312,7 @@ class StreamApp(Service):
 
     # -- per record ---------------------------------------------------------
 
-    async def _run_records(self, handler: RecordHandler) -> None:
+    async def _run_records(self, handler: Handler) -> None:
         assert self._slots is not None
         while not self.should_stop:
             batch = await self.consumer.getmany(timeout_ms=_POLL_MS)
@@ -332,8 +327,8 @@ class StreamApp(Service):
                     self._next_offset[tp] = message.offset + 1
             await self._commit_done()
 
-    async def _one(self, record: Record, handler: RecordHandler) -> None:
-        dlq = self.topic(topics.DLQ)
+    async def _one(self, record: Record, handler: Handler) -> None:
+        dlq = self._dlq
         slots = self._slots
         assert slots is not None
         held = True
@@ -358,8 +353,8 @@ class StreamApp(Service):
     ) -> None:
         """Run ``operation`` and wait for every record it produced; if a
         delivery fails, run it again (the ids make a second copy harmless)."""
-        delay = 0.5
-        while True:
+
+        async def attempt() -> None:
             pending: list[asyncio.Future[Any]] = []
             token = _deliveries.set(pending)
             try:
@@ -368,18 +363,9 @@ class StreamApp(Service):
                 _deliveries.reset(token)
             if handled is not None:
                 handled()
-            try:
-                await asyncio.gather(*pending)
-                return
-            except KafkaError as exc:
-                log.warning(
-                    "delivery failed, handling the record again in %.1fs: %s",
-                    delay,
-                    exc,
-                    extra={"topic": record.topic, "partition": record.partition, "offset": record.offset},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            await asyncio.gather(*pending)
+
+        await retry_transient(attempt, f"delivering what {record.topic}/{record.partition}@{record.offset} produced")
 
     async def _commit_done(self, now: bool = False) -> None:
         """Commit, per partition, past the records handled without a gap."""
@@ -475,7 +461,7 @@ async def send(topic: OutTopic, key: str, value: bytes, message_id: str = "") ->
     """Queue a record under a PRODUCER span whose context travels in the
     headers. The source record is only committed once this one is
     acknowledged (``OutTopic``)."""
-    with produce_span(topic.get_topic_name(), key, message_id) as headers:
+    with produce_span(topic.name, key, message_id) as headers:
         await topic.send(key=key.encode(), value=value, headers=headers)
 
 
@@ -511,8 +497,7 @@ async def _handle_with_retry(
                 exc,
                 extra={"topic": record.topic, "partition": record.partition, "offset": record.offset},
             )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            delay = await _back_off(delay)
         except PERMANENT_ERRORS as exc:
             await send_to_dlq(record, exc, dlq=dlq, consumer_group=consumer_group)
             return

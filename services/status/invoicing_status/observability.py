@@ -1,5 +1,5 @@
 """Span attributes and metrics for status transitions, shared by the
-agent (pipeline events) and the API (UpdateStatus)."""
+stream handler (pipeline events) and the API (UpdateStatus)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class WorkerPool(Service):
-    """Owns the validation processes; stopped after the agent has drained."""
+    """Owns the validation processes; stopped after the stream app has drained."""
 
     def __init__(self, workers: int, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
