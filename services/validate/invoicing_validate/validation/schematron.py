@@ -139,9 +139,9 @@ class RewrittenStylesheet:
     documents: dict[str, Path]
     fired_rules_dropped: int
     # Tree walks cut because they cannot output anything (see module doc).
-    default_walks_dropped: int = 0
-    walks_narrowed: int = 0
-    active_patterns_dropped: int = 0
+    default_walks_dropped: int
+    walks_narrowed: int
+    active_patterns_dropped: int
 
 
 def _drop_attribute_only(root: etree._Element, tag: str) -> int:
