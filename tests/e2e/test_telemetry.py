@@ -170,6 +170,7 @@ async def test_one_trace_per_invoice_across_the_four_services(
     trace_id = bytes.fromhex(erp_trace)
 
     expected_spans = {
+        ("invoicing-ingest", "store receipt"),
         ("invoicing-ingest", "send invoicing.invoice.received.v1"),
         ("invoicing-validate", "process invoicing.invoice.received.v1"),
         ("invoicing-validate", "validate invoice"),

@@ -101,6 +101,7 @@ async def test_one_journey_gives_one_trace_across_the_four_services(
 
     provider = trace.get_tracer_provider()
     expected = {
+        ("store receipt", None),
         ("send invoicing.invoice.received.v1", None),
         ("process invoicing.invoice.received.v1", "invoicing-validate"),
         ("validate invoice", None),
@@ -138,6 +139,17 @@ async def test_one_journey_gives_one_trace_across_the_four_services(
     assert all(_descends(s, root.context.span_id, by_id) for s in spans), "one tree under SubmitInvoice"
     validation = next(s for s in spans if s.name == "validate invoice")
     assert (validation.attributes or {})["invoicing.format"] == "ubl-invoice"
+    # The receipt's group commit: the send waits inside "store receipt"; the
+    # batch's own trace ("store receipts") links back to it.
+    stored = next(s for s in spans if s.name == "store receipt")
+    send = next(s for s in spans if s.name == "send invoicing.invoice.received.v1")
+    assert send.parent is not None and send.parent.span_id == stored.context.span_id
+    batches = [
+        s
+        for s in memory_spans.get_finished_spans()
+        if s.name == "store receipts" and any(link.context.span_id == stored.context.span_id for link in s.links)
+    ]
+    assert len(batches) == 1 and format(batches[0].context.trace_id, "032x") != erp_trace
     routing = next(s for s in spans if s.name == "route invoice")
     assert (routing.attributes or {})["invoicing.routing.outcome"] == "routed"
     applied: set[int] = set()

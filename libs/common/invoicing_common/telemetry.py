@@ -4,7 +4,7 @@ Library code never configures the SDK: without ``telemetry_setup.configure``
 (called by each service's entry point) every span and instrument here is a
 no-op. Span attributes follow the semantic conventions: ``messaging.*`` for
 Kafka, ``rpc.*`` for gRPC (via the gRPC instrumentation), ``db.*`` for
-PostgreSQL (via the asyncpg instrumentation).
+PostgreSQL (via the asyncpg instrumentation, and ingest's ``store receipt``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ E2E_LATENCY = _meter.create_histogram(
 )
 RPC_DURATION = _meter.create_histogram(
     "rpc.server.duration", unit="ms", description="gRPC server call duration, by method and status"
+)
+RECEIPT_BATCH_SIZE = _meter.create_histogram(
+    "invoicing.ingest.receipt_batch.size",
+    unit="{submission}",
+    description="Submissions sharing one receipt transaction (ingest's group commit)",
 )
 DLQ_RECORDS = _meter.create_counter(
     "invoicing.dlq.records", unit="{record}", description="Records sent to the dead-letter topic, by source"

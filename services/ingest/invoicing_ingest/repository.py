@@ -1,14 +1,42 @@
-"""Receipts in PostgreSQL (schema ``ingest``)."""
+"""Receipts in PostgreSQL (schema ``ingest``), written by group commit.
+
+A receipt is committed only once its ``received`` event is in Kafka, so each
+submission holds a transaction open across the broker's acknowledgement.
+One transaction per submission cost three round trips (BEGIN, INSERT,
+COMMIT) and a commit per invoice. Instead, the submissions that arrive while
+a transaction is busy wait for the next one, and share it: one set-based
+INSERT for all their receipts, every event sent, one COMMIT. Under no load a
+batch is one submission, so nothing waits longer than before.
+
+What each submission sees is unchanged: its receipt (new or the duplicate it
+matches) is committed if and only if its own body (the send) succeeded.
+A failed send removes only its own receipt from the batch. Anything unusual
+in a batch (an idempotency key that conflicts) sends the batch back to the
+one-transaction-per-submission path, which decides it exactly as before.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 import asyncpg  # type: ignore[import-untyped]
+from opentelemetry.trace import Link, Span
 
 from invoicing_common.db import Database
+from invoicing_common.telemetry import RECEIPT_BATCH_SIZE, tracer
 from invoicing_ingest.domain import Receipt, Submission
+
+log = logging.getLogger(__name__)
+
+# Enough to cover every submission in flight at the bench's concurrency.
+DEFAULT_MAX_BATCH: Final = 64
 
 
 class ConflictingRetry(Exception):
@@ -19,10 +47,60 @@ class ConflictingRetry(Exception):
         self.invoice_id = invoice_id
 
 
+class _OneByOne(Exception):
+    """The batch needs per-submission decisions (a key conflict)."""
+
+
+def _receipt_vanished() -> asyncpg.exceptions.SerializationError:
+    # Transient: the caller answers UNAVAILABLE and the client retries.
+    return asyncpg.exceptions.SerializationError("receipt vanished; retry")
+
+
+def _future() -> asyncio.Future[Any]:
+    return asyncio.get_running_loop().create_future()
+
+
+def _settle(future: asyncio.Future[Any], value: object) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _fail(items: list[_Pending], exc: BaseException) -> None:
+    for item in items:
+        _settle(item.resolved, exc)
+        _settle(item.settled, exc)
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One submission's place in a batch. Futures carry values, not
+    exceptions: a submitter that gave up leaves nothing unretrieved."""
+
+    submission: Submission
+    candidate: Receipt
+    span: Span
+    # The receipt, or the exception to raise instead of running the body.
+    resolved: asyncio.Future[Receipt | BaseException] = field(default_factory=_future)
+    # Set by the submitter: True once its body (the send) succeeded.
+    published: asyncio.Future[bool] = field(default_factory=_future)
+    # Set by the batch: None once committed, or the exception to raise.
+    settled: asyncio.Future[BaseException | None] = field(default_factory=_future)
+    receipt: Receipt | None = field(default=None)
+
+
 class ReceiptRepository:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, max_batch: int = DEFAULT_MAX_BATCH) -> None:
         # The pool exists only once the Database service has started.
         self._database = database
+        self._max_batch = max_batch
+        self._queue: list[_Pending] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    @property
+    def queued(self) -> int:
+        """Submissions waiting for the next batch."""
+        return len(self._queue)
 
     @asynccontextmanager
     async def reserve(self, submission: Submission, candidate: Receipt) -> AsyncIterator[Receipt]:
@@ -30,54 +108,211 @@ class ReceiptRepository:
 
         For a new submission the receipt row is inserted and committed only if
         the body of the ``async with`` completes (the event is durable in
-        Kafka); on failure it is rolled back so a retry starts afresh. A
+        Kafka); on failure it is removed so a retry starts afresh. A
         concurrent retry of the same submission waits on the row lock and then
         sees the committed receipt as a duplicate.
         """
-        async with self._database.pool.acquire() as conn, conn.transaction():
-            inserted = await conn.fetchval(
-                "INSERT INTO receipts (invoice_id, submitter, sha256, filename, size_bytes, received_at, event_id)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (submitter, sha256) DO NOTHING RETURNING invoice_id",
-                candidate.invoice_id,
-                submission.submitter,
-                submission.sha256,
-                submission.filename,
-                len(submission.document),
-                candidate.received_at,
-                candidate.event_id,
+        with tracer().start_as_current_span("store receipt") as span:
+            span.set_attribute("db.system.name", "postgresql")
+            item = _Pending(submission, candidate, span)
+            self._queue.append(item)
+            self._wake_writer()
+            try:
+                resolved = await asyncio.shield(item.resolved)
+            except BaseException:
+                # Gave up before its turn (cancelled): the batch must not
+                # wait for a body that will never run.
+                _settle(item.published, False)
+                raise
+            if isinstance(resolved, BaseException):
+                raise resolved
+            try:
+                yield resolved
+            except BaseException:
+                _settle(item.published, False)
+                # The receipt is removed before the caller answers "retry".
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(item.settled)
+                raise
+            _settle(item.published, True)
+            failure = await asyncio.shield(item.settled)
+            if failure is not None:
+                raise failure
+
+    def _wake_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            # A fresh context: the writer's spans must not join the trace of
+            # whichever submission happened to start it.
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write_queue(), name="receipt writer", context=contextvars.Context()
             )
-            receipt = candidate if inserted is not None else await self._by_content(conn, submission)
-            if submission.idempotency_key is not None:
-                await self._bind_key(conn, submission, receipt)
-            yield receipt
 
-    async def _by_content(self, conn: asyncpg.Connection, submission: Submission) -> Receipt:
-        row = await conn.fetchrow(
-            "SELECT invoice_id, received_at, event_id FROM receipts WHERE submitter = $1 AND sha256 = $2",
-            submission.submitter,
-            submission.sha256,
-        )
-        if row is None:
-            # The conflicting row was rolled back between our insert and read.
-            raise asyncpg.exceptions.SerializationError("receipt vanished; retry")
-        return Receipt(
-            invoice_id=str(row["invoice_id"]), received_at=row["received_at"], duplicate=True, event_id=row["event_id"]
-        )
+    async def _write_queue(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+            # A submitter cancelled before its turn takes no part.
+            batch = [item for item in batch if not item.published.done()]
+            if batch:
+                await self._write(batch)
 
-    async def _bind_key(self, conn: asyncpg.Connection, submission: Submission, receipt: Receipt) -> None:
-        bound = await conn.fetchval(
-            "INSERT INTO idempotency_keys (submitter, idempotency_key, invoice_id) VALUES ($1, $2, $3)"
-            " ON CONFLICT DO NOTHING RETURNING invoice_id",
-            submission.submitter,
-            submission.idempotency_key,
-            receipt.invoice_id,
-        )
-        if bound is not None:
+    async def _write(self, batch: list[_Pending]) -> None:
+        links = [Link(item.span.get_span_context()) for item in batch]
+        with tracer().start_as_current_span("store receipts", links=links) as span:
+            span.set_attribute("invoicing.batch.size", len(batch))
+            RECEIPT_BATCH_SIZE.record(len(batch))
+            self.batches += 1
+            try:
+                try:
+                    async with self._database.pool.acquire() as conn:
+                        await self._write_batch(conn, batch)
+                    return
+                except (_OneByOne, asyncpg.PostgresError) as exc:
+                    if any(item.resolved.done() for item in batch):
+                        raise  # a body has run: too late to start over
+                    # A key conflict, or a statement that failed for one
+                    # submission's data: decide each one in turn, so only
+                    # the submission at fault is refused.
+                    span.set_attribute("invoicing.batch.one_by_one", type(exc).__name__)
+                for item in batch:
+                    try:
+                        async with self._database.pool.acquire() as conn:
+                            await self._write_one(conn, item)
+                    except Exception as exc:  # noqa: BLE001 - reported to this submission only
+                        _fail([item], exc)
+            except BaseException as exc:
+                _fail(batch, exc)
+                if not isinstance(exc, Exception):
+                    raise
+                log.warning("receipt batch of %d not stored: %s", len(batch), exc)
+
+    async def _write_batch(self, conn: asyncpg.Connection, batch: list[_Pending]) -> None:
+        async with conn.transaction():
+            receipts = await self._insert_all(conn, [item.submission for item in batch], [i.candidate for i in batch])
+            await self._bind_keys(conn, [item.submission for item in batch], receipts)
+            for item, receipt in zip(batch, receipts, strict=True):
+                item.receipt = receipt
+                _settle(item.resolved, receipt)
+            await asyncio.wait([item.published for item in batch])
+            failed = {item.receipt.invoice_id for item in batch if not item.published.result() and item.receipt}
+            # Only receipts this batch inserted can go; a duplicate's receipt
+            # was committed before.
+            removed = sorted({r.invoice_id for r in receipts if not r.duplicate and r.invoice_id in failed})
+            if removed:
+                await conn.execute("DELETE FROM idempotency_keys WHERE invoice_id = ANY($1::uuid[])", removed)
+                await conn.execute("DELETE FROM receipts WHERE invoice_id = ANY($1::uuid[])", removed)
+        for item in batch:
+            assert item.receipt is not None
+            if item.published.result() and item.receipt.invoice_id in removed:
+                # A duplicate, in this batch, of a submission whose send failed.
+                _settle(item.settled, _receipt_vanished())
+            else:
+                _settle(item.settled, None)
+
+    async def _insert_all(
+        self, conn: asyncpg.Connection, submissions: list[Submission], candidates: list[Receipt]
+    ) -> list[Receipt]:
+        # Rows are written in (submitter, sha256) order, so two instances'
+        # batches lock shared rows in the same order and cannot deadlock.
+        order = sorted(range(len(submissions)), key=lambda i: (submissions[i].submitter, submissions[i].sha256))
+        inserted = {
+            str(row["invoice_id"])
+            for row in await conn.fetch(
+                "INSERT INTO receipts (invoice_id, submitter, sha256, filename, size_bytes, received_at, event_id)"
+                " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[],"
+                " $6::timestamptz[], $7::text[])"
+                " ON CONFLICT (submitter, sha256) DO NOTHING RETURNING invoice_id",
+                [candidates[i].invoice_id for i in order],
+                [submissions[i].submitter for i in order],
+                [submissions[i].sha256 for i in order],
+                [submissions[i].filename for i in order],
+                [len(submissions[i].document) for i in order],
+                [candidates[i].received_at for i in order],
+                [candidates[i].event_id for i in order],
+            )
+        }
+        missing = [i for i, c in enumerate(candidates) if c.invoice_id not in inserted]
+        existing: dict[tuple[str, str], Receipt] = {}
+        if missing:
+            rows = await conn.fetch(
+                "SELECT r.submitter, r.sha256, r.invoice_id, r.received_at, r.event_id FROM receipts r"
+                " JOIN unnest($1::text[], $2::text[]) AS k (submitter, sha256) USING (submitter, sha256)",
+                [submissions[i].submitter for i in missing],
+                [submissions[i].sha256 for i in missing],
+            )
+            existing = {
+                (row["submitter"], row["sha256"]): Receipt(
+                    invoice_id=str(row["invoice_id"]),
+                    received_at=row["received_at"],
+                    duplicate=True,
+                    event_id=row["event_id"],
+                )
+                for row in rows
+            }
+        receipts: list[Receipt] = []
+        for submission, candidate in zip(submissions, candidates, strict=True):
+            if candidate.invoice_id in inserted:
+                receipts.append(candidate)
+                continue
+            receipt = existing.get((submission.submitter, submission.sha256))
+            if receipt is None:
+                # The conflicting row was rolled back between our insert and read.
+                raise _receipt_vanished()
+            receipts.append(receipt)
+        return receipts
+
+    async def _bind_keys(
+        self, conn: asyncpg.Connection, submissions: list[Submission], receipts: list[Receipt]
+    ) -> None:
+        keyed = sorted(
+            ((s.submitter, s.idempotency_key, r.invoice_id) for s, r in zip(submissions, receipts, strict=True)
+             if s.idempotency_key is not None),
+        )  # fmt: skip
+        if not keyed:
             return
-        owner = await conn.fetchval(
-            "SELECT invoice_id FROM idempotency_keys WHERE submitter = $1 AND idempotency_key = $2",
-            submission.submitter,
-            submission.idempotency_key,
+        await conn.execute(
+            "INSERT INTO idempotency_keys (submitter, idempotency_key, invoice_id)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[]) ON CONFLICT DO NOTHING",
+            [k[0] for k in keyed],
+            [k[1] for k in keyed],
+            [k[2] for k in keyed],
         )
-        if str(owner) != receipt.invoice_id:
-            raise ConflictingRetry(str(owner))
+        owners = {
+            (row["submitter"], row["idempotency_key"]): str(row["invoice_id"])
+            for row in await conn.fetch(
+                "SELECT k.submitter, k.idempotency_key, k.invoice_id FROM idempotency_keys k"
+                " JOIN unnest($1::text[], $2::text[]) AS u (submitter, idempotency_key)"
+                " USING (submitter, idempotency_key)",
+                [k[0] for k in keyed],
+                [k[1] for k in keyed],
+            )
+        }
+        if any(owners.get((submitter, key)) != invoice_id for submitter, key, invoice_id in keyed):
+            raise _OneByOne
+
+    async def _write_one(self, conn: asyncpg.Connection, item: _Pending) -> None:
+        """One submission, one transaction: decides a key conflict for the
+        submission it belongs to, as if the submissions had come in turn."""
+        try:
+            async with conn.transaction():
+                receipts = await self._insert_all(conn, [item.submission], [item.candidate])
+                try:
+                    await self._bind_keys(conn, [item.submission], receipts)
+                except _OneByOne:
+                    owner = await conn.fetchval(
+                        "SELECT invoice_id FROM idempotency_keys WHERE submitter = $1 AND idempotency_key = $2",
+                        item.submission.submitter,
+                        item.submission.idempotency_key,
+                    )
+                    raise ConflictingRetry(str(owner)) from None
+                _settle(item.resolved, receipts[0])
+                if not await asyncio.shield(item.published):
+                    raise _Rollback
+        except ConflictingRetry as exc:
+            _settle(item.resolved, exc)
+        except _Rollback:
+            pass
+        _settle(item.settled, None)
+
+
+class _Rollback(Exception):
+    """Ends a one-submission transaction whose send failed."""
