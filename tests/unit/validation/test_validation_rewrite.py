@@ -1,7 +1,8 @@
 """The stylesheets as we compile them (code lists preloaded, no
 ``svrl:fired-rule`` or ``svrl:active-pattern`` output, no walk that can
-output nothing) give exactly the findings of the stylesheets as shipped, on
-documents that pass and on documents that break rules."""
+output nothing, pattern modes applied to their candidate elements only)
+give exactly the findings of the stylesheets as shipped, on documents that
+pass and on documents that break rules."""
 
 from __future__ import annotations
 
@@ -220,3 +221,106 @@ def test_nothing_is_cut_when_templates_come_from_elsewhere(tmp_path: Path) -> No
     for extra in ('<xsl:include href="other.xslt"/>', '<xsl:mode on-no-match="shallow-copy"/>'):
         rewritten = rewrite_stylesheet(_skeleton(tmp_path, extra=extra))
         assert (rewritten.default_walks_dropped, rewritten.walks_narrowed) == (0, 0), extra
+
+
+def test_every_pattern_mode_of_the_official_stylesheets_is_applied_flat() -> None:
+    paths = Artefacts.locate().xslt
+    for key in ("facturx-en16931", "en16931-cii", "en16931-ubl"):
+        shipped = paths[key].read_text(encoding="utf-8")
+        rewritten = rewrite_stylesheet(paths[key])
+        # Each pattern's mode was applied to "/" once, and now to its
+        # candidate elements instead.
+        assert rewritten.walks_flattened == shipped.count('select="/"') > 0, key
+        assert 'select="/"' not in rewritten.text, key
+    assert rewrite_stylesheet(paths["facturx-en16931"]).walks_flattened == 66
+
+
+# Two patterns; the messages carry each element's @n so that comparing the
+# findings as lists also compares their order.
+_FLAT = """<xsl:stylesheet version="2.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform"
+    xmlns:svrl="http://purl.oclc.org/dsdl/svrl" xmlns:p="urn:p">
+  <xsl:template match="text()" priority="-1"/>
+  <xsl:template match="/">
+    <svrl:schematron-output>
+      <xsl:apply-templates mode="M1" select="/"/>
+      <xsl:apply-templates mode="M2" select="/"/>
+    </svrl:schematron-output>
+  </xsl:template>
+  <xsl:template match="{m1_rule}" mode="M1" priority="1001" {m1_ns}>
+    <svrl:failed-assert location="x" id="A">
+      <svrl:text>[A] <xsl:value-of select="{m1_text}"/></svrl:text>
+    </svrl:failed-assert>
+    <xsl:apply-templates mode="M1" select="*"/>
+  </xsl:template>
+  <xsl:template match="p:line" mode="M1" priority="1000">
+    <svrl:failed-assert location="x" id="B"><svrl:text>[B] <xsl:value-of select="@n"/></svrl:text></svrl:failed-assert>
+    <xsl:apply-templates mode="M1" select="*"/>
+  </xsl:template>
+  <xsl:template match="text()" mode="M1" priority="-1"/>
+  <xsl:template match="@*|node()" mode="M1" priority="-2">
+    <xsl:apply-templates mode="M1" select="*"/>
+  </xsl:template>
+  <xsl:template match="{m2_rule}" mode="M2" priority="1000">
+    <svrl:failed-assert location="x" id="C"><svrl:text>[C] <xsl:value-of select="@n"/></svrl:text></svrl:failed-assert>
+    <xsl:apply-templates mode="M2" select="*"/>
+  </xsl:template>
+  <xsl:template match="text()" mode="M2" priority="-1"/>
+  <xsl:template match="@*|node()" mode="M2" priority="-2">
+    <xsl:apply-templates mode="M2" select="*"/>
+  </xsl:template>
+</xsl:stylesheet>
+"""
+# Nested candidates, and one whose predicate fails (kind y) above one that
+# matches: the walk order is depth first, and so must the flat order be.
+_NESTED = (
+    "<doc xmlns:p='urn:p'><p:line n='1' kind='x'><p:line n='2' kind='y'><p:line n='3' kind='x'/></p:line>"
+    "</p:line><p:note n='4'><p:line n='5' kind='x'/></p:note><p:line n='6' kind='y'/></doc>"
+)
+
+
+def _flat(
+    tmp_path: Path,
+    *,
+    m1_rule: str = "p:line[@kind = 'x']",
+    m1_text: str = "@n",
+    m2_rule: str = "p:note | doc/p:line[@kind = 'y']",
+    m1_ns: str = "",
+) -> tuple[int, str, list[str]]:
+    path = tmp_path / "flat.xslt"
+    path.write_text(_FLAT.format(m1_rule=m1_rule, m1_text=m1_text, m2_rule=m2_rule, m1_ns=m1_ns), encoding="utf-8")
+    rewritten = rewrite_stylesheet(path)
+    fast = SchematronSet({"k": path}, rewrite=True)
+    shipped = SchematronSet({"k": path}, rewrite=False)
+    reference = shipped.run("k", shipped.parse(_NESTED))
+    assert fast.run("k", fast.parse(_NESTED)) == reference
+    return rewritten.walks_flattened, rewritten.text, [f"{f.rule} {f.message}" for f in reference]
+
+
+def test_a_flattened_mode_fires_the_same_rules_in_the_walk_order(tmp_path: Path) -> None:
+    flattened, text, findings = _flat(tmp_path)
+    assert flattened == 2
+    assert 'select="//(p:line)"' in text and 'select="//(doc | p:line | p:note)"' not in text
+    assert 'select="//(p:line | p:note)"' in text
+    assert findings == [
+        "A [A] 1", "B [B] 2", "A [A] 3", "A [A] 5", "B [B] 6",  # M1: the first matching rule per element
+        "C [C] 4", "C [C] 6",  # M2: a union, and a parent step
+    ]  # fmt: skip
+
+
+def test_a_wildcard_rule_applies_its_mode_to_every_element(tmp_path: Path) -> None:
+    flattened, text, findings = _flat(tmp_path, m2_rule="p:*[@n = '4' or @n = '5']")
+    assert flattened == 2 and 'mode="M2" select="//*"' in text
+    assert findings[-2:] == ["C [C] 4", "C [C] 5"]
+
+
+def test_modes_that_could_see_the_difference_keep_their_walk(tmp_path: Path) -> None:
+    # position() counts within the selection, which flattening would change.
+    flattened, text, _ = _flat(tmp_path, m1_text="position()")
+    assert flattened == 1 and 'mode="M1" select="/"' in text
+    # A rule ending on an attribute, or on text.
+    for rule in ("p:line/@kind", "p:line/text()"):
+        flattened, text, _ = _flat(tmp_path, m2_rule=rule)
+        assert flattened == 1 and 'mode="M2" select="/"' in text, rule
+    # A prefix the rule binds to another namespace than the root template.
+    flattened, text, _ = _flat(tmp_path, m1_rule="p:line[@kind = 'x']", m1_ns='xmlns:p="urn:other"')
+    assert flattened == 1 and 'mode="M1" select="/"' in text

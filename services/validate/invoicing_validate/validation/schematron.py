@@ -29,6 +29,12 @@ EN16931 stylesheet's time. The ``svrl:active-pattern`` markers, left with
 nothing but attributes, go too: the report of an invoice without findings
 is then a few hundred bytes, cheap to serialise and test for a finding.
 
+Even without those, each pattern's mode still dispatched every element of
+the document once per pattern. Where every rule of a mode ends with an
+element name test, the mode is applied to just the elements of those names,
+in document order (``_flatten_pattern_walks``): Factur-X EN16931 then costs
+about 40 % less per invoice.
+
 The rules themselves are untouched, and tests check that the rewritten and
 the shipped stylesheets give the same findings.
 """
@@ -75,6 +81,9 @@ _XSL_UNSEEN: Final = frozenset(f"{{{_XSL_NS}}}{name}" for name in ("import", "in
 # name tests on the child and descendant axes cannot match an attribute.
 # No "." allowed: as an XSLT 3 pattern it matches any item.
 _ELEMENT_ONLY_PATTERN = re.compile(r"^[\w:\-/*|\s]+$")
+# An element name test, prefixed or not, and a prefix's wildcard.
+_QNAME = re.compile(r"^(?:[A-Za-z_][\w.\-]*:)?[A-Za-z_][\w.\-]*$")
+_PREFIX_WILDCARD = re.compile(r"^[A-Za-z_][\w.\-]*:\*$")
 # What svrl_findings reads: any of these means the report must be parsed.
 _FAILED_ASSERT_TAG: Final = "failed-assert"
 _SUCCESSFUL_REPORT_TAG: Final = "successful-report"
@@ -142,6 +151,7 @@ class RewrittenStylesheet:
     default_walks_dropped: int
     walks_narrowed: int
     active_patterns_dropped: int
+    walks_flattened: int
 
 
 def _drop_attribute_only(root: etree._Element, tag: str) -> int:
@@ -271,6 +281,148 @@ def _narrow_pattern_walks(root: etree._Element) -> int:
     return narrowed
 
 
+def _top_level_alternatives(pattern: str) -> list[str]:
+    """``pattern`` split at the ``|`` that are outside predicates,
+    parentheses and string literals."""
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
+    quote = ""
+    for char in pattern:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[(":
+            depth += 1
+        elif char in "])":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return [part.strip() for part in parts]
+
+
+def _last_step_names(pattern: str) -> set[str] | None:
+    """The element names a match pattern's alternatives end with (``*`` for
+    any element), or None when one of them could match something other than
+    an element (an attribute, text, the document node) or uses an axis or a
+    function."""
+    names: set[str] = set()
+    for alternative in _top_level_alternatives(pattern):
+        bare = _outside_predicates(alternative).strip()
+        if not bare or "(" in bare or ")" in bare or "::" in bare:
+            return None
+        step = bare.rsplit("/", 1)[-1].strip()
+        if step == "*" or _PREFIX_WILDCARD.match(step):
+            names.add("*")
+        elif _QNAME.match(step):
+            names.add(step)
+        else:
+            return None
+    return names
+
+
+def _flatten_pattern_walks(root: etree._Element) -> int:
+    """Apply each pattern's mode to its candidate elements in one flat
+    selection instead of walking every element recursively.
+
+    The skeleton applies each pattern's mode to ``/`` and every template of
+    the mode walks on to the children, so each element of the document is
+    dispatched once per pattern (66 patterns in Factur-X EN16931). Where
+    every rule of a mode ends with an element name test (predicates aside),
+    only elements of those names can fire a rule: the mode is applied to
+    ``//(name | name…)`` (``//*`` if a rule ends with a wildcard), which is
+    in document order like the walk, and the templates stop walking. An
+    element whose predicates fail still reaches the fallback template,
+    emptied: as before, it outputs nothing. Left as they are: modes with any
+    other rule, rules that read ``position()`` or ``last()`` (which depend on
+    the selection), and names whose prefix means something else at the
+    root template. Returns how many modes were flattened."""
+    if not _can_rewrite_walks(root) or any(e.get("xpath-default-namespace") is not None for e in root.iter()):
+        return 0
+    by_mode: dict[str, list[etree._Element]] = {}
+    for template in root.iter(_XSL_TEMPLATE):
+        for mode in _modes(template):
+            by_mode.setdefault(mode, []).append(template)
+    if "#all" in by_mode:
+        return 0
+    flattened = 0
+    for apply in list(root.iter(_XSL_APPLY)):
+        mode = apply.get("mode")
+        if mode is None or mode.startswith("#") or apply.get("select") != "/" or len(apply):
+            continue
+        select = _flat_selection(apply, by_mode.get(mode, []), mode)
+        if select is None:
+            continue
+        for template in by_mode[mode]:
+            if template.get("match") == "@*|node()" or not _is_skeleton_rule(template):
+                template.remove(template[-1])
+        apply.set("select", select)
+        flattened += 1
+    return flattened
+
+
+def _flat_selection(apply: etree._Element, templates: list[etree._Element], mode: str) -> str | None:
+    """What ``apply`` may select instead of ``/`` for ``mode``, or None."""
+    if any(len(_modes(t)) != 1 or t.get("match") is None for t in templates):
+        return None
+    fallbacks = [t for t in templates if t.get("match") == "@*|node()"]
+    rules = [t for t in templates if t.get("match") != "@*|node()" and not _is_skeleton_rule(t)]
+    if not rules or len(fallbacks) != 1 or not _is_walker(fallbacks[0], mode):
+        return None
+    names: set[str] = set()
+    for rule in rules:
+        found = _last_step_names(rule.get("match") or "")
+        if found is None or not _ends_with_walk(rule, mode) or _reads_position(rule):
+            return None
+        for name in found - {"*"}:
+            if ":" not in name:
+                continue
+            prefix = name.partition(":")[0]
+            uri = rule.nsmap.get(prefix)
+            if uri is None or uri != apply.nsmap.get(prefix):
+                return None
+        names |= found
+    if "*" in names:
+        return "//*"
+    # One pass over the descendants, testing each against the names (a
+    # union of paths would scan the document once per name).
+    return "//(" + " | ".join(sorted(names)) + ")"
+
+
+def _is_walker(template: etree._Element, mode: str) -> bool:
+    return (
+        len(template) == 1
+        and template[0].tag == _XSL_APPLY
+        and template[0].get("mode") == mode
+        and template[0].get("select") in (_WALK, _ELEMENT_WALK)
+        and _is_empty(template[0])
+    )
+
+
+def _ends_with_walk(rule: etree._Element, mode: str) -> bool:
+    """The rule's last instruction walks on to the children in its mode,
+    and nothing else in it applies templates in that mode."""
+    if len(rule) == 0:
+        return False
+    last = rule[-1]
+    if not (last.tag == _XSL_APPLY and last.get("mode") == mode and last.get("select") == _ELEMENT_WALK):
+        return False
+    if not _is_empty(last) or (last.tail or "").strip():
+        return False
+    return not any(a.get("mode") == mode for a in rule.iter(_XSL_APPLY) if a is not last)
+
+
+def _reads_position(rule: etree._Element) -> bool:
+    return any(
+        "position()" in value or "last()" in value for element in rule.iter() for value in element.attrib.values()
+    )
+
+
 def rewrite_stylesheet(path: Path) -> RewrittenStylesheet:
     """``path`` with each ``document('x.xml')`` of a file next to it turned
     into a parameter, its ``svrl:fired-rule`` output dropped, and the walks
@@ -304,6 +456,7 @@ def rewrite_stylesheet(path: Path) -> RewrittenStylesheet:
     # Emptied of their walk, the active-pattern markers are attributes only.
     patterns = _drop_attribute_only(root, _ACTIVE_PATTERN)
     narrowed = _narrow_pattern_walks(root)
+    flattened = _flatten_pattern_walks(root)
     return RewrittenStylesheet(
         text=etree.tostring(root, encoding="unicode"),
         documents={params[name]: path.parent / name for name in names},
@@ -311,6 +464,7 @@ def rewrite_stylesheet(path: Path) -> RewrittenStylesheet:
         default_walks_dropped=default_walks,
         walks_narrowed=narrowed,
         active_patterns_dropped=patterns,
+        walks_flattened=flattened,
     )
 
 
