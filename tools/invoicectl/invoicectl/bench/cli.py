@@ -38,9 +38,9 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 class _RateColumn(ProgressColumn):
     """Items per second, worked out when the display refreshes (10 times a
-    second). Working it out at every tick cost the bench client about a
-    third of its CPU during the measured window, CPU the pipeline under
-    test shares (rich sums its recent samples on each call)."""
+    second). Worked out at every tick, it was most of the bench client's
+    CPU during the measured window (rich sums up to 1000 recent samples on
+    each call), CPU that the pipeline under test shares."""
 
     def render(self, task: Task) -> Text:
         speed = task.speed
