@@ -44,6 +44,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -169,23 +170,33 @@ def _drop_attribute_only(root: etree._Element, tag: str) -> int:
     return dropped
 
 
-def _outside_predicates(pattern: str) -> str:
-    """``pattern`` without its predicates and string literals."""
-    kept: list[str] = []
-    depth = 0
+def _unquoted(pattern: str) -> Iterator[tuple[str, int, int]]:
+    """Each character of ``pattern`` outside string literals, with how many
+    predicates and parentheses are open around it (a bracket counts as
+    inside the pair it opens or closes)."""
+    predicates = parentheses = 0
     quote = ""
     for char in pattern:
         if quote:
             quote = "" if char == quote else quote
-        elif char in "'\"":
+            continue
+        if char in "'\"":
             quote = char
-        elif char == "[":
-            depth += 1
-        elif char == "]":
-            depth -= 1
-        elif depth == 0:
-            kept.append(char)
-    return "".join(kept)
+            continue
+        if char == "[":
+            predicates += 1
+        elif char == "(":
+            parentheses += 1
+        yield char, predicates, parentheses
+        if char == "]":
+            predicates -= 1
+        elif char == ")":
+            parentheses -= 1
+
+
+def _outside_predicates(pattern: str) -> str:
+    """``pattern`` without its predicates and string literals."""
+    return "".join(char for char, predicates, _ in _unquoted(pattern) if not predicates)
 
 
 def _modes(template: etree._Element) -> list[str]:
@@ -281,29 +292,18 @@ def _narrow_pattern_walks(root: etree._Element) -> int:
     return narrowed
 
 
-def _top_level_alternatives(pattern: str) -> list[str]:
-    """``pattern`` split at the ``|`` that are outside predicates,
-    parentheses and string literals."""
-    parts: list[str] = []
-    current: list[str] = []
-    depth = 0
-    quote = ""
-    for char in pattern:
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "[(":
-            depth += 1
-        elif char in "])":
-            depth -= 1
-        elif char == "|" and depth == 0:
-            parts.append("".join(current))
-            current = []
+def _bare_alternatives(pattern: str) -> list[str]:
+    """``pattern`` split at its top-level ``|``, each alternative without
+    predicates and string literals."""
+    parts: list[list[str]] = [[]]
+    for char, predicates, parentheses in _unquoted(pattern):
+        if predicates:
             continue
-        current.append(char)
-    parts.append("".join(current))
-    return [part.strip() for part in parts]
+        if char == "|" and not parentheses:
+            parts.append([])
+        else:
+            parts[-1].append(char)
+    return ["".join(part).strip() for part in parts]
 
 
 def _last_step_names(pattern: str) -> set[str] | None:
@@ -312,8 +312,7 @@ def _last_step_names(pattern: str) -> set[str] | None:
     an element (an attribute, text, the document node) or uses an axis or a
     function."""
     names: set[str] = set()
-    for alternative in _top_level_alternatives(pattern):
-        bare = _outside_predicates(alternative).strip()
+    for bare in _bare_alternatives(pattern):
         if not bare or "(" in bare or ")" in bare or "::" in bare:
             return None
         step = bare.rsplit("/", 1)[-1].strip()
