@@ -85,7 +85,6 @@ class _Pending:
     published: asyncio.Future[bool] = field(default_factory=_future)
     # Set by the batch: None once committed, or the exception to raise.
     settled: asyncio.Future[BaseException | None] = field(default_factory=_future)
-    receipt: Receipt | None = field(default=None)
 
 
 class ReceiptRepository:
@@ -188,25 +187,23 @@ class ReceiptRepository:
     async def _write_batch(self, conn: asyncpg.Connection, batch: list[_Pending]) -> None:
         async with conn.transaction():
             receipts = await self._insert_all(conn, [item.submission for item in batch], [i.candidate for i in batch])
-            await self._bind_keys(conn, [item.submission for item in batch], receipts)
+            if await self._bind_keys(conn, [item.submission for item in batch], receipts):
+                raise _OneByOne
             for item, receipt in zip(batch, receipts, strict=True):
-                item.receipt = receipt
                 _settle(item.resolved, receipt)
             await asyncio.wait([item.published for item in batch])
-            failed = {item.receipt.invoice_id for item in batch if not item.published.result() and item.receipt}
+            sent = [item.published.result() for item in batch]
             # Only receipts this batch inserted can go; a duplicate's receipt
             # was committed before.
-            removed = sorted({r.invoice_id for r in receipts if not r.duplicate and r.invoice_id in failed})
+            removed = {r.invoice_id for r, ok in zip(receipts, sent, strict=True) if not ok and not r.duplicate}
             if removed:
-                await conn.execute("DELETE FROM idempotency_keys WHERE invoice_id = ANY($1::uuid[])", removed)
-                await conn.execute("DELETE FROM receipts WHERE invoice_id = ANY($1::uuid[])", removed)
-        for item in batch:
-            assert item.receipt is not None
-            if item.published.result() and item.receipt.invoice_id in removed:
-                # A duplicate, in this batch, of a submission whose send failed.
-                _settle(item.settled, _receipt_vanished())
-            else:
-                _settle(item.settled, None)
+                ids = sorted(removed)
+                await conn.execute("DELETE FROM idempotency_keys WHERE invoice_id = ANY($1::uuid[])", ids)
+                await conn.execute("DELETE FROM receipts WHERE invoice_id = ANY($1::uuid[])", ids)
+        for item, receipt, ok in zip(batch, receipts, sent, strict=True):
+            # A duplicate, in this batch, of a submission whose send failed
+            # has lost its receipt: it must retry.
+            _settle(item.settled, _receipt_vanished() if ok and receipt.invoice_id in removed else None)
 
     async def _insert_all(
         self, conn: asyncpg.Connection, submissions: list[Submission], candidates: list[Receipt]
@@ -262,13 +259,15 @@ class ReceiptRepository:
 
     async def _bind_keys(
         self, conn: asyncpg.Connection, submissions: list[Submission], receipts: list[Receipt]
-    ) -> None:
+    ) -> list[str]:
+        """Bind each idempotency key to its receipt; returns the invoices
+        that keys already answer for another receipt (conflicts)."""
         keyed = sorted(
             ((s.submitter, s.idempotency_key, r.invoice_id) for s, r in zip(submissions, receipts, strict=True)
              if s.idempotency_key is not None),
         )  # fmt: skip
         if not keyed:
-            return
+            return []
         await conn.execute(
             "INSERT INTO idempotency_keys (submitter, idempotency_key, invoice_id)"
             " SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[]) ON CONFLICT DO NOTHING",
@@ -286,8 +285,9 @@ class ReceiptRepository:
                 [k[1] for k in keyed],
             )
         }
-        if any(owners.get((submitter, key)) != invoice_id for submitter, key, invoice_id in keyed):
-            raise _OneByOne
+        if len(owners) != len({(submitter, key) for submitter, key, _ in keyed}):
+            raise _receipt_vanished()  # a key row rolled back between our insert and read
+        return [owners[submitter, key] for submitter, key, invoice_id in keyed if owners[submitter, key] != invoice_id]
 
     async def _write_one(self, conn: asyncpg.Connection, item: _Pending) -> None:
         """One submission, one transaction: decides a key conflict for the
@@ -295,15 +295,9 @@ class ReceiptRepository:
         try:
             async with conn.transaction():
                 receipts = await self._insert_all(conn, [item.submission], [item.candidate])
-                try:
-                    await self._bind_keys(conn, [item.submission], receipts)
-                except _OneByOne:
-                    owner = await conn.fetchval(
-                        "SELECT invoice_id FROM idempotency_keys WHERE submitter = $1 AND idempotency_key = $2",
-                        item.submission.submitter,
-                        item.submission.idempotency_key,
-                    )
-                    raise ConflictingRetry(str(owner)) from None
+                conflicts = await self._bind_keys(conn, [item.submission], receipts)
+                if conflicts:
+                    raise ConflictingRetry(conflicts[0])
                 _settle(item.resolved, receipts[0])
                 if not await asyncio.shield(item.published):
                     raise _Rollback
