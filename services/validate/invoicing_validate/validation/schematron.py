@@ -209,7 +209,8 @@ def _is_empty(element: etree._Element) -> bool:
 
 def _is_skeleton_rule(template: etree._Element) -> bool:
     """The two templates the skeleton adds to a mode: text it mutes, and the
-    fallback that only walks on (``@*|node()`` -> apply ``@*|*``, same mode)."""
+    fallback that only walks on (``@*|node()`` -> apply ``@*|*``, or ``*``
+    once narrowed, same mode)."""
     match = (template.get("match") or "").strip()
     if match == "text()":
         return _is_empty(template)
@@ -219,7 +220,7 @@ def _is_skeleton_rule(template: etree._Element) -> bool:
     return (
         apply.tag == _XSL_APPLY
         and apply.get("mode") == template.get("mode")
-        and apply.get("select") == _WALK
+        and apply.get("select") in (_WALK, _ELEMENT_WALK)
         and _is_empty(apply)
         and not (template.text or "").strip()
         and not (apply.tail or "").strip()
@@ -358,7 +359,8 @@ def _flatten_pattern_walks(root: etree._Element) -> int:
         if select is None:
             continue
         for template in by_mode[mode]:
-            if template.get("match") == "@*|node()" or not _is_skeleton_rule(template):
+            # Rules and the fallback stop walking; the muted text() stays.
+            if (template.get("match") or "").strip() != "text()":
                 template.remove(template[-1])
         apply.set("select", select)
         flattened += 1
@@ -369,9 +371,10 @@ def _flat_selection(apply: etree._Element, templates: list[etree._Element], mode
     """What ``apply`` may select instead of ``/`` for ``mode``, or None."""
     if any(len(_modes(t)) != 1 or t.get("match") is None for t in templates):
         return None
-    fallbacks = [t for t in templates if t.get("match") == "@*|node()"]
-    rules = [t for t in templates if t.get("match") != "@*|node()" and not _is_skeleton_rule(t)]
-    if not rules or len(fallbacks) != 1 or not _is_walker(fallbacks[0], mode):
+    skeleton = [t for t in templates if _is_skeleton_rule(t)]
+    rules = [t for t in templates if not _is_skeleton_rule(t)]
+    # The skeleton's pair: a muted text() and one fallback that walks on.
+    if not rules or sorted(t.get("match") for t in skeleton) != ["@*|node()", "text()"]:
         return None
     names: set[str] = set()
     for rule in rules:
@@ -391,16 +394,6 @@ def _flat_selection(apply: etree._Element, templates: list[etree._Element], mode
     # One pass over the descendants, testing each against the names (a
     # union of paths would scan the document once per name).
     return "//(" + " | ".join(sorted(names)) + ")"
-
-
-def _is_walker(template: etree._Element, mode: str) -> bool:
-    return (
-        len(template) == 1
-        and template[0].tag == _XSL_APPLY
-        and template[0].get("mode") == mode
-        and template[0].get("select") in (_WALK, _ELEMENT_WALK)
-        and _is_empty(template[0])
-    )
 
 
 def _ends_with_walk(rule: etree._Element, mode: str) -> bool:
