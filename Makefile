@@ -11,6 +11,7 @@ PROTO_FILES := $(wildcard proto/invoicing/v1/*.proto)
 
 install: $(STAMP)
 	@$(BIN)/python scripts/fetch_artefacts.py
+	@scripts/install_tools.sh
 
 $(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PACKAGES))
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -3,7 +3,7 @@ environment that `make test` (deploy/local/stack.py test) provides."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from opentelemetry import trace
@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.support import Stack
+from tests.support import Stack, delete_created_accounts
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +27,10 @@ def memory_spans() -> InMemorySpanExporter:
 
 
 @pytest.fixture(scope="session")
-def stack() -> Stack:
-    return Stack()
+def stack() -> Iterator[Stack]:
+    yield Stack()
+    # Accounts the tests made in the identity provider go with the session.
+    delete_created_accounts()
 
 
 @pytest.fixture

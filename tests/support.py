@@ -1,15 +1,27 @@
-"""Helpers for tests that drive the running stack."""
+"""Helpers for tests that drive the running stack.
+
+Tests call the services over TLS as real accounts: the demo account of
+.run/env (directory-admin, and supplier and buyer of the samples' SIRENs)
+by default, or accounts they create in the identity provider. They use
+Kafka as the cluster's super user (KAFKA_ADMIN_*) and PostgreSQL as its
+administrator (DATABASE_URL with PGPASSFILE)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -19,8 +31,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from invoicing.v1 import events_pb2, ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
 from lxml import etree
 
+from invoicectl.accounts import AccountsAdmin
 from invoicectl.kafka_follow import StatusFollower
+from invoicing_common.auth.client import ClientConfig, TokenSource, secure_channel
 from invoicing_common.kafka import assign_all, read_to_end
+from invoicing_common.settings import KafkaClientSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -32,27 +47,132 @@ GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
 FINAL = {201, 203, 213}
+# The samples' seller and buyer: the demo account acts for both.
+SAMPLE_SELLER = "842109373"
+SAMPLE_BUYER = "512345679"
+Metadata = tuple[tuple[str, str], ...]
+
+
+@cache
+def client_config() -> ClientConfig:
+    return ClientConfig.from_env()
+
+
+@cache
+def demo_tokens() -> TokenSource:
+    return TokenSource.from_config(client_config())
+
+
+def ca_file() -> str | None:
+    return client_config().ca_file
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An account a test acts as."""
+
+    client_id: str
+    tokens: TokenSource
+
+    def token(self) -> str:
+        return self.tokens.token()
+
+    def subject(self) -> str:
+        """The account's subject (its token's ``sub``), read without verifying."""
+        payload = self.token().split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return str(claims["sub"])
+
+    def metadata(self, *extra: tuple[str, str]) -> Metadata:
+        return (("authorization", f"Bearer {self.token()}"), *extra)
+
+    def channel(self, address: str, options: Sequence[tuple[str, Any]] = GRPC_OPTIONS) -> grpc.aio.Channel:
+        return secure_channel(address, self.tokens, ca_file(), options)
+
+
+def demo() -> Caller:
+    return Caller(client_config().client_id, demo_tokens())
+
+
+def demo_channel(address: str, options: Sequence[tuple[str, Any]] = GRPC_OPTIONS) -> grpc.aio.Channel:
+    """A TLS channel whose calls carry the demo account's token."""
+    return demo().channel(address, options)
+
+
+def anonymous_channel(address: str, options: Sequence[tuple[str, Any]] = GRPC_OPTIONS) -> grpc.aio.Channel:
+    """A TLS channel without a token (health checks, refusals)."""
+    return secure_channel(address, None, ca_file(), options)
+
+
+_created: list[str] = []
+
+
+def new_account(
+    roles: Sequence[str] = ("supplier", "buyer"), sirens: Sequence[str] = (SAMPLE_SELLER, SAMPLE_BUYER)
+) -> Caller:
+    """A fresh account made through the identity provider's admin API (as
+    `invoicectl accounts create` does); removed at the end of the session."""
+    config = client_config()
+    account = AccountsAdmin(config.token_url, demo_tokens(), config.ca_file).create(
+        roles, sirens, f"test-{uuid.uuid4().hex[:12]}"
+    )
+    _created.append(account.client_id)
+    return Caller(
+        account.client_id, TokenSource(config.token_url, account.client_id, account.client_secret, config.ca_file)
+    )
+
+
+def delete_created_accounts() -> None:
+    config = client_config()
+    admin = AccountsAdmin(config.token_url, demo_tokens(), config.ca_file)
+    while _created:
+        admin.delete(_created.pop())
 
 
 class Stack:
     def __init__(self) -> None:
-        missing = [
-            v
-            for v in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "INGEST_ADDR", "STATUS_ADDR")
-            if not os.environ.get(v)
-        ]
+        needed = (
+            "KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "INGEST_ADDR", "STATUS_ADDR", "INVOICING_TOKEN_URL",
+            "INVOICING_CLIENT_ID", "INVOICING_CLIENT_SECRET", "KAFKA_ADMIN_USERNAME", "KAFKA_ADMIN_PASSWORD_FILE",
+        )  # fmt: skip
+        missing = [v for v in needed if not os.environ.get(v)]
         if missing:
             pytest.fail(
                 f"{', '.join(missing)} not set: run the suite with `make test` (it starts the stack), "
                 "or `make up && . .run/env` first"
             )
-        self.kafka = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        self.kafka = KafkaClientSettings(
+            kafka_security_protocol="SASL_PLAINTEXT",
+            kafka_sasl_username=os.environ["KAFKA_ADMIN_USERNAME"],
+            kafka_sasl_password_file=Path(os.environ["KAFKA_ADMIN_PASSWORD_FILE"]),
+        )
         self.database_url = os.environ["DATABASE_URL"]
         self.ingest = os.environ["INGEST_ADDR"]
         self.status = os.environ["STATUS_ADDR"]
         self.route = os.environ.get("ROUTE_ADDR", "127.0.0.1:17003")
         self.validate = os.environ.get("VALIDATE_ADDR", "127.0.0.1:17002")
         self.platform_id = os.environ.get("PLATFORM_ID", "local")
+        self.run_dir = Path(os.environ.get("STACK_RUN_DIR", ROOT / ".run"))
+
+    def kafka_fields(self) -> dict[str, Any]:
+        """The cluster admin's Kafka settings, as keyword arguments of any
+        settings class (ServiceSettings, a service's own)."""
+        return {name: getattr(self.kafka, name) for name in KafkaClientSettings.model_fields}
+
+    def in_process_settings(self, name: str) -> dict[str, Any]:
+        """Settings for service ``name`` built inside the test process: the
+        stack's TLS files and token issuer, and the test's own (admin)
+        Kafka principal and database role, whose credentials this process
+        holds."""
+        own = {k.lower(): v for k, v in self.service_env(name).items() if k.startswith(("GRPC_TLS_", "OIDC_"))}
+        return {**own, **self.kafka_fields(), "database_url": self.database_url}
+
+    def service_env(self, name: str) -> dict[str, str]:
+        """The configuration the stack gave service ``name`` (its own Kafka
+        principal, database role, TLS files and token issuer), to start
+        another instance of it the same way."""
+        lines = (self.run_dir / "services" / f"{name}.env").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if line)
 
 
 def unique_invoice(sample: str, number: str | None = None) -> tuple[bytes, str]:
@@ -72,28 +192,42 @@ def unique_invoice(sample: str, number: str | None = None) -> tuple[bytes, str]:
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8"), number
 
 
-def submitter() -> tuple[tuple[str, str], ...]:
-    """Metadata naming a fresh submitter, so content-based retry detection
-    never links one test's documents to another's."""
-    return (("x-submitter", f"test-{uuid.uuid4().hex}"),)
+def invoice_from(seller: str, sample: str = "ubl-invoice-valid.xml") -> tuple[bytes, str]:
+    """A fresh sample invoice (see unique_invoice) whose seller is the
+    company ``seller`` (a SIREN): BT-30, the seller's address and the SIREN
+    inside its VAT number (BT-31) are all replaced."""
+    from stdnum.fr import siren as fr_siren
+
+    doc, number = unique_invoice(sample)
+    vat = f"FR{fr_siren.to_tva(SAMPLE_SELLER)}"
+    doc = doc.replace(f">{SAMPLE_SELLER}<".encode(), f">{seller}<".encode())
+    return doc.replace(f">{vat}<".encode(), f">FR{fr_siren.to_tva(seller)}<".encode()), number
+
+
+def submitter() -> Metadata:
+    """Metadata of a fresh account (supplier and buyer of the samples), so
+    that content-based retry detection, scoped per account, never links
+    one test's documents to another's."""
+    return new_account().metadata()
 
 
 async def submit(
-    ingest_addr: str, document: bytes, filename: str, key: str = "",
-    metadata: tuple[tuple[str, str], ...] | None = None,
-) -> ingest_pb2.SubmitInvoiceResponse:  # fmt: skip
-    async with grpc.aio.insecure_channel(ingest_addr, options=GRPC_OPTIONS) as channel:
-        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+    ingest_addr: str, document: bytes, filename: str, key: str = "", metadata: Metadata | None = None
+) -> ingest_pb2.SubmitInvoiceResponse:
+    """SubmitInvoice as the demo account, or with ``metadata`` (which must
+    then carry its own authorization)."""
+    async with anonymous_channel(ingest_addr) as ingest:
+        stub = ingest_pb2_grpc.IngestServiceStub(ingest)
         request = ingest_pb2.SubmitInvoiceRequest(document=document, filename=filename, idempotency_key=key)
         reply: ingest_pb2.SubmitInvoiceResponse = await stub.SubmitInvoice(
-            request, metadata=metadata or submitter(), timeout=60
+            request, metadata=metadata or demo().metadata(), timeout=60
         )
         return reply
 
 
-async def get_invoice(status_addr: str, invoice_id: str) -> status_pb2.GetInvoiceResponse:
-    async with grpc.aio.insecure_channel(status_addr, options=GRPC_OPTIONS) as channel:
-        stub = status_pb2_grpc.StatusServiceStub(channel)
+async def get_invoice(status_addr: str, invoice_id: str, caller: Caller | None = None) -> status_pb2.GetInvoiceResponse:
+    async with (caller or demo()).channel(status_addr) as status:
+        stub = status_pb2_grpc.StatusServiceStub(status)
         reply: status_pb2.GetInvoiceResponse = await stub.GetInvoice(
             status_pb2.GetInvoiceRequest(invoice_id=invoice_id), timeout=30
         )
@@ -128,10 +262,10 @@ async def collect_until_final(
     return seen
 
 
-async def records_for_key(bootstrap: str, topic: str, key: str) -> list[ConsumerRecord]:
+async def records_for_key(kafka: KafkaClientSettings, topic: str, key: str) -> list[ConsumerRecord]:
     """Every record of ``topic`` with ``key``, reading each partition up to its
     end offset at call time: a finite, deterministic read."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(**kafka.kafka_client_kwargs(), enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
         tps = await assign_all(consumer, topic)
@@ -154,8 +288,8 @@ def free_port() -> int:
 async def wait_serving(addr: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
     """Until the gRPC health check of a process the test started says SERVING."""
     deadline = time.monotonic() + timeout
-    async with grpc.aio.insecure_channel(addr) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    async with anonymous_channel(addr) as health:
+        stub = health_pb2_grpc.HealthStub(health)
         while time.monotonic() < deadline:
             assert proc.poll() is None, f"service exited early with {proc.returncode}"
             try:

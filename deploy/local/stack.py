@@ -1,4 +1,5 @@
-"""The local stack: Apache Kafka (KRaft), PostgreSQL 15 and the four services.
+"""The local stack: Apache Kafka (KRaft), PostgreSQL 15, Keycloak (the OpenID
+Connect provider) and the four services, every connection authenticated.
 
     python deploy/local/stack.py up       start what is not running, wait until ready
     python deploy/local/stack.py down     stop what `up` started, by pid
@@ -11,10 +12,12 @@
                                           up, run the whole suite, then stop
                                           whatever this command started
 
-Everything lives under .run/ (git-ignored; STACK_RUN_DIR moves it): data, logs, pid files and
-.run/env, the endpoints as shell assignments. When KAFKA_BOOTSTRAP_SERVERS and
-DATABASE_URL are already set, no broker or database is started and those are
-used instead.
+Everything lives under .run/ (git-ignored; STACK_RUN_DIR moves it): data, logs, pid files,
+secrets/ (random passwords, made on first start), tls/ (a local CA and the server certificate),
+services/<name>.env (each service's configuration) and .run/env, the endpoints and the demo
+account's credentials as shell assignments. When KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL are
+already set, no broker or database is started and those (with KAFKA_SECURITY_PROTOCOL and
+KAFKA_SASL_* from the environment) are used instead. docs/security.md describes each layer.
 """
 
 from __future__ import annotations
@@ -32,13 +35,23 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
+
+import kafka_security
+import keycloak
+import pki
+from credentials import Secrets, write_private
 
 ROOT = Path(__file__).resolve().parents[2]
 # STACK_RUN_DIR lets two stacks (e.g. with other *_PORT values) run side by side.
 RUN = Path(os.environ.get("STACK_RUN_DIR", ROOT / ".run")).resolve()
 PIDS = RUN / "pids"
 LOGS = RUN / "logs"
+SECRETS = Secrets(RUN / "secrets")
+TLS_DIR = RUN / "tls"
+SERVICE_ENV_DIR = RUN / "services"
 CACHE = ROOT / ".cache"
 KAFKA_POM = ROOT / "deploy" / "local" / "kafka" / "pom.xml"
 VENV_BIN = Path(sys.executable).parent
@@ -47,7 +60,15 @@ PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 KAFKA_VERSION = os.environ.get("KAFKA_VERSION", "4.4.0")
 KAFKA_PORT = int(os.environ.get("KAFKA_PORT", "19092"))
 KAFKA_CONTROLLER_PORT = int(os.environ.get("KAFKA_CONTROLLER_PORT", "19093"))
+# TLS with client certificates (mTLS), for librdkafka tools such as kcat.
+KAFKA_TLS_PORT = int(os.environ.get("KAFKA_TLS_PORT", "19094"))
+# Principals that authenticate to Kafka with a client certificate.
+KAFKA_CERT_PRINCIPALS = ("operator",)
 PG_PORT = int(os.environ.get("PG_PORT", "15432"))
+KEYCLOAK_PORT = int(os.environ.get("KEYCLOAK_PORT", "18443"))
+KEYCLOAK_MANAGEMENT_PORT = int(os.environ.get("KEYCLOAK_MANAGEMENT_PORT", "18444"))
+PG_ADMIN = "invoicing"
+PG_DATABASE = "invoicing"
 TOPIC_PARTITIONS = int(os.environ.get("TOPIC_PARTITIONS", "6"))
 PLATFORM_ID = os.environ.get("PLATFORM_ID", "local")
 STARTUP_TIMEOUT = float(os.environ.get("STACK_STARTUP_TIMEOUT", "180"))
@@ -59,6 +80,8 @@ class ServiceSpec:
     module: str
     port: int
     addr_var: str
+    # The PostgreSQL schema this service's login role owns (None: no database).
+    schema: str | None
 
     @property
     def metrics_port(self) -> int:
@@ -67,10 +90,10 @@ class ServiceSpec:
 
 
 SERVICES = (
-    ServiceSpec("ingest", "invoicing_ingest", int(os.environ.get("INGEST_PORT", "17001")), "INGEST_ADDR"),
-    ServiceSpec("validate", "invoicing_validate", int(os.environ.get("VALIDATE_PORT", "17002")), "VALIDATE_ADDR"),
-    ServiceSpec("route", "invoicing_route", int(os.environ.get("ROUTE_PORT", "17003")), "ROUTE_ADDR"),
-    ServiceSpec("status", "invoicing_status", int(os.environ.get("STATUS_PORT", "17004")), "STATUS_ADDR"),
+    ServiceSpec("ingest", "invoicing_ingest", int(os.environ.get("INGEST_PORT", "17001")), "INGEST_ADDR", "ingest"),
+    ServiceSpec("validate", "invoicing_validate", int(os.environ.get("VALIDATE_PORT", "17002")), "VALIDATE_ADDR", None),
+    ServiceSpec("route", "invoicing_route", int(os.environ.get("ROUTE_PORT", "17003")), "ROUTE_ADDR", "directory"),
+    ServiceSpec("status", "invoicing_status", int(os.environ.get("STATUS_PORT", "17004")), "STATUS_ADDR", "status"),
 )
 
 
@@ -128,25 +151,44 @@ def spawn(name: str, argv: list[str], env: dict[str, str], user: str | None = No
     return proc.pid
 
 
+# Parts whose launcher script starts the real server as a child: their
+# whole process group (the session spawn() made) is signalled.
+GROUP_STOPPED = {"keycloak"}
+
+
 def stop(name: str, timeout: float = 45.0) -> None:
     pid = running_pid(name)
     if pid is None:
         return
     say(f"stopping {name} (pid {pid})")
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+
+    def signal_it(sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if name in GROUP_STOPPED:
+                os.killpg(pid, sig)  # the group spawn() created for this pid
+            else:
+                os.kill(pid, sig)
+
+    signal_it(signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _reap(pid):
+        if _reap(pid) and not (name in GROUP_STOPPED and _group_alive(pid)):
             break
         time.sleep(0.1)
     else:
         say(f"{name} did not stop within {timeout:.0f}s; sending SIGKILL")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        while not _reap(pid):
+        signal_it(signal.SIGKILL)
+        while not _reap(pid) or (name in GROUP_STOPPED and _group_alive(pid)):
             time.sleep(0.1)
     _pid_file(name).unlink(missing_ok=True)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _reap(pid: int) -> bool:
@@ -214,28 +256,38 @@ def kafka_classpath() -> Path:
     return target
 
 
-def start_kafka() -> None:
+def _kafka_passwords() -> dict[str, str]:
+    return {name: SECRETS.get(f"kafka-{name}") for name in kafka_security.load_principals()}
+
+
+def start_kafka(tls: pki.TlsFiles) -> None:
     if running_pid("kafka") is not None:
         say(f"kafka already running on 127.0.0.1:{KAFKA_PORT}")
         return
-    if port_open(KAFKA_PORT):
-        raise SystemExit(f"port {KAFKA_PORT} is taken by another process; set KAFKA_PORT")
+    for port, name in ((KAFKA_PORT, "KAFKA_PORT"), (KAFKA_TLS_PORT, "KAFKA_TLS_PORT")):
+        if port_open(port):
+            raise SystemExit(f"port {port} is taken by another process; set {name}")
     classpath = kafka_classpath()
     home = RUN / "kafka"
     data = home / "data"
     home.mkdir(parents=True, exist_ok=True)
+    if (data / "meta.properties").exists() and not (home / "sasl").exists():
+        raise SystemExit(
+            f"{data} was formatted without authentication by an earlier version of the stack; "
+            "`make clean` removes it (and every local invoice)"
+        )
+    admin_password = SECRETS.get("kafka-admin")
     props = home / "server.properties"
-    props.write_text(
+    write_private(
+        props,
         "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{KAFKA_CONTROLLER_PORT}",
-                f"listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT},CONTROLLER://127.0.0.1:{KAFKA_CONTROLLER_PORT}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT}",
-                "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                "inter.broker.listener.name=PLAINTEXT",
+                *kafka_security.server_properties(
+                    KAFKA_PORT, KAFKA_CONTROLLER_PORT, KAFKA_TLS_PORT, admin_password, tls.server_bundle, tls.ca_cert
+                ),
                 f"log.dirs={data}",
                 f"num.partitions={TOPIC_PARTITIONS}",
                 "offsets.topic.replication.factor=1",
@@ -249,7 +301,7 @@ def start_kafka() -> None:
                 "auto.create.topics.enable=false",
                 "",
             ]
-        )
+        ),
     )
     log4j = home / "log4j2.properties"
     log4j.write_text(
@@ -264,11 +316,16 @@ def start_kafka() -> None:
             ["java", "-cp", java_cp, "kafka.tools.StorageTool", "random-uuid"],
             check=True, capture_output=True, text=True,
         ).stdout.strip().splitlines()[-1]  # fmt: skip
+        # The super user's SCRAM credential must exist before the broker
+        # starts (its own connections use it); the other principals are
+        # added through the Admin API once it runs (kafka_security.provision).
         subprocess.run(
-            ["java", "-cp", java_cp, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+            ["java", "-cp", java_cp, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
+             "--add-scram", f"{kafka_security.MECHANISM}=[name={kafka_security.ADMIN},password={admin_password}]"],
             check=True, capture_output=True,
         )  # fmt: skip
-    say(f"starting kafka {KAFKA_VERSION} on 127.0.0.1:{KAFKA_PORT}")
+        (home / "sasl").touch()
+    say(f"starting kafka {KAFKA_VERSION} on 127.0.0.1:{KAFKA_PORT} (SASL/SCRAM, ACLs)")
     spawn(
         "kafka",
         ["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={log4j}",
@@ -277,11 +334,25 @@ def start_kafka() -> None:
     )  # fmt: skip
 
 
-def kafka_ready(bootstrap: str) -> bool:
+def kafka_admin_settings(bootstrap: str) -> Any:
+    """The super user's client settings (topics, ACLs, tests)."""
+    sys.path.insert(0, str(ROOT / "libs" / "common"))
+    from invoicing_common.settings import KafkaClientSettings
+
+    return KafkaClientSettings(
+        kafka_bootstrap_servers=bootstrap,
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username=kafka_security.ADMIN,
+        kafka_sasl_password_file=SECRETS.path("kafka-admin"),
+    )
+
+
+def kafka_ready(settings: Any) -> bool:
     from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
     async def probe() -> bool:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs(), request_timeout_ms=3000)
         try:
             await admin.start()
             await admin.list_topics()
@@ -292,7 +363,7 @@ def kafka_ready(bootstrap: str) -> bool:
             with contextlib.suppress(Exception):
                 await admin.close()
 
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    host, _, port = settings.kafka_bootstrap_servers.split(",")[0].rpartition(":")
     if not port_open(int(port), host or "127.0.0.1"):
         return False
     return asyncio.run(probe())
@@ -340,14 +411,31 @@ def start_postgres() -> None:
     data = home / "data"
     sock = home / "sock"
     if not (data / "PG_VERSION").exists():
-        say("initdb (PostgreSQL 15)")
+        say("initdb (PostgreSQL 15, scram-sha-256 password authentication)")
         shutil.rmtree(data, ignore_errors=True)
         home.mkdir(parents=True, exist_ok=True)
         if user is not None:
             shutil.chown(home, user)
-        argv = [str(PG_BIN / "initdb"), "-D", str(data), "-U", "invoicing", "--auth=trust", "-E", "UTF8",
-                "--no-locale", "--no-sync"]  # fmt: skip
-        subprocess.run(argv, check=True, capture_output=True, user=user, group=user, extra_groups=[] if user else None)
+        # initdb runs as the server's account and reads the superuser's
+        # password from a file: a short-lived copy only that account reads.
+        pwfile = home / "initdb-password"
+        write_private(pwfile, SECRETS.get("postgres-admin") + "\n")
+        if user is not None:
+            shutil.chown(pwfile, user)
+        argv = [str(PG_BIN / "initdb"), "-D", str(data), "-U", PG_ADMIN, f"--pwfile={pwfile}",
+                "--auth-host=scram-sha-256", "--auth-local=scram-sha-256",
+                "-E", "UTF8", "--no-locale", "--no-sync"]  # fmt: skip
+        try:
+            subprocess.run(
+                argv, check=True, capture_output=True, user=user, group=user, extra_groups=[] if user else None
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+    elif "trust" in _hba_methods(data / "pg_hba.conf"):
+        raise SystemExit(
+            f"{data} was created with trust authentication by an earlier version of the stack; "
+            "`make clean` removes it (and every local invoice)"
+        )
     sock.mkdir(parents=True, exist_ok=True)
     if user is not None:
         shutil.chown(sock, user)
@@ -355,18 +443,32 @@ def start_postgres() -> None:
     spawn(
         "postgres",
         [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(PG_PORT), "-h", "127.0.0.1", "-k", str(sock),
-         "-c", "max_connections=200", "-c", "fsync=on", "-c", "shared_buffers=256MB"],
+         "-c", "max_connections=200", "-c", "fsync=on", "-c", "shared_buffers=256MB",
+         "-c", "password_encryption=scram-sha-256"],
         env=dict(os.environ),
         user=user,
     )  # fmt: skip
 
 
-def postgres_ready(url: str) -> bool:
+def _hba_methods(path: Path) -> set[str]:
+    """The authentication methods of pg_hba.conf's rules."""
+    methods = set()
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            fields = line.split("#", 1)[0].split()
+            # local DATABASE USER METHOD; host* DATABASE USER ADDRESS METHOD
+            at = 3 if fields[:1] == ["local"] else 4
+            if len(fields) > at:
+                methods.add(fields[at])
+    return methods
+
+
+def postgres_ready(url: str, password: str | None = None) -> bool:
     import asyncpg  # type: ignore[import-untyped]
 
     async def probe() -> bool:
         try:
-            conn = await asyncpg.connect(url, timeout=3)
+            conn = await asyncpg.connect(url, password=password, timeout=3)
         except Exception:  # noqa: BLE001 - any failure means "not yet"
             return False
         await conn.close()
@@ -375,30 +477,86 @@ def postgres_ready(url: str) -> bool:
     return asyncio.run(probe())
 
 
-def ensure_database(admin_url: str, name: str) -> None:
+def pgpass_line(user: str, password: str) -> str:
+    return f"127.0.0.1:{PG_PORT}:{PG_DATABASE}:{user}:{password}\n"
+
+
+def provision_database() -> None:
+    """The `invoicing` database and one login role per service, owning its
+    own schema and nothing else. Nobody else may connect (no PUBLIC grant).
+    Idempotent: passwords are (re)set from .run/secrets at each start."""
     import asyncpg
 
-    async def create() -> None:
-        conn = await asyncpg.connect(admin_url)
+    admin_password = SECRETS.get("postgres-admin")
+
+    async def provision() -> None:
+        conn = await asyncpg.connect(f"postgresql://{PG_ADMIN}@127.0.0.1:{PG_PORT}/postgres", password=admin_password)
         try:
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-                await conn.execute(f'CREATE DATABASE "{name}"')
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", PG_DATABASE):
+                await conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
         finally:
             await conn.close()
+        conn = await asyncpg.connect(
+            f"postgresql://{PG_ADMIN}@127.0.0.1:{PG_PORT}/{PG_DATABASE}", password=admin_password
+        )
+        try:
+            await conn.execute(f'REVOKE ALL ON DATABASE "{PG_DATABASE}" FROM PUBLIC')
+            await conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+            for spec in SERVICES:
+                if spec.schema is None:
+                    continue
+                role, password = spec.name, SECRETS.get(f"postgres-{spec.name}")
+                if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+                    await conn.execute(f'CREATE ROLE "{role}" LOGIN')
+                # format() quotes the password as a literal on the server.
+                statement = await conn.fetchval(
+                    "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)", role, password
+                )
+                await conn.execute(statement)
+                # TEMPORARY: session-private tables (route's bulk import stages rows in one).
+                await conn.execute(f'GRANT CONNECT, TEMPORARY ON DATABASE "{PG_DATABASE}" TO "{role}"')
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{spec.schema}" AUTHORIZATION "{role}"')
+                await conn.execute(f'ALTER SCHEMA "{spec.schema}" OWNER TO "{role}"')
+                write_private(SECRETS.folder / f"pgpass-{spec.name}", pgpass_line(role, password))
+        finally:
+            await conn.close()
+        write_private(SECRETS.folder / "pgpass-admin", pgpass_line(PG_ADMIN, admin_password))
 
-    asyncio.run(create())
+    asyncio.run(provision())
+
+
+# --- Keycloak ------------------------------------------------------------------
+
+
+def start_keycloak(tls: pki.TlsFiles) -> None:
+    if running_pid("keycloak") is not None:
+        say(f"keycloak already running on https://127.0.0.1:{KEYCLOAK_PORT}")
+        return
+    for port in (KEYCLOAK_PORT, KEYCLOAK_MANAGEMENT_PORT):
+        if port_open(port):
+            raise SystemExit(f"port {port} is taken by another process; set KEYCLOAK_PORT / KEYCLOAK_MANAGEMENT_PORT")
+    home = keycloak.resolve(CACHE, say)
+    data = RUN / "keycloak"
+    data.mkdir(parents=True, exist_ok=True)
+    say(f"starting keycloak {keycloak.VERSION} on https://127.0.0.1:{KEYCLOAK_PORT}")
+    spawn(
+        "keycloak",
+        keycloak.command(home, data, tls.server_chain, tls.server_key, KEYCLOAK_PORT, KEYCLOAK_MANAGEMENT_PORT),
+        env={**os.environ, **keycloak.environment(SECRETS.get("keycloak-admin"))},
+    )
 
 
 # --- services ------------------------------------------------------------------
 
 
-def service_ready(port: int) -> bool:
+def service_ready(port: int, ca_file: Path) -> bool:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     if not port_open(port):
         return False
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes())
+    with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
         except grpc.RpcError:
@@ -406,37 +564,105 @@ def service_ready(port: int) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def start_service(spec: ServiceSpec, env: dict[str, str]) -> None:
+# Never inherited by a service from the shell that ran `make up`: each gets
+# its own credentials (a stray PGPASSWORD would win over its passfile).
+_NOT_INHERITED = ("PGPASSWORD", "PGPASSFILE", "KAFKA_SASL_PASSWORD", "KAFKA_SASL_PASSWORD_FILE", "KAFKA_SASL_USERNAME")
+
+
+def service_environment(spec: ServiceSpec, values: dict[str, str]) -> dict[str, str]:
+    """What one service is configured with: endpoints, its own Kafka
+    principal and database role, the TLS files and the token issuer.
+    Secrets are passed as file paths. Written to .run/services/NAME.env so
+    that tests can start more instances configured the same way."""
+    env = {
+        "GRPC_PORT": str(spec.port),
+        "METRICS_PORT": str(spec.metrics_port),
+        "TOPIC_PARTITIONS": values["TOPIC_PARTITIONS"],
+        "PLATFORM_ID": values["PLATFORM_ID"],
+        "KAFKA_BOOTSTRAP_SERVERS": values["KAFKA_BOOTSTRAP_SERVERS"],
+        "GRPC_TLS_CERT_FILE": str(TLS_DIR / "server.pem"),
+        "GRPC_TLS_KEY_FILE": str(TLS_DIR / "server.key"),
+        "OIDC_ISSUER": values["OIDC_ISSUER"],
+        "OIDC_AUDIENCE": keycloak.AUDIENCE,
+        "OIDC_CA_FILE": values["INVOICING_CA_FILE"],
+    }
+    if values["STACK_EXTERNAL_INFRA"] == "1":
+        # An external cluster and database: the caller's settings, shared.
+        env["DATABASE_URL"] = values["DATABASE_URL"]
+        for name in ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", *_NOT_INHERITED):
+            if name in os.environ:
+                env[name] = os.environ[name]
+        return env
+    env |= {
+        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "KAFKA_SASL_MECHANISM": kafka_security.MECHANISM,
+        "KAFKA_SASL_USERNAME": spec.name,
+        "KAFKA_SASL_PASSWORD_FILE": str(SECRETS.path(f"kafka-{spec.name}")),
+    }
+    if spec.schema is not None:
+        env["DATABASE_URL"] = f"postgresql://{spec.name}@127.0.0.1:{PG_PORT}/{PG_DATABASE}"
+        env["PGPASSFILE"] = str(SECRETS.folder / f"pgpass-{spec.name}")
+    return env
+
+
+def start_service(spec: ServiceSpec, values: dict[str, str]) -> None:
     if running_pid(spec.name) is not None:
         say(f"{spec.name} already running on 127.0.0.1:{spec.port}")
         return
     if port_open(spec.port):
         raise SystemExit(f"port {spec.port} is taken by another process; set {spec.name.upper()}_PORT")
+    own = service_environment(spec, values)
+    SERVICE_ENV_DIR.mkdir(parents=True, exist_ok=True)
+    (SERVICE_ENV_DIR / f"{spec.name}.env").write_text("".join(f"{k}={v}\n" for k, v in own.items()))
+    inherited = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
     say(f"starting {spec.name} on 127.0.0.1:{spec.port}")
-    spawn(
-        spec.name,
-        [str(VENV_BIN / "python"), "-m", spec.module],
-        env={**env, "GRPC_PORT": str(spec.port), "METRICS_PORT": str(spec.metrics_port)},
-    )
+    spawn(spec.name, [str(VENV_BIN / "python"), "-m", spec.module], env={**inherited, **own})
 
 
 # --- commands ------------------------------------------------------------------
 
 
 def endpoints() -> dict[str, str]:
-    external = bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("DATABASE_URL"))
+    """What .run/env exports: where everything is, and the credentials of
+    the demo account (OAuth2 client), the Kafka `operator` principal and
+    the database administrator. Secrets stay in files under .run/secrets,
+    except the demo client's secret, which the CLI reads from here."""
+    # A shell that sourced .run/env has both set, and says STACK_EXTERNAL_INFRA=0.
+    external = os.environ.get("STACK_EXTERNAL_INFRA") == "1" or (
+        "STACK_EXTERNAL_INFRA" not in os.environ
+        and bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("DATABASE_URL"))
+    )
     values = {
         "KAFKA_BOOTSTRAP_SERVERS": os.environ.get("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{KAFKA_PORT}")
         if external
         else f"127.0.0.1:{KAFKA_PORT}",
         "DATABASE_URL": os.environ.get("DATABASE_URL", "")
         if external
-        else f"postgresql://invoicing@127.0.0.1:{PG_PORT}/invoicing",
+        else f"postgresql://{PG_ADMIN}@127.0.0.1:{PG_PORT}/{PG_DATABASE}",
         "TOPIC_PARTITIONS": str(TOPIC_PARTITIONS),
         "PLATFORM_ID": PLATFORM_ID,
         "STACK_EXTERNAL_INFRA": "1" if external else "0",
         "STACK_RUN_DIR": str(RUN),
+        "INVOICING_CA_FILE": str(TLS_DIR / "ca.pem"),
+        "OIDC_ISSUER": keycloak.issuer(KEYCLOAK_PORT),
+        "KEYCLOAK_URL": keycloak.base_url(KEYCLOAK_PORT),
+        "INVOICING_TOKEN_URL": keycloak.token_url(KEYCLOAK_PORT),
+        "INVOICING_CLIENT_ID": keycloak.DEMO_CLIENT_ID,
+        "INVOICING_CLIENT_SECRET": SECRETS.get("keycloak-demo-client"),
+        # Keycloak's master-realm administrator: tests that need a second realm.
+        "KEYCLOAK_ADMIN_PASSWORD_FILE": str(SECRETS.path("keycloak-admin")),
     }
+    if not external:
+        values |= {
+            "PGPASSFILE": str(SECRETS.folder / "pgpass-admin"),
+            "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "KAFKA_SASL_MECHANISM": kafka_security.MECHANISM,
+            "KAFKA_SASL_USERNAME": "operator",
+            "KAFKA_SASL_PASSWORD_FILE": str(SECRETS.path("kafka-operator")),
+            # The cluster's super user: tests and provisioning only.
+            "KAFKA_ADMIN_USERNAME": kafka_security.ADMIN,
+            "KAFKA_ADMIN_PASSWORD_FILE": str(SECRETS.path("kafka-admin")),
+        }
     for spec in SERVICES:
         values[spec.addr_var] = f"127.0.0.1:{spec.port}"
         values[f"{spec.name.upper()}_METRICS_ADDR"] = f"127.0.0.1:{spec.metrics_port}"
@@ -445,12 +671,12 @@ def endpoints() -> dict[str, str]:
 
 def write_env(values: dict[str, str]) -> None:
     RUN.mkdir(parents=True, exist_ok=True)
-    lines = ["# Written by `make up`; source it: . .run/env"]
+    lines = ["# Written by `make up`; source it: . .run/env (it holds the demo account's secret: keep it private)"]
     lines += [f"export {k}='{v}'" for k, v in values.items()]
-    (RUN / "env").write_text("\n".join(lines) + "\n")
+    write_private(RUN / "env", "\n".join(lines) + "\n")
 
 
-ALL_PARTS = ("kafka", "postgres", *(s.name for s in SERVICES))
+ALL_PARTS = ("kafka", "postgres", "keycloak", *(s.name for s in SERVICES))
 
 
 def up() -> list[str]:
@@ -472,35 +698,59 @@ def up() -> list[str]:
 
 def _up() -> None:
     values = endpoints()
-    if values["STACK_EXTERNAL_INFRA"] == "1":
-        say("KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL are set: using them, starting no broker or database")
-    else:
-        start_kafka()
-        start_postgres()
-        wait_until(
-            "postgres", lambda: postgres_ready(f"postgresql://invoicing@127.0.0.1:{PG_PORT}/postgres"), "postgres"
-        )
-        ensure_database(f"postgresql://invoicing@127.0.0.1:{PG_PORT}/postgres", "invoicing")
-        wait_until("kafka", lambda: kafka_ready(values["KAFKA_BOOTSTRAP_SERVERS"]), "kafka")
-    wait_until("database", lambda: postgres_ready(values["DATABASE_URL"]))
+    tls = pki.ensure(TLS_DIR, clients=KAFKA_CERT_PRINCIPALS)
     sys.path.insert(0, str(ROOT / "libs" / "common"))
     from invoicing_common.kafka import ensure_topics
+    from invoicing_common.settings import KafkaClientSettings
 
-    created = asyncio.run(ensure_topics(values["KAFKA_BOOTSTRAP_SERVERS"], TOPIC_PARTITIONS))
+    # Keycloak takes longest to start: first, so it boots while the rest does.
+    start_keycloak(tls)
+    if values["STACK_EXTERNAL_INFRA"] == "1":
+        say("KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL are set: using them, starting no broker or database")
+        kafka_admin = KafkaClientSettings()
+        wait_until("database", lambda: postgres_ready(values["DATABASE_URL"]))
+        wait_until("kafka", lambda: kafka_ready(kafka_admin))
+    else:
+        start_kafka(tls)
+        start_postgres()
+        admin_password = SECRETS.get("postgres-admin")
+        wait_until(
+            "postgres",
+            lambda: postgres_ready(f"postgresql://{PG_ADMIN}@127.0.0.1:{PG_PORT}/postgres", admin_password),
+            "postgres",
+        )
+        provision_database()
+        kafka_admin = kafka_admin_settings(values["KAFKA_BOOTSTRAP_SERVERS"])
+        wait_until("kafka", lambda: kafka_ready(kafka_admin), "kafka")
+        if kafka_security.provision(
+            kafka_classpath(), RUN / "kafka", values["KAFKA_BOOTSTRAP_SERVERS"], SECRETS.get("kafka-admin"),
+            _kafka_passwords(),
+        ):  # fmt: skip
+            say(f"kafka principals and ACLs applied from {kafka_security.PRINCIPALS_FILE.relative_to(ROOT)}")
+        operator = pki.client_files(TLS_DIR, "operator")
+        write_private(
+            RUN / "kcat.conf",
+            kafka_security.kcat_properties(f"127.0.0.1:{KAFKA_TLS_PORT}", tls.ca_cert, operator.cert, operator.key),
+        )
+    created = asyncio.run(ensure_topics(kafka_admin, TOPIC_PARTITIONS))
     if created:
         say(f"created topics ({TOPIC_PARTITIONS} partitions): {', '.join(created)}")
-    env = {**os.environ, **values}
+    wait_until("keycloak", lambda: keycloak.ready(KEYCLOAK_MANAGEMENT_PORT, tls.ca_cert), "keycloak")
+    if keycloak.ensure_realm(
+        KEYCLOAK_PORT, tls.ca_cert, SECRETS.get("keycloak-admin"), values["INVOICING_CLIENT_SECRET"]
+    ):
+        say(f"keycloak realm {keycloak.REALM} created from {keycloak.REALM_TEMPLATE.relative_to(ROOT)}")
     for spec in SERVICES:
-        start_service(spec, env)
+        start_service(spec, values)
     for spec in SERVICES:
-        wait_until(f"{spec.name} health", lambda port=spec.port: service_ready(port), spec.name)  # type: ignore[misc]
-        say(f"{spec.name} SERVING on 127.0.0.1:{spec.port}")
+        wait_until(f"{spec.name} health", partial(service_ready, spec.port, tls.ca_cert), spec.name)
+        say(f"{spec.name} SERVING on 127.0.0.1:{spec.port} (TLS)")
     write_env(values)
     say(f"ready; endpoints written to {RUN / 'env'}")
 
 
 def down(names: list[str] | None = None) -> None:
-    order = [*(s.name for s in reversed(SERVICES)), "kafka", "postgres"]
+    order = [*(s.name for s in reversed(SERVICES)), "keycloak", "kafka", "postgres"]
     for name in order:
         if names is None or name in names:
             stop(name)

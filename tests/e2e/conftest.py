@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 from invoicing.v1 import directory_pb2, directory_pb2_grpc
 
@@ -21,7 +20,7 @@ from invoicectl.directory_cmd import (
     fill_service,
     read_batches,
 )
-from tests.support import GRPC_OPTIONS, SAMPLES, Stack
+from tests.support import SAMPLES, Stack, demo_channel
 
 
 async def import_csv(
@@ -36,7 +35,7 @@ async def import_csv(
             for request, _ in read_batches(source, columns, fill, local):
                 yield request
 
-        async with grpc.aio.insecure_channel(route_addr, options=GRPC_OPTIONS) as channel:
+        async with demo_channel(route_addr) as channel:
             stub = directory_pb2_grpc.DirectoryServiceStub(channel)
             reply: directory_pb2.ImportResponse = await stub.Import(requests(), timeout=120)
     return reply, local

@@ -12,13 +12,14 @@ from invoicing.v1 import events_pb2
 
 from invoicing_common import topics
 from invoicing_common.kafka import assign_all
+from invoicing_common.settings import KafkaClientSettings
 from tests.support import Stack, collect_until_final, submit, unique_invoice
 
 pytestmark = pytest.mark.stack
 
 
-async def _dlq_consumer(bootstrap: str) -> AIOKafkaConsumer:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+async def _dlq_consumer(kafka: KafkaClientSettings) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(**kafka.kafka_client_kwargs(), enable_auto_commit=False)
     await consumer.start()
     tps = await assign_all(consumer, topics.DLQ)
     await consumer.seek_to_end(*tps)
@@ -31,7 +32,7 @@ async def test_poison_records_land_in_the_dlq_and_later_records_still_flow(
     stack: Stack, status_follower: object
 ) -> None:
     dlq = await _dlq_consumer(stack.kafka)
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**stack.kafka.kafka_client_kwargs(), acks="all", enable_idempotence=True)
     await producer.start()
     poisoned: dict[tuple[int, int], bytes] = {}
     try:

@@ -11,8 +11,8 @@ from invoicing.v1 import ingest_pb2, ingest_pb2_grpc
 
 from invoicing_common import topics
 from tests.support import (
-    GRPC_OPTIONS,
     Stack,
+    anonymous_channel,
     collect_until_final,
     get_invoice,
     records_for_key,
@@ -79,7 +79,7 @@ async def test_batch_stream_answers_in_order_and_reports_bad_documents_in_place(
         for i, doc in enumerate(docs):
             yield ingest_pb2.SubmitInvoiceRequest(document=doc, filename=f"batch-{i}.xml")
 
-    async with grpc.aio.insecure_channel(stack.ingest, options=GRPC_OPTIONS) as channel:
+    async with anonymous_channel(stack.ingest) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         replies = [r async for r in stub.SubmitInvoices(requests(), metadata=submitter(), timeout=60)]
 

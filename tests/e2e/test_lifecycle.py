@@ -11,9 +11,10 @@ import pytest
 from invoicing.v1 import status_pb2, status_pb2_grpc
 
 from tests.support import (
-    GRPC_OPTIONS,
     Stack,
     collect_until_final,
+    demo,
+    demo_channel,
     get_invoice,
     submit,
     submitter,
@@ -21,8 +22,6 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.stack
-
-BUYER, SUPPLIER = status_pb2.ACTOR_ROLE_BUYER, status_pb2.ACTOR_ROLE_SUPPLIER
 
 
 def _stub(channel: grpc.aio.Channel) -> status_pb2_grpc.StatusServiceStub:
@@ -66,56 +65,62 @@ async def test_second_invoice_with_same_number_seller_year_and_type_is_rej_uni(
 async def test_update_status_follows_the_lifecycle_and_names_what_is_allowed(
     stack: Stack, status_follower: object
 ) -> None:
+    # The demo account acts for the samples' seller and buyer, with both
+    # roles: it may play either part (tests/e2e/test_access.py covers
+    # accounts that may not).
     (invoice_id,) = await _made_available(stack, status_follower)
-    async with grpc.aio.insecure_channel(stack.status, options=GRPC_OPTIONS) as channel:
+    async with demo_channel(stack.status) as channel:
         stub = _stub(channel)
 
         async def update(
-            code: int, role: status_pb2.ActorRole.ValueType, reason: tuple[str, str] | None = None, request_id: str = ""
+            code: int, reason: tuple[str, str] | None = None, request_id: str = ""
         ) -> status_pb2.UpdateStatusResponse:
-            request = status_pb2.UpdateStatusRequest(
-                invoice_id=invoice_id, status_code=code, role=role, actor="test", request_id=request_id
-            )
+            request = status_pb2.UpdateStatusRequest(invoice_id=invoice_id, status_code=code, request_id=request_id)
             if reason:
                 request.reason.code, request.reason.text = reason
             reply: status_pb2.UpdateStatusResponse = await stub.UpdateStatus(request, timeout=30)
             return reply
 
         with pytest.raises(grpc.aio.AioRpcError) as skipped:
-            await update(212, SUPPLIER)
+            await update(212)
         assert skipped.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         details = skipped.value.details() or ""
         assert "203 MADE_AVAILABLE" in details and "204 IN_HAND" in details and "211 PAYMENT_SENT" in details
 
-        taken = await update(204, BUYER, request_id="take-1")
+        taken = await update(204, request_id="take-1")
         assert taken.applied and taken.status_code == 204
-        again = await update(204, BUYER, request_id="take-1")
+        again = await update(204, request_id="take-1")
         assert not again.applied and again.status_code == 204 and again.position == taken.position
 
         with pytest.raises(grpc.aio.AioRpcError) as no_reason:
-            await update(208, BUYER)
+            await update(208)
         assert no_reason.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "reason" in (no_reason.value.details() or "") and "208" in (no_reason.value.details() or "")
 
-        with pytest.raises(grpc.aio.AioRpcError) as wrong_party:
-            await update(205, SUPPLIER)
-        assert wrong_party.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as platform_status:
+            await update(213, ("REJ_SEMAN", "no"))
+        assert platform_status.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "status_code" in (platform_status.value.details() or "")
 
-        await update(208, BUYER, ("MISSING_PO", "purchase order number missing"))
-        await update(209, SUPPLIER)
-        await update(205, BUYER)
-        await update(211, BUYER)
-        paid = await update(212, SUPPLIER)
+        await update(208, ("MISSING_PO", "purchase order number missing"))
+        await update(209)
+        await update(205)
+        await update(211)
+        paid = await update(212)
         assert paid.status_code == 212
         with pytest.raises(grpc.aio.AioRpcError) as final:
-            await update(204, BUYER)
+            await update(204)
         assert final.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "none (final status)" in (final.value.details() or "")
 
     reply = await get_invoice(stack.status, invoice_id)
     assert [h.status_code for h in reply.history][-7:] == [203, 204, 208, 209, 205, 211, 212]
+    # The history names the authenticated account and the part it played.
+    subject = demo().subject()
+    by = {h.status_code: h.actor for h in reply.history}
+    assert by[208] == f"buyer:{subject}" and by[209] == f"supplier:{subject}" and by[212] == f"supplier:{subject}"
     suspended = next(h for h in reply.history if h.status_code == 208)
-    assert suspended.reason.code == "MISSING_PO" and suspended.actor == "buyer:test"
+    assert suspended.reason.code == "MISSING_PO"
 
 
 async def test_list_pages_are_stable_and_complete(stack: Stack, status_follower: object) -> None:
@@ -124,7 +129,7 @@ async def test_list_pages_are_stable_and_complete(stack: Stack, status_follower:
     flt = status_pb2.InvoiceFilter()
     flt.received_from.FromDatetime(since)
     seen: list[str] = []
-    async with grpc.aio.insecure_channel(stack.status, options=GRPC_OPTIONS) as channel:
+    async with demo_channel(stack.status) as channel:
         stub = _stub(channel)
         token = ""
         pages = 0
@@ -156,7 +161,7 @@ async def test_watch_resumes_after_the_last_position(stack: Stack, status_follow
     ids = await _made_available(stack, status_follower, count=2)
     flt = status_pb2.InvoiceFilter()
     flt.received_from.FromDatetime(since)
-    async with grpc.aio.insecure_channel(stack.status, options=GRPC_OPTIONS) as channel:
+    async with demo_channel(stack.status) as channel:
         stub = _stub(channel)
 
         async def take(from_position: int, n: int) -> list[status_pb2.WatchInvoicesResponse]:

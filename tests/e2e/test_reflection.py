@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.support import Stack
+from tests.support import Stack, demo_channel
 
 pytestmark = pytest.mark.stack
 
 
 async def _list_services(addr: str) -> set[str]:
-    async with grpc.aio.insecure_channel(addr) as channel:
+    async with demo_channel(addr) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
 
         async def ask() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:

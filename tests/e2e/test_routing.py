@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
 from invoicing.v1 import directory_pb2, directory_pb2_grpc, events_pb2
 
 from invoicing_common import topics
 from tests.integration.test_directory_api import fresh_siren, siret_of
-from tests.support import GRPC_OPTIONS, Stack, collect_until_final, records_for_key, submit, unique_invoice
+from tests.support import Stack, collect_until_final, demo_channel, records_for_key, submit, unique_invoice
 
 pytestmark = pytest.mark.stack
 
@@ -30,7 +29,7 @@ def invoice_for(siren: str, siret: str, buyer_reference: str = "SERV-ACHATS-17",
 
 @pytest.fixture
 async def directory(stack: Stack) -> AsyncIterator[directory_pb2_grpc.DirectoryServiceStub]:
-    async with grpc.aio.insecure_channel(stack.route, options=GRPC_OPTIONS) as channel:
+    async with demo_channel(stack.route) as channel:
         yield directory_pb2_grpc.DirectoryServiceStub(channel)
 
 

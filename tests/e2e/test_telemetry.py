@@ -23,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1 import common_pb2 as otel_common
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from tests.support import Stack, collect_until_final, run_stack, submit, unique_invoice
+from tests.support import Stack, collect_until_final, demo, run_stack, submit, unique_invoice
 
 pytestmark = pytest.mark.stack
 
@@ -161,10 +161,10 @@ async def test_one_trace_per_invoice_across_the_four_services(
 ) -> None:
     # An ERP that traces sends its traceparent: the journey continues it.
     erp_trace, erp_span = secrets.token_hex(16), secrets.token_hex(8)
-    metadata = (("traceparent", f"00-{erp_trace}-{erp_span}-01"), ("x-submitter", f"otel-{erp_span}"))
+    metadata = demo().metadata(("traceparent", f"00-{erp_trace}-{erp_span}-01"))
     doc, _ = unique_invoice("ubl-invoice-valid.xml")
     ok = await submit(stack.ingest, doc, "traced.xml", metadata=metadata)
-    bad = await submit(stack.ingest, b"not an invoice", "bad.txt", metadata=metadata[1:])
+    bad = await submit(stack.ingest, f"not an invoice {erp_span}".encode(), "bad.txt", metadata=demo().metadata())
     await collect_until_final(status_follower, {ok.invoice_id, bad.invoice_id})  # type: ignore[arg-type]
 
     trace_id = bytes.fromhex(erp_trace)

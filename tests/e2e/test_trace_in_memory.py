@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from invoicectl.kafka_follow import StatusFollower
-from tests.support import Stack, collect_until_final, free_port, run_stack, submit, unique_invoice
+from tests.support import Stack, collect_until_final, demo, free_port, run_stack, submit, unique_invoice
 
 pytestmark = pytest.mark.stack
 
@@ -43,13 +43,12 @@ async def in_process(stack: Stack) -> AsyncIterator[str]:
     await loop.run_in_executor(None, run_stack, "stop-services")
     started: list[Service] = []
     try:
-        kafka, db = stack.kafka, stack.database_url
-        i = ingest(IngestSettings(grpc_port=free_port(), kafka_bootstrap_servers=kafka, database_url=db))
+        i = ingest(IngestSettings(grpc_port=free_port(), **stack.in_process_settings("ingest")))
         v = validate(
-            ValidateSettings(grpc_port=free_port(), validate_workers=1, kafka_bootstrap_servers=kafka, database_url=db)
+            ValidateSettings(grpc_port=free_port(), validate_workers=1, **stack.in_process_settings("validate"))
         )
-        r = route(RouteSettings(grpc_port=free_port(), kafka_bootstrap_servers=kafka, database_url=db))
-        st = status(StatusSettings(grpc_port=free_port(), kafka_bootstrap_servers=kafka, database_url=db))
+        r = route(RouteSettings(grpc_port=free_port(), **stack.in_process_settings("route")))
+        st = status(StatusSettings(grpc_port=free_port(), **stack.in_process_settings("status")))
         services: list[Service] = [
             i.database, i.kafka, i.grpc,
             v.pool, v.grpc, v.app,
@@ -92,7 +91,7 @@ async def test_one_journey_gives_one_trace_across_the_four_services(
         doc, _ = unique_invoice("ubl-invoice-valid.xml")
         reply = await submit(
             in_process, doc, "in-memory.xml",
-            metadata=(("traceparent", f"00-{erp_trace}-{erp_span}-01"), ("x-submitter", f"mem-{erp_span}")),
+            metadata=demo().metadata(("traceparent", f"00-{erp_trace}-{erp_span}-01")),
         )  # fmt: skip
         events = await collect_until_final(follower, {reply.invoice_id})
     finally:

@@ -16,7 +16,7 @@ from invoicing.v1 import common_pb2, directory_pb2, directory_pb2_grpc, events_p
 from invoicing_common import topics
 from invoicing_route.directory import DirectoryIndex, is_siren, is_siret
 from invoicing_route.feed import DirectoryFeed
-from tests.support import GRPC_OPTIONS, Stack, records_for_key
+from tests.support import Stack, demo_channel, records_for_key
 
 pytestmark = pytest.mark.stack
 
@@ -40,7 +40,7 @@ def siret_of(siren: str) -> str:
 
 @pytest.fixture
 async def directory(stack: Stack) -> AsyncIterator[directory_pb2_grpc.DirectoryServiceStub]:
-    async with grpc.aio.insecure_channel(stack.route, options=GRPC_OPTIONS) as channel:
+    async with demo_channel(stack.route) as channel:
         yield directory_pb2_grpc.DirectoryServiceStub(channel)
 
 

@@ -10,11 +10,10 @@ import subprocess
 import sys
 import time
 
-import grpc
 import pytest
 from invoicing.v1 import common_pb2, directory_pb2, directory_pb2_grpc, events_pb2
 
-from tests.support import GRPC_OPTIONS, Stack, free_port, wait_serving
+from tests.support import Stack, demo_channel, free_port, wait_serving
 
 pytestmark = pytest.mark.stack
 
@@ -26,7 +25,7 @@ def _fresh_siren() -> str:
 
 
 async def _decision(addr: str, siren: str) -> directory_pb2.ResolveResponse:
-    async with grpc.aio.insecure_channel(addr, options=GRPC_OPTIONS) as channel:
+    async with demo_channel(addr) as channel:
         reply: directory_pb2.ResolveResponse = await directory_pb2_grpc.DirectoryServiceStub(channel).Resolve(
             directory_pb2.ResolveRequest(buyer_endpoint=common_pb2.PartyIdentifier(value=siren, scheme="0225")),
             timeout=10,
@@ -39,7 +38,7 @@ async def test_a_change_through_one_instance_reaches_the_other_within_a_second(s
     second = f"127.0.0.1:{port}"
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once, then only signalled
         [sys.executable, "-m", "invoicing_route"],
-        env={**os.environ, "GRPC_PORT": str(port)},
+        env={**os.environ, **stack.service_env("route"), "GRPC_PORT": str(port), "METRICS_PORT": "0"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -48,7 +47,7 @@ async def test_a_change_through_one_instance_reaches_the_other_within_a_second(s
         siren = _fresh_siren()
         assert (await _decision(second, siren)).reason.code == "REJ_ADR"
 
-        async with grpc.aio.insecure_channel(stack.route, options=GRPC_OPTIONS) as channel:
+        async with demo_channel(stack.route) as channel:
             await directory_pb2_grpc.DirectoryServiceStub(channel).Upsert(
                 directory_pb2.UpsertRequest(entry=directory_pb2.DirectoryEntry(siren=siren, platform_id="pdp-b")),
                 timeout=10,

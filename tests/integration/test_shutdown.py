@@ -14,7 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support import Stack, free_port, wait_serving
+from tests.support import Stack, demo_channel, free_port, wait_serving
 
 pytestmark = pytest.mark.stack
 
@@ -23,14 +23,15 @@ pytestmark = pytest.mark.stack
 async def test_sigterm_turns_health_not_serving_and_exits_cleanly(stack: Stack, module: str, tmp_path: object) -> None:
     port = free_port()
     addr = f"127.0.0.1:{port}"
-    env = {**os.environ, "GRPC_PORT": str(port), "LOG_LEVEL": "INFO"}
+    own = stack.service_env(module.removeprefix("invoicing_"))
+    env = {**os.environ, **own, "GRPC_PORT": str(port), "METRICS_PORT": "0", "LOG_LEVEL": "INFO"}
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once, then only signalled
         [sys.executable, "-m", module], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
         await wait_serving(addr, proc)
         seen: list[int] = []
-        async with grpc.aio.insecure_channel(addr) as channel:
+        async with demo_channel(addr) as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
             first = await watch.read()
             seen.append(first.status)

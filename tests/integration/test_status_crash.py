@@ -12,13 +12,21 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import grpc
 import pytest
 from invoicing.v1 import ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
 
 from invoicectl.kafka_follow import StatusFollower
 from invoicectl.reconcile import reconcile
-from tests.support import GRPC_OPTIONS, ROOT, Stack, collect_until_final, run_stack, submitter, unique_invoice
+from tests.support import (
+    ROOT,
+    Stack,
+    anonymous_channel,
+    collect_until_final,
+    demo_channel,
+    run_stack,
+    submitter,
+    unique_invoice,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -36,7 +44,7 @@ async def _watch(
     flt = status_pb2.InvoiceFilter()
     flt.received_from.FromDatetime(since)
     got: list[status_pb2.WatchInvoicesResponse] = []
-    async with grpc.aio.insecure_channel(stack.status, options=GRPC_OPTIONS) as channel:
+    async with demo_channel(stack.status) as channel:
         call = status_pb2_grpc.StatusServiceStub(channel).WatchInvoices(
             status_pb2.WatchInvoicesRequest(filter=flt, from_position=from_position)
         )
@@ -59,7 +67,7 @@ async def test_sigkill_mid_batch_loses_and_doubles_nothing(stack: Stack) -> None
             for i, doc in enumerate(docs):
                 yield ingest_pb2.SubmitInvoiceRequest(document=doc, filename=f"crash-{i}.xml")
 
-        async with grpc.aio.insecure_channel(stack.ingest, options=GRPC_OPTIONS) as channel:
+        async with anonymous_channel(stack.ingest) as channel:
             stub = ingest_pb2_grpc.IngestServiceStub(channel)
             replies = [r async for r in stub.SubmitInvoices(requests(), metadata=submitter(), timeout=300)]
         ids = [r.invoice_id for r in replies]

@@ -16,7 +16,7 @@ from invoicing.v1 import events_pb2
 
 from invoicing_common import topics
 from invoicing_common.kafka import ensure_topics
-from invoicing_common.settings import ServiceSettings
+from invoicing_common.settings import KafkaClientSettings, ServiceSettings
 from invoicing_common.streams import PermanentError, Record, StreamApp, send
 from tests.support import Stack, records_for_key
 
@@ -25,15 +25,15 @@ pytestmark = pytest.mark.stack
 PARTITIONS = 3
 
 
-async def _fresh_topics(bootstrap: str) -> tuple[str, str]:
+async def _fresh_topics(kafka: KafkaClientSettings) -> tuple[str, str]:
     run = uuid.uuid4().hex[:10]
     source, sink = f"test.streams.{run}.in", f"test.streams.{run}.out"
-    await ensure_topics(bootstrap, PARTITIONS, [source, sink])
+    await ensure_topics(kafka, PARTITIONS, [source, sink])
     return source, sink
 
 
-async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+async def _produce(kafka: KafkaClientSettings, topic: str, values: list[bytes]) -> None:
+    producer = AIOKafkaProducer(**kafka.kafka_client_kwargs(), acks="all")
     await producer.start()
     try:
         for i, value in enumerate(values):
@@ -42,15 +42,15 @@ async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
         await producer.stop()
 
 
-async def _values(bootstrap: str, topic: str) -> list[bytes]:
+async def _values(kafka: KafkaClientSettings, topic: str) -> list[bytes]:
     found: list[bytes] = []
     for i in range(7):
-        found.extend(r.value for r in await records_for_key(bootstrap, topic, f"k{i}"))
+        found.extend(r.value for r in await records_for_key(kafka, topic, f"k{i}"))
     return found
 
 
-async def _committed_is_end(bootstrap: str, group: str, topic: str) -> bool:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+async def _committed_is_end(kafka: KafkaClientSettings, group: str, topic: str) -> bool:
+    consumer = AIOKafkaConsumer(**kafka.kafka_client_kwargs(), group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
@@ -69,7 +69,7 @@ async def _until(condition: Callable[[], bool], what: str, timeout: float = 60) 
 
 
 def _app(stack: Stack, group: str) -> StreamApp:
-    return StreamApp(group, ServiceSettings(kafka_bootstrap_servers=stack.kafka, kafka_fetch_max_wait_ms=50))
+    return StreamApp(group, ServiceSettings(**stack.kafka_fields(), kafka_fetch_max_wait_ms=50))
 
 
 def _upper_into(sink_of: StreamApp, sink: str, handled: list[bytes]) -> Callable[[Record], Awaitable[None]]:

@@ -25,7 +25,11 @@ async def apply_migrations(conn: asyncpg.Connection, schema: str, folder: Traver
     lock_key = zlib.crc32(f"invoicing-migrations:{schema}".encode()) & 0x7FFFFFFF
     await conn.execute("SELECT pg_advisory_lock($1)", lock_key)
     try:
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        # A service's role owns its schema but may not create one (that
+        # needs CREATE on the database, which it is not granted), and
+        # PostgreSQL checks that right even for CREATE SCHEMA IF NOT EXISTS.
+        if not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):
+            await conn.execute(f'CREATE SCHEMA "{schema}"')
         await conn.execute(
             f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations '
             "(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"

@@ -1,15 +1,20 @@
-"""grpc.aio server with health checking, reflection and a graceful stop.
+"""grpc.aio server with TLS, authentication, health checking, reflection
+and a graceful stop.
 
-Health says SERVING only once the owner calls ``mark_serving`` (after its
-dependencies are ready) and NOT_SERVING as soon as shutdown starts, so load
-balancers stop sending work before in-flight calls are drained.
+The server has a TLS port only. Every call but health and reflection needs
+a bearer access token from the configured OpenID Connect issuer and the
+roles the service's access policy names for the method (docs/security.md);
+a method without a policy entry is refused. Health says SERVING only once
+the owner calls ``mark_serving`` (after its dependencies are ready) and
+NOT_SERVING as soon as shutdown starts, so load balancers stop sending work
+before in-flight calls are drained.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -18,6 +23,10 @@ from grpc_reflection.v1alpha import reflection
 from mode import Service
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from invoicing_common.auth.interceptor import AuthInterceptor
+from invoicing_common.auth.quotas import RateLimiter, StreamLimiter
+from invoicing_common.auth.tls import server_credentials
+from invoicing_common.auth.tokens import OidcConfig, TokenVerifier
 from invoicing_common.settings import GrpcSettings
 from invoicing_common.telemetry import RPC_DURATION
 
@@ -32,15 +41,27 @@ class GrpcServer(Service):
         self,
         settings: GrpcSettings,
         register: Registrar,
+        policy: Mapping[str, frozenset[str]],
+        limited_streams: frozenset[str] = frozenset(),
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._settings = settings
         self._register = register
+        self._verifier = TokenVerifier(oidc_config(settings))
+        auth = AuthInterceptor(
+            self._verifier,
+            policy,
+            RateLimiter(settings.quota_requests_per_second, settings.quota_burst),
+            StreamLimiter(settings.quota_watch_streams),
+            limited_streams=limited_streams,
+            default_deadline_seconds=settings.grpc_default_deadline_seconds,
+        )
         # Server spans (rpc.*, continuing a client's traceparent) and the
-        # latency histogram come first, so they cover every other interceptor.
-        self._interceptors = [aio_server_interceptor(), _DurationInterceptor(), *interceptors]  # type: ignore[no-untyped-call]
+        # latency histogram come first, so they cover every other interceptor,
+        # refusals included.
+        self._interceptors = [aio_server_interceptor(), _DurationInterceptor(), auth, *interceptors]  # type: ignore[no-untyped-call]
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._service_names: list[str] = []
@@ -61,14 +82,20 @@ class GrpcServer(Service):
         ]
         reflection.enable_server_reflection(names, server)
         address = f"{self._settings.grpc_host}:{self._settings.grpc_port}"
-        self.port = server.add_insecure_port(address)
+        assert self._settings.grpc_tls_cert_file is not None and self._settings.grpc_tls_key_file is not None
+        credentials = server_credentials(
+            str(self._settings.grpc_tls_cert_file),
+            str(self._settings.grpc_tls_key_file),
+            str(self._settings.grpc_tls_client_ca_file) if self._settings.grpc_tls_client_ca_file else None,
+        )
+        self.port = server.add_secure_port(address, credentials)
         if self.port == 0:
             raise RuntimeError(f"cannot bind gRPC server to {address}")
         for name in ["", *self._service_names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
         self._server = server
-        log.info("gRPC server listening on %s:%d", self._settings.grpc_host, self.port)
+        log.info("gRPC server listening on %s:%d (TLS)", self._settings.grpc_host, self.port)
 
     async def mark_serving(self) -> None:
         for name in ["", *self._service_names]:
@@ -81,7 +108,20 @@ class GrpcServer(Service):
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self._settings.shutdown_grace_seconds)
         self._server = None
+        await self._verifier.aclose()
         log.info("gRPC server stopped")
+
+
+def oidc_config(settings: GrpcSettings) -> OidcConfig:
+    return OidcConfig(
+        issuer=settings.oidc_issuer,
+        audience=settings.oidc_audience,
+        jwks_url=settings.oidc_jwks_url,
+        ca_file=str(settings.oidc_ca_file) if settings.oidc_ca_file else None,
+        leeway_seconds=settings.oidc_clock_skew_seconds,
+        roles_claim=settings.oidc_roles_claim,
+        sirens_claim=settings.oidc_sirens_claim,
+    )
 
 
 class _DurationInterceptor(grpc.aio.ServerInterceptor):
@@ -134,6 +174,19 @@ class _DurationInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                start = time.perf_counter()
+                try:
+                    return await inner_su(requests, context)
+                finally:
+                    record(start, status_of(context))
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary, handler.request_deserializer, handler.response_serializer
             )
         if handler.stream_stream is not None:
             inner_ss = handler.stream_stream

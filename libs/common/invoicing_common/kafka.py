@@ -17,18 +17,19 @@ from mode import Service
 
 from invoicing_common import topics
 from invoicing_common.ids import stage_event_id
+from invoicing_common.settings import KafkaClientSettings
 
 log = logging.getLogger(__name__)
 
 
-def producer(bootstrap_servers: str, client_id: str, linger_ms: int = 5) -> AIOKafkaProducer:
+def producer(kafka: KafkaClientSettings, client_id: str, linger_ms: int = 5) -> AIOKafkaProducer:
     """A producer whose acknowledged sends survive a broker crash.
 
     acks=all plus idempotence: a retried send never duplicates a record.
     5 ms of linger suits callers that wait for each acknowledgement.
     """
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
+        **kafka.kafka_client_kwargs(),
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
@@ -86,9 +87,13 @@ async def read_to_end(
                 remaining.discard(tp)
 
 
-async def ensure_topics(bootstrap_servers: str, partitions: int, names: Sequence[str] = topics.ALL_TOPICS) -> list[str]:
-    """Create missing topics; returns the names created. Safe to call again."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="invoicing-bootstrap")
+async def ensure_topics(
+    kafka: KafkaClientSettings, partitions: int, names: Sequence[str] = topics.ALL_TOPICS
+) -> list[str]:
+    """Create missing topics; returns the names created. Safe to call again.
+    A topic the principal may not describe looks missing; creating it then
+    fails with an authorization error that names it."""
+    admin = AIOKafkaAdminClient(**kafka.kafka_client_kwargs(), client_id="invoicing-bootstrap")
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -140,15 +145,15 @@ class ProducerService(Service):
     """Owns an idempotent producer; usable once the service has started
     (aiokafka needs a running loop to build it)."""
 
-    def __init__(self, bootstrap_servers: str, client_id: str, **kwargs: object) -> None:
+    def __init__(self, kafka: KafkaClientSettings, client_id: str, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self._bootstrap_servers = bootstrap_servers
+        self._kafka = kafka
         self._client_id = client_id
         self._producer: AIOKafkaProducer | None = None
 
     @property
-    def bootstrap_servers(self) -> str:
-        return self._bootstrap_servers
+    def kafka(self) -> KafkaClientSettings:
+        return self._kafka
 
     @property
     def producer(self) -> AIOKafkaProducer:
@@ -157,7 +162,7 @@ class ProducerService(Service):
         return self._producer
 
     async def on_start(self) -> None:
-        self._producer = producer(self._bootstrap_servers, self._client_id)
+        self._producer = producer(self._kafka, self._client_id)
         await self._producer.start()
 
     async def on_stop(self) -> None:

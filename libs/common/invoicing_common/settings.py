@@ -1,20 +1,76 @@
 """Settings base: every service reads one typed class from the environment.
 
 Unknown or malformed values fail at start, before any connection is made.
+Secrets (passwords) can come from a file named by a ``*_FILE`` setting, so
+that they need not sit in a process's environment; docs/security.md.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class ServiceSettings(BaseSettings):
+def read_secret_file(path: Path, setting: str) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+
+
+class KafkaClientSettings(BaseSettings):
+    """How to reach and authenticate to Kafka: every client of the cluster
+    (services, CLI, tests) builds its aiokafka clients from this."""
+
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
 
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:19092", min_length=1)
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SSL", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    # Read at start when set; wins over kafka_sasl_password.
+    kafka_sasl_password_file: Path | None = None
+    # CA bundle for SSL / SASL_SSL listeners (system roots when unset).
+    kafka_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _credentials_complete(self) -> KafkaClientSettings:
+        if self.kafka_sasl_password_file is not None:
+            secret = read_secret_file(self.kafka_sasl_password_file, "kafka_sasl_password_file")
+            object.__setattr__(self, "kafka_sasl_password", SecretStr(secret))
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()
+        ):
+            raise ValueError(
+                f"kafka_security_protocol {self.kafka_security_protocol} needs kafka_sasl_username and "
+                "kafka_sasl_password (or kafka_sasl_password_file)"
+            )
+        return self
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for any aiokafka client: where, and as whom."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap_servers,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
+            kwargs["sasl_plain_username"] = self.kafka_sasl_username
+            kwargs["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped]
+
+            kwargs["ssl_context"] = create_ssl_context(cafile=str(self.kafka_ca_file) if self.kafka_ca_file else None)
+        return kwargs
+
+
+class ServiceSettings(KafkaClientSettings):
+    # The password comes from PGPASSFILE or the URL; a service's login role
+    # has rights on its own schema only (docs/security.md).
     database_url: str = Field(default="postgresql://invoicing@127.0.0.1:15432/invoicing")
     log_level: str = "INFO"
     topic_partitions: int = Field(default=6, ge=1, le=1024)
@@ -42,3 +98,47 @@ class GrpcSettings(ServiceSettings):
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=0, ge=0, le=65535)
     grpc_max_message_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # TLS is not optional: the server has no plaintext port.
+    grpc_tls_cert_file: Path | None = None
+    grpc_tls_key_file: Path | None = None
+    # Set: callers must also present a client certificate signed by this CA
+    # (mTLS, e.g. for platform-to-platform callers), besides their token.
+    grpc_tls_client_ca_file: Path | None = None
+    # The OpenID Connect issuer whose access tokens are accepted, and the
+    # audience they must name. Nothing here is specific to one provider.
+    oidc_issuer: str = ""
+    oidc_audience: str = "invoicing-api"
+    # Default: the issuer's discovery document names it.
+    oidc_jwks_url: str | None = None
+    # CA bundle to trust the issuer's HTTPS (system roots when unset).
+    oidc_ca_file: Path | None = None
+    # Claims (dotted paths allowed, e.g. realm_access.roles) holding the
+    # account's roles and the SIRENs it acts for.
+    oidc_roles_claim: str = "roles"
+    oidc_sirens_claim: str = "sirens"
+    oidc_clock_skew_seconds: float = Field(default=30.0, ge=0, le=300)
+    # Per account: sustained calls per second, the burst above it, and the
+    # status streams (WatchInvoices) open at once.
+    quota_requests_per_second: float = Field(default=200.0, gt=0)
+    quota_burst: int = Field(default=400, ge=1)
+    quota_watch_streams: int = Field(default=4, ge=1)
+    # Unary calls that arrive without a deadline get this one.
+    grpc_default_deadline_seconds: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _security_complete(self) -> GrpcSettings:
+        missing = [
+            name
+            for name, value in (
+                ("grpc_tls_cert_file", self.grpc_tls_cert_file),
+                ("grpc_tls_key_file", self.grpc_tls_key_file),
+                ("oidc_issuer", self.oidc_issuer),
+            )
+            if not value
+        ]
+        if missing:
+            raise ValueError(
+                f"{', '.join(missing)} must be set: every gRPC server serves TLS only and authenticates "
+                "each call with the issuer's access tokens (docs/security.md)"
+            )
+        return self

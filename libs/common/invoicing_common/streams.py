@@ -257,14 +257,14 @@ class StreamApp(Service):
 
     async def on_start(self) -> None:
         s = self._settings
-        await ensure_topics(s.kafka_bootstrap_servers, s.topic_partitions, sorted(self._declared))
-        self._producer = producer(s.kafka_bootstrap_servers, f"{self.group_id}-streams", s.kafka_producer_linger_ms)
+        await ensure_topics(s, s.topic_partitions, sorted(self._declared))
+        self._producer = producer(s, f"{self.group_id}-streams", s.kafka_producer_linger_ms)
         await self._producer.start()
         if self._subscription is None:
             return
         session_ms = int(s.kafka_session_timeout_seconds * 1000)
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
+            **s.kafka_client_kwargs(),
             client_id=f"{self.group_id}-streams",
             group_id=self.group_id,
             enable_auto_commit=False,

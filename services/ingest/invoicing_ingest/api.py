@@ -1,4 +1,10 @@
-"""IngestService gRPC servicer: thin, delegates to domain and repository."""
+"""IngestService gRPC servicer: thin, delegates to domain and repository.
+
+The submitter is the authenticated account (its token's subject), never
+something the request says: receipts, idempotency keys and byte-identical
+retries are scoped to it, and the SIRENs it acts for travel with the
+invoice so that validate can check the seller against them.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from invoicing.v1 import ingest_pb2, ingest_pb2_grpc
 from opentelemetry import trace
 
 from invoicing_common import topics
+from invoicing_common.auth.principal import ROLE_SUPPLIER, Principal, current_principal
 from invoicing_common.kafka import ProducerService
 from invoicing_common.streams import TRANSIENT_ERRORS
 from invoicing_common.telemetry import SUBMISSIONS, current_trace_id, produce_span, record_invoice
@@ -21,7 +28,12 @@ from invoicing_ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
 
-SUBMITTER_METADATA_KEY = "x-submitter"
+_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+# Who may call what (enforced by the server's auth interceptor).
+ACCESS_POLICY: dict[str, frozenset[str]] = {
+    f"/{_SERVICE}/SubmitInvoice": frozenset({ROLE_SUPPLIER}),
+    f"/{_SERVICE}/SubmitInvoices": frozenset({ROLE_SUPPLIER}),
+}
 
 
 class RequestError(Exception):
@@ -32,13 +44,6 @@ class RequestError(Exception):
         self.message = message
 
 
-def _submitter(context: grpc.aio.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == SUBMITTER_METADATA_KEY and isinstance(value, str):
-            return value.strip()
-    return ""
-
-
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self, settings: IngestSettings, kafka: ProducerService, receipts: ReceiptRepository) -> None:
         self._settings = settings
@@ -46,15 +51,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._receipts = receipts
 
     async def _submit(
-        self, request: ingest_pb2.SubmitInvoiceRequest, submitter: str
+        self, request: ingest_pb2.SubmitInvoiceRequest, submitter: Principal
     ) -> ingest_pb2.SubmitInvoiceResponse:
         try:
             submission = check_submission(
                 request.document,
                 request.filename,
                 request.idempotency_key,
-                submitter,
+                submitter.subject,
                 self._settings.max_document_bytes,
+                submitter.sirens,
             )
         except SubmissionError as exc:
             SUBMISSIONS.add(1, {"outcome": "invalid"})
@@ -83,6 +89,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             ) from exc
         except ConflictingRetry as exc:
             SUBMISSIONS.add(1, {"outcome": "conflict"})
+            # Keys are scoped to the account: the invoice named is its own.
             raise RequestError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "idempotency_key",
@@ -105,7 +112,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request: ingest_pb2.SubmitInvoiceRequest, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.SubmitInvoiceResponse:
         try:
-            return await self._submit(request, _submitter(context))
+            return await self._submit(request, current_principal())
         except RequestError as exc:
             await context.abort(exc.code, f"{exc.field}: {exc.message}" if exc.field else exc.message)
             raise  # unreachable: abort raises
@@ -113,7 +120,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def SubmitInvoices(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[ingest_pb2.SubmitInvoiceRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ingest_pb2.SubmitInvoiceResponse]:
-        submitter = _submitter(context)
+        submitter = current_principal()
         async for request in request_iterator:
             try:
                 yield await self._submit(request, submitter)

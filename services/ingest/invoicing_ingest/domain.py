@@ -13,7 +13,6 @@ from invoicing_common.ids import new_invoice_id, stage_event_id
 
 MAX_FILENAME_CHARS = 255
 MAX_IDEMPOTENCY_KEY_CHARS = 128
-DEFAULT_SUBMITTER = "anonymous"
 
 
 class SubmissionError(ValueError):
@@ -30,8 +29,10 @@ class Submission:
     document: bytes
     filename: str
     idempotency_key: str | None
+    # The authenticated account, and the SIRENs it acts for.
     submitter: str
     sha256: str
+    submitter_sirens: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,16 @@ class Receipt:
 
 
 def check_submission(
-    document: bytes, filename: str, idempotency_key: str, submitter: str, max_document_bytes: int
+    document: bytes,
+    filename: str,
+    idempotency_key: str,
+    submitter: str,
+    max_document_bytes: int,
+    submitter_sirens: frozenset[str] = frozenset(),
 ) -> Submission:
+    if not submitter:
+        # The server's authentication guarantees one; never an anonymous scope.
+        raise ValueError("a submission needs an authenticated submitter")
     if not document:
         raise SubmissionError("document", "document is empty")
     if len(document) > max_document_bytes:
@@ -63,8 +72,9 @@ def check_submission(
         document=document,
         filename=filename,
         idempotency_key=idempotency_key or None,
-        submitter=submitter or DEFAULT_SUBMITTER,
+        submitter=submitter,
         sha256=hashlib.sha256(document).hexdigest(),
+        submitter_sirens=submitter_sirens,
     )
 
 
@@ -91,4 +101,5 @@ def received_event(submission: Submission, receipt: Receipt, trace_id: str) -> e
         document=submission.document,
         sha256=submission.sha256,
         idempotency_key=submission.idempotency_key or "",
+        submitter_sirens=sorted(submission.submitter_sirens),
     )

@@ -13,6 +13,7 @@ from typing import NoReturn
 import grpc
 from invoicing.v1 import directory_pb2, directory_pb2_grpc, events_pb2
 
+from invoicing_common.auth.principal import ROLE_DIRECTORY_ADMIN
 from invoicing_common.streams import TRANSIENT_ERRORS
 from invoicing_route.codec import entry_from_proto, entry_to_proto, service_from_proto, service_to_proto
 from invoicing_route.directory import DirectoryError, Entry, Service, address_of, check_siren, check_siret
@@ -21,6 +22,15 @@ from invoicing_route.repository import EntryFilter
 from invoicing_route.usecases import Directory, NotFound, Rejection
 
 log = logging.getLogger(__name__)
+
+_SERVICE = directory_pb2.DESCRIPTOR.services_by_name["DirectoryService"].full_name
+# Writes decide where buyers' invoices go: directory administrators only.
+# Reads serve any authenticated account (suppliers check an address).
+ACCESS_POLICY: dict[str, frozenset[str]] = {
+    **{f"/{_SERVICE}/{m}": frozenset({ROLE_DIRECTORY_ADMIN})
+       for m in ("Upsert", "Delete", "Import", "UpsertService", "DeleteService")},
+    **{f"/{_SERVICE}/{m}": frozenset() for m in ("Get", "List", "Resolve")},
+}  # fmt: skip
 
 MAX_REPORTED_REJECTIONS = 10_000
 DEFAULT_PAGE_SIZE = 100

@@ -9,7 +9,7 @@ from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
 from invoicing_common.streams import StreamApp
 from invoicing_route import agents
-from invoicing_route.api import DirectoryServicer, registrar
+from invoicing_route.api import ACCESS_POLICY, DirectoryServicer, registrar
 from invoicing_route.directory import DirectoryIndex
 from invoicing_route.feed import DirectoryFeed, DirectoryPublisher
 from invoicing_route.repository import DirectoryRepository
@@ -28,11 +28,9 @@ class Route:
 
 def bootstrap(settings: RouteSettings) -> Route:
     database = Database(settings.database_url, schema="directory", migrations=files("invoicing_route") / "migrations")
-    publisher = DirectoryPublisher(
-        settings.kafka_bootstrap_servers, f"{settings.otel_service_name}-directory", settings.directory_linger_ms
-    )
+    publisher = DirectoryPublisher(settings, f"{settings.otel_service_name}-directory", settings.directory_linger_ms)
     feed = DirectoryFeed(
-        settings.kafka_bootstrap_servers,
+        settings,
         settings.topic_partitions,
         DirectoryIndex(),
         client_id=f"{settings.otel_service_name}-directory-feed",
@@ -40,5 +38,5 @@ def bootstrap(settings: RouteSettings) -> Route:
     directory = Directory(DirectoryRepository(database), publisher, feed, settings.directory_apply_timeout_seconds)
     app = StreamApp(settings.otel_service_name, settings)
     agents.register(app, settings, directory)
-    server = GrpcServer(settings, registrar(DirectoryServicer(directory, settings.platform_id)))
+    server = GrpcServer(settings, registrar(DirectoryServicer(directory, settings.platform_id)), ACCESS_POLICY)
     return Route(app=app, database=database, publisher=publisher, feed=feed, grpc=server)

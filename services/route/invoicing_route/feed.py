@@ -24,6 +24,7 @@ from mode import Service
 
 from invoicing_common import topics
 from invoicing_common.kafka import assign_all, ensure_topics, read_to_end
+from invoicing_common.settings import KafkaClientSettings
 from invoicing_route.codec import Removal, decode_record
 from invoicing_route.directory import DirectoryError, DirectoryIndex, Entry
 
@@ -42,9 +43,9 @@ class DirectoryPublisher(Service):
     per-entry ordering need; this publisher is the topic's only writer.
     """
 
-    def __init__(self, bootstrap_servers: str, client_id: str, linger_ms: int, **kwargs: object) -> None:
+    def __init__(self, kafka: KafkaClientSettings, client_id: str, linger_ms: int, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self._bootstrap_servers = bootstrap_servers
+        self._kafka = kafka
         self._client_id = client_id
         self._linger_ms = linger_ms
         self._producer: AIOKafkaProducer | None = None
@@ -52,7 +53,7 @@ class DirectoryPublisher(Service):
 
     async def on_start(self) -> None:
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap_servers,
+            **self._kafka.kafka_client_kwargs(),
             client_id=self._client_id,
             acks="all",
             enable_idempotence=True,
@@ -104,10 +105,10 @@ class DirectoryFeed(Service):
     """Keeps ``index`` equal to the directory topic."""
 
     def __init__(
-        self, bootstrap_servers: str, partitions: int, index: DirectoryIndex, client_id: str, **kwargs: object
+        self, kafka: KafkaClientSettings, partitions: int, index: DirectoryIndex, client_id: str, **kwargs: object
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self._bootstrap_servers = bootstrap_servers
+        self._kafka = kafka
         self._partitions = partitions
         self._client_id = client_id
         self.index = index
@@ -118,9 +119,9 @@ class DirectoryFeed(Service):
         self.records_applied = 0
 
     async def on_start(self) -> None:
-        await ensure_topics(self._bootstrap_servers, self._partitions, [topics.DIRECTORY])
+        await ensure_topics(self._kafka, self._partitions, [topics.DIRECTORY])
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap_servers,
+            **self._kafka.kafka_client_kwargs(),
             client_id=self._client_id,
             group_id=None,
             enable_auto_commit=False,

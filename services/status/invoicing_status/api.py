@@ -1,4 +1,10 @@
-"""StatusService gRPC servicer."""
+"""StatusService gRPC servicer.
+
+Every call acts for the authenticated account (invoicing_status.access):
+an invoice it may not see is answered as one that does not exist, lists
+and watches are filtered on the server, and the part a caller plays in a
+status update follows from its token and the invoice's parties.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +20,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from invoicing.v1 import common_pb2, events_pb2, status_pb2, status_pb2_grpc
 from opentelemetry import trace
 
+from invoicing_common.auth.principal import ROLE_BUYER, ROLE_SUPPLIER, current_principal
 from invoicing_common.kafka import headers_to_carrier
 from invoicing_common.telemetry import current_trace_id, inject_headers
-from invoicing_status.domain import Change, TransitionError, check_role, check_update
+from invoicing_status.access import NotYourPart, Parties, Viewer, acting_role, can_see
+from invoicing_status.domain import Change, TransitionError, check_update
 from invoicing_status.lifecycle import Reason, Status
 from invoicing_status.notifier import ChangeNotifier
 from invoicing_status.observability import observe_changes
@@ -28,7 +36,16 @@ MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 _WATCH_BATCH = 200
 _WATCH_IDLE_SECONDS = 1.0
-_ROLES = {status_pb2.ACTOR_ROLE_BUYER: "buyer", status_pb2.ACTOR_ROLE_SUPPLIER: "supplier"}
+_SERVICE = status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name
+WATCH_METHOD = f"/{_SERVICE}/WatchInvoices"
+# Reads are open to any account (filtered to what it may see); updates need
+# a party's role, and the handler checks the party (access.acting_role).
+ACCESS_POLICY: dict[str, frozenset[str]] = {
+    f"/{_SERVICE}/GetInvoice": frozenset(),
+    f"/{_SERVICE}/ListInvoices": frozenset(),
+    WATCH_METHOD: frozenset(),
+    f"/{_SERVICE}/UpdateStatus": frozenset({ROLE_BUYER, ROLE_SUPPLIER}),
+}
 
 
 class InvoiceNotFound(Exception):
@@ -172,7 +189,8 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         except BadRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         view = await self._repository.get_invoice(invoice_id)
-        if view is None:
+        viewer = Viewer.of(current_principal())
+        if view is None or not can_see(viewer, Parties(view.submitter, view.seller_sirens, view.buyer_sirens)):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"invoice_id: no invoice {invoice_id}")
         assert view is not None
         return invoice_response(view)
@@ -188,7 +206,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         except BadRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         size = request.page_size or DEFAULT_PAGE_SIZE
-        items = await self._queries.list_invoices(f, size + 1, after)
+        items = await self._queries.list_invoices(f, Viewer.of(current_principal()), size + 1, after)
         response = status_pb2.ListInvoicesResponse(invoices=[list_item(i) for i in items[:size]])
         if len(items) > size:
             last = items[size - 1]
@@ -204,45 +222,56 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
                 raise BadRequest("from_position", "must be 0 (from now) or a position received earlier")
         except BadRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        viewer = Viewer.of(current_principal())
         position = request.from_position or await self._queries.head_position()
         while not context.done():
-            batch = await self._queries.events_after(f, position, _WATCH_BATCH)
+            batch = await self._queries.events_after(f, viewer, position, _WATCH_BATCH)
             for seq, payload in batch:
                 yield status_pb2.WatchInvoicesResponse(event=events_pb2.StatusEvent.FromString(payload), position=seq)
                 position = seq
             if len(batch) < _WATCH_BATCH:
+                # Positions of invoices this viewer may not see are skipped
+                # too: resuming after the last one it got misses nothing.
                 await self._notifier.wait_for_change(_WATCH_IDLE_SECONDS)
 
     async def UpdateStatus(  # noqa: N802 - gRPC method name
         self, request: status_pb2.UpdateStatusRequest, context: grpc.aio.ServicerContext
     ) -> status_pb2.UpdateStatusResponse:
+        principal = current_principal()
         try:
             invoice_id = _uuid(request.invoice_id, "invoice_id")
-            role = _ROLES.get(request.role)
-            if role is None:
-                raise BadRequest("role", "must be ACTOR_ROLE_BUYER or ACTOR_ROLE_SUPPLIER")
-            if len(request.actor) > 200 or len(request.request_id) > 128:
-                raise BadRequest("actor" if len(request.actor) > 200 else "request_id", "is too long")
+            if len(request.request_id) > 128:
+                raise BadRequest("request_id", "is too long")
         except BadRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        assert role is not None  # abort() raised otherwise
+        parties = await self._queries.parties(invoice_id)
+        if parties is None or not can_see(Viewer.of(principal), parties):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"invoice_id: no invoice {invoice_id}")
+        assert parties is not None
+        try:
+            role = acting_role(principal, parties, request.status_code)
+        except TransitionError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{exc.field}: {exc.message}")
+        except NotYourPart as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"status_code: {exc}")
         reason = Reason(request.reason.code, request.reason.text) if request.HasField("reason") else None
         request_id = request.request_id or str(uuid.uuid4())
-        actor = f"{role}:{request.actor}" if request.actor else role
+        # Request ids are the caller's: two accounts' ids never collide.
+        dedup_key = f"update:{invoice_id}:{principal.subject}:{request_id}"
+        actor = f"{role}:{principal.subject}"
         now = datetime.now(UTC)
 
         def planner(current: Status | None, _duplicate_of: str | None) -> list[Change]:
             if current is None:
                 raise InvoiceNotFound(invoice_id)
             new = check_update(current, request.status_code, reason)
-            check_role(role, request.status_code)
-            return [Change(new, actor, now, f"update:{request_id}", reason)]
+            return [Change(new, actor, now, dedup_key, reason)]
 
         try:
             facts = InvoiceFacts(
                 invoice_id=invoice_id, trace_id=current_trace_id(), headers=headers_to_carrier(inject_headers())
             )
-            changes = await self._repository.apply(f"update:{invoice_id}:{request_id}", facts, planner)
+            changes = await self._repository.apply(dedup_key, facts, planner)
             observe_changes(trace.get_current_span(), changes, None)
         except InvoiceNotFound:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"invoice_id: no invoice {invoice_id}")

@@ -10,7 +10,7 @@ from invoicing_common.grpc_server import GrpcServer
 from invoicing_common.kafka import ProducerService
 from invoicing_common.streams import StreamApp
 from invoicing_status import agents
-from invoicing_status.api import StatusServicer, registrar
+from invoicing_status.api import ACCESS_POLICY, WATCH_METHOD, StatusServicer, registrar
 from invoicing_status.notifier import ChangeNotifier
 from invoicing_status.outbox import OutboxPublisher
 from invoicing_status.queries import StatusQueries
@@ -31,7 +31,7 @@ class StatusApp:
 def bootstrap(settings: StatusSettings) -> StatusApp:
     database = Database(settings.database_url, schema="status", migrations=files("invoicing_status") / "migrations")
     repository = StatusRepository(database)
-    kafka = ProducerService(settings.kafka_bootstrap_servers, client_id=f"{settings.otel_service_name}-outbox")
+    kafka = ProducerService(settings, client_id=f"{settings.otel_service_name}-outbox")
     publisher = OutboxPublisher(
         database,
         repository,
@@ -41,5 +41,10 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
     app = StreamApp(settings.otel_service_name, settings)
     agents.register(app, repository, publisher.wake, settings.status_batch_size, settings.status_batch_window_ms / 1000)
     notifier = ChangeNotifier(database)
-    server = GrpcServer(settings, registrar(StatusServicer(repository, StatusQueries(database), notifier)))
+    server = GrpcServer(
+        settings,
+        registrar(StatusServicer(repository, StatusQueries(database), notifier)),
+        ACCESS_POLICY,
+        limited_streams=frozenset({WATCH_METHOD}),
+    )
     return StatusApp(app=app, database=database, kafka=kafka, publisher=publisher, notifier=notifier, grpc=server)

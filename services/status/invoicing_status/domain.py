@@ -6,10 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from invoicing_status.lifecycle import (
-    BUYER_STATUSES,
     FINAL,
     REASON_REQUIRED,
-    SUPPLIER_STATUSES,
     Reason,
     Status,
     allowed_next,
@@ -122,16 +120,6 @@ class TransitionError(Exception):
 def _allowed_text(current: Status) -> str:
     nxt = sorted(allowed_next(current))
     return ", ".join(f"{s.value} {s.name}" for s in nxt) if nxt else "none (final status)"
-
-
-def check_role(role: str, new_code: int) -> None:
-    """Which party may ask for which status (the pipeline sets the others)."""
-    allowed = {"buyer": BUYER_STATUSES, "supplier": SUPPLIER_STATUSES}.get(role)
-    if allowed is None:
-        raise TransitionError("role", "role must be ACTOR_ROLE_BUYER or ACTOR_ROLE_SUPPLIER", False)
-    if new_code not in {s.value for s in allowed}:
-        codes = ", ".join(f"{s.value} {s.name}" for s in sorted(allowed))
-        raise TransitionError("status_code", f"role {role} may set {codes}; not {new_code}", False)
 
 
 def check_update(current: Status, new_code: int, reason: Reason | None) -> Status:

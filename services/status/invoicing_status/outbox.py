@@ -116,7 +116,7 @@ class OutboxPublisher(Service):
         if oldest is None:
             return 0
         since_ms = int((oldest - timedelta(seconds=_RECONCILE_MARGIN_SECONDS)).timestamp() * 1000)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._kafka.bootstrap_servers, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**self._kafka.kafka.kafka_client_kwargs(), enable_auto_commit=False)
         await consumer.start()
         found: list[int] = []
         try:

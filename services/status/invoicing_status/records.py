@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from invoicing.v1 import common_pb2, events_pb2
 
 from invoicing_common.ids import stage_event_id
+from invoicing_common.parties import buyer_sirens, seller_sirens
 from invoicing_status.domain import Change
 from invoicing_status.lifecycle import CHORUS_PRO, FRENCH_NAMES, UNCL4343, Status
 
@@ -62,6 +63,9 @@ class InvoiceView:
     routing: dict[str, Any] | None
     history: list[HistoryRow]
     received_at: datetime | None = None
+    submitter: str = ""
+    seller_sirens: frozenset[str] = frozenset()
+    buyer_sirens: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,9 @@ RECORD_FACTS = (
     " routing = COALESCE($8::jsonb, routing),"
     " invoice_number = CASE WHEN $9 <> '' THEN $9 ELSE invoice_number END,"
     " seller_ids = CASE WHEN cardinality($10::text[]) > 0 THEN $10 ELSE seller_ids END,"
-    " buyer_ids = CASE WHEN cardinality($11::text[]) > 0 THEN $11 ELSE buyer_ids END"
+    " buyer_ids = CASE WHEN cardinality($11::text[]) > 0 THEN $11 ELSE buyer_ids END,"
+    " seller_sirens = CASE WHEN $6::bytea IS NOT NULL THEN $12::text[] ELSE seller_sirens END,"
+    " buyer_sirens = CASE WHEN $6::bytea IS NOT NULL THEN $13::text[] ELSE buyer_sirens END"
     " WHERE invoice_id = $1"
 )
 SET_STATUS = (
@@ -114,6 +120,8 @@ def facts_args(facts: InvoiceFacts) -> tuple[Any, ...]:
         summary.invoice_number if summary is not None else "",
         _id_values(summary.seller_ids, summary.seller_vat_id) if summary is not None else [],
         _id_values(summary.buyer_ids, summary.buyer_vat_id) if summary is not None else [],
+        sorted(seller_sirens(summary)) if summary is not None else [],
+        sorted(buyer_sirens(summary)) if summary is not None else [],
     )
 
 

@@ -52,5 +52,6 @@ def bootstrap(settings: ValidateSettings) -> Validate:
     app = StreamApp(settings.otel_service_name, settings)
     pool = WorkerPool(settings.validate_workers)
     agents.register(app, pool.executor, settings.validate_workers, settings.validate_concurrency)
-    server = GrpcServer(settings, lambda _server: [])
+    # Health and reflection only: no method needs a policy.
+    server = GrpcServer(settings, lambda _server: [], policy={})
     return Validate(app=app, pool=pool, grpc=server)

@@ -8,8 +8,14 @@ from typing import Protocol
 from invoicing.v1 import common_pb2, events_pb2
 
 from invoicing_common.ids import stage_event_id
+from invoicing_common.parties import seller_sirens
 
 REJECTION_CODE = "REJ_SEMAN"
+# The seller is not a company the submitting account acts for. REJ_COH
+# ("incohérence") is the reform's code for a document inconsistent with
+# its context; the finding's rule says which inconsistency.
+SELLER_REJECTION_CODE = "REJ_COH"
+SELLER_RULE = "SELLER-ACCOUNT"
 
 _FORMATS = {
     "ubl-invoice": common_pb2.DOCUMENT_FORMAT_UBL_INVOICE,
@@ -73,18 +79,44 @@ def summary_to_proto(report: ReportLike) -> common_pb2.InvoiceSummary:
     return out
 
 
+def seller_finding(summary: common_pb2.InvoiceSummary, account_sirens: Sequence[str]) -> common_pb2.Finding | None:
+    """A fatal finding when the invoice's seller is not (only) a company the
+    submitting account acts for: every seller SIREN found (BT-30, BT-29,
+    the one inside the BT-31 VAT number) must be one of its SIRENs, and
+    there must be one. Names the invoice's own values, never the account's."""
+    found = seller_sirens(summary)
+    if not found:
+        message = (
+            "the seller has no French company identifier (a SIREN in BT-30, a SIRET in BT-29 or a French VAT "
+            "number in BT-31): the submitting account can only submit for the SIRENs it acts for"
+        )
+    else:
+        foreign = sorted(found - set(account_sirens))
+        if not foreign:
+            return None
+        message = f"seller SIREN {', '.join(foreign)} is not a company the submitting account acts for"
+    return common_pb2.Finding(rule=SELLER_RULE, severity=common_pb2.SEVERITY_FATAL, location="BT-30", message=message)
+
+
 def validated_event(received: events_pb2.InvoiceReceived, report: ReportLike) -> events_pb2.InvoiceValidated:
     findings = [finding_to_proto(f) for f in report.findings]
+    summary = summary_to_proto(report)
+    # A document that could not be read has no parties to check.
+    seller = seller_finding(summary, received.submitter_sirens) if report.format else None
     event = events_pb2.InvoiceValidated(
         event_id=stage_event_id(received.invoice.invoice_id, "validated"),
         invoice=received.invoice,
-        valid=report.valid,
-        findings=findings,
-        summary=summary_to_proto(report),
+        valid=report.valid and seller is None,
+        findings=[*findings, seller] if seller is not None else findings,
+        summary=summary,
     )
-    if report.valid:
+    if event.valid:
         event.document = received.document
+    elif report.valid and seller is not None:
+        event.reason.code = SELLER_REJECTION_CODE
+        event.reason.text = seller.message[:1000]
     else:
+        # The rules' verdict comes first; a seller finding is listed too.
         fatal = [f for f in report.findings if f.severity != "warning"]
         first = fatal[0] if fatal else None
         text = f"{len(fatal)} fatal finding(s)" + (f"; first: {first.rule}: {first.message}" if first else "")

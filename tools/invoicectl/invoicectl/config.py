@@ -1,28 +1,68 @@
-"""Where the CLI finds the system: environment variables (as written to
-.run/env by `make up`), defaulting to the local stack's ports."""
+"""Where the CLI finds the system and who it is there: environment
+variables (as written to .run/env by `make up`), defaulting to the local
+stack's ports.
+
+Every gRPC call goes over TLS (the server is verified against
+INVOICING_CA_FILE, or the system's roots) with an OAuth2 access token
+obtained by client credentials (INVOICING_CLIENT_ID and
+INVOICING_CLIENT_SECRET at INVOICING_TOKEN_URL), cached and renewed before
+it expires. Kafka readers use the KAFKA_* settings (in .run/env: the
+read-only `operator` principal).
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cache
+
+import grpc
+
+from invoicing_common.auth.client import ClientConfig, TokenSource, secure_channel
+from invoicing_common.settings import KafkaClientSettings
+
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
 
 
 @dataclass(frozen=True)
 class Endpoints:
     ingest: str
     status: str
-    kafka: str
+    route: str
 
     @classmethod
     def from_env(cls) -> Endpoints:
         return cls(
             ingest=os.environ.get("INGEST_ADDR", "127.0.0.1:17001"),
             status=os.environ.get("STATUS_ADDR", "127.0.0.1:17004"),
-            kafka=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092"),
+            route=os.environ.get("ROUTE_ADDR", "127.0.0.1:17003"),
         )
 
+    @property
+    def kafka(self) -> KafkaClientSettings:
+        return kafka_settings()
 
-GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-]
+
+@cache
+def kafka_settings() -> KafkaClientSettings:
+    return KafkaClientSettings()
+
+
+@cache
+def client_config() -> ClientConfig:
+    """Raises ConfigError naming the variables that are missing."""
+    return ClientConfig.from_env()
+
+
+@cache
+def token_source() -> TokenSource:
+    config = client_config()
+    return TokenSource(config.token_url, config.client_id, config.client_secret, config.ca_file)
+
+
+def channel(address: str) -> grpc.aio.Channel:
+    """A TLS channel whose every call carries the account's access token."""
+    return secure_channel(address, token_source(), client_config().ca_file, GRPC_OPTIONS)

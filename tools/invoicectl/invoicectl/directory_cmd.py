@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from invoicing.v1 import common_pb2, directory_pb2, directory_pb2_grpc, events_p
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from invoicectl.config import GRPC_OPTIONS
+from invoicectl.config import Endpoints, channel
 
 directory_app = typer.Typer(
     help="Load and query the buyer directory (served by the route service).",
@@ -43,10 +42,6 @@ _TRUE = frozenset({"1", "true", "yes", "y", "t", "oui", "o"})
 _FALSE = frozenset({"", "0", "false", "no", "n", "f", "non"})
 BATCH_ROWS = 10_000
 MAX_PRINTED_REJECTIONS = 1000
-
-
-def route_address() -> str:
-    return os.environ.get("ROUTE_ADDR", "127.0.0.1:17003")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -167,8 +162,8 @@ async def _import(path: Path, columns: tuple[str, ...], fill: Filler, show_progr
                 yield request
                 progress.advance(task, rows)
 
-        async with grpc.aio.insecure_channel(route_address(), options=GRPC_OPTIONS) as channel:
-            stub = directory_pb2_grpc.DirectoryServiceStub(channel)
+        async with channel(Endpoints.from_env().route) as route:
+            stub = directory_pb2_grpc.DirectoryServiceStub(route)
             reply: directory_pb2.ImportResponse = await stub.Import(requests(), timeout=3600)
     rejected += [Rejected(r.line, r.field, r.message) for r in reply.rejected]
     rejected.sort(key=lambda r: r.line)
@@ -237,8 +232,8 @@ def _timestamp(text: str) -> Any:
 
 def _call(method: str, request: Any) -> Any:
     async def run() -> Any:
-        async with grpc.aio.insecure_channel(route_address(), options=GRPC_OPTIONS) as channel:
-            stub = directory_pb2_grpc.DirectoryServiceStub(channel)
+        async with channel(Endpoints.from_env().route) as route:
+            stub = directory_pb2_grpc.DirectoryServiceStub(route)
             return await getattr(stub, method)(request, timeout=30)
 
     try:

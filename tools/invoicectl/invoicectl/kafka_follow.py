@@ -10,12 +10,13 @@ from invoicing.v1 import events_pb2
 
 from invoicing_common import topics
 from invoicing_common.kafka import assign_all
+from invoicing_common.settings import KafkaClientSettings
 
 
 class StatusFollower:
-    def __init__(self, bootstrap_servers: str, from_beginning: bool = False) -> None:
+    def __init__(self, kafka: KafkaClientSettings, from_beginning: bool = False) -> None:
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
+            **kafka.kafka_client_kwargs(),
             enable_auto_commit=False,
             auto_offset_reset="earliest" if from_beginning else "latest",
             client_id="invoicectl",

@@ -1,7 +1,9 @@
 """invoicectl: submit invoices, read their status, follow the status stream.
 
-Exit codes: 0 success; 1 the operation ran but failed (not found, refused,
-timed out); 2 usage or I/O error.
+Every call authenticates as the account in INVOICING_CLIENT_ID /
+INVOICING_CLIENT_SECRET (see invoicectl.config). Exit codes: 0 success; 1
+the operation ran but failed (not found, refused, timed out); 2 usage,
+configuration, credentials or I/O error.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from invoicing.v1 import events_pb2, ingest_pb2, ingest_pb2_grpc, status_pb2, st
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from invoicectl.accounts_cmd import accounts_app, token
 from invoicectl.bench.cli import bench
-from invoicectl.config import GRPC_OPTIONS, Endpoints
+from invoicectl.config import Endpoints, channel
 from invoicectl.directory_cmd import directory_app
 from invoicectl.kafka_follow import StatusFollower
 from invoicectl.render import (
@@ -33,13 +36,16 @@ from invoicectl.render import (
     status_event_line,
 )
 from invoicectl.validate_cmd import validate
+from invoicing_common.auth.client import ConfigError, TokenError
 
 app = typer.Typer(help="Command-line client for the invoicing pipeline.", no_args_is_help=True, add_completion=False)
 out = Console(highlight=False, soft_wrap=True, markup=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 app.command()(validate)
 app.command()(bench)
+app.command()(token)
 app.add_typer(directory_app, name="directory")
+app.add_typer(accounts_app, name="accounts")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -60,8 +66,8 @@ def _read(files: list[Path]) -> list[tuple[Path, bytes]]:
 async def _submit(
     endpoints: Endpoints, docs: list[tuple[Path, bytes]], key: str, show_progress: bool
 ) -> list[ingest_pb2.SubmitInvoiceResponse]:
-    async with grpc.aio.insecure_channel(endpoints.ingest, options=GRPC_OPTIONS) as channel:
-        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+    async with channel(endpoints.ingest) as ingest:
+        stub = ingest_pb2_grpc.IngestServiceStub(ingest)
         if len(docs) == 1:
             path, data = docs[0]
             request = ingest_pb2.SubmitInvoiceRequest(document=data, filename=path.name, idempotency_key=key)
@@ -165,8 +171,8 @@ def submit(
 
 
 async def _get_invoice(endpoints: Endpoints, invoice_id: str) -> status_pb2.GetInvoiceResponse:
-    async with grpc.aio.insecure_channel(endpoints.status, options=GRPC_OPTIONS) as channel:
-        stub = status_pb2_grpc.StatusServiceStub(channel)
+    async with channel(endpoints.status) as status_channel:
+        stub = status_pb2_grpc.StatusServiceStub(status_channel)
         reply: status_pb2.GetInvoiceResponse = await stub.GetInvoice(
             status_pb2.GetInvoiceRequest(invoice_id=invoice_id), timeout=30
         )
@@ -249,8 +255,8 @@ def list_invoices(
     async def fetch() -> list[status_pb2.InvoiceListItem]:
         items: list[status_pb2.InvoiceListItem] = []
         token = ""
-        async with grpc.aio.insecure_channel(endpoints.status, options=GRPC_OPTIONS) as channel:
-            stub = status_pb2_grpc.StatusServiceStub(channel)
+        async with channel(endpoints.status) as status_channel:
+            stub = status_pb2_grpc.StatusServiceStub(status_channel)
             while True:
                 size = min(page_size, limit - len(items)) if limit else page_size
                 reply = await stub.ListInvoices(
@@ -279,28 +285,26 @@ def update(
     status_code: Annotated[int, typer.Option("--status", help="New status code, e.g. 204.")],
     reason_code: Annotated[str, typer.Option(help="Reason code (required for 206, 207, 208, 210).")] = "",
     reason: Annotated[str, typer.Option(help="Reason text.")] = "",
-    role: Annotated[str, typer.Option(help="buyer (204-208, 210, 211) or supplier (209, 212).")] = "",
-    actor: Annotated[str, typer.Option(help="Who acts, recorded in the history.")] = "",
+    role: Annotated[str, typer.Option(hidden=True, help="Ignored (the account's role decides).")] = "",
+    actor: Annotated[str, typer.Option(hidden=True, help="Ignored (the history records the account).")] = "",
     request_id: Annotated[str, typer.Option(help="Retry key: the same id applies once.")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
 ) -> None:
-    """Move an invoice on in its lifecycle (buyer or supplier action)."""
-    roles = {"buyer": status_pb2.ACTOR_ROLE_BUYER, "supplier": status_pb2.ACTOR_ROLE_SUPPLIER}
-    chosen = role or ("supplier" if status_code in (209, 212) else "buyer")
-    if chosen not in roles:
-        raise _fail("--role must be buyer or supplier", 2)
+    """Move an invoice on in its lifecycle: buyer statuses (204-208, 210, 211)
+    need an account acting for the buyer, supplier statuses (209, 212) one
+    acting for the seller."""
+    if role or actor:
+        err.print("[yellow]warning:[/yellow] --role and --actor are ignored: the account's token decides who acts")
     endpoints = Endpoints.from_env()
-    request = status_pb2.UpdateStatusRequest(
-        invoice_id=invoice_id, status_code=status_code, role=roles[chosen], actor=actor, request_id=request_id
-    )
+    request = status_pb2.UpdateStatusRequest(invoice_id=invoice_id, status_code=status_code, request_id=request_id)
     if reason_code or reason:
         request.reason.code, request.reason.text = reason_code, reason
 
     async def call() -> status_pb2.UpdateStatusResponse:
-        async with grpc.aio.insecure_channel(endpoints.status, options=GRPC_OPTIONS) as channel:
-            reply: status_pb2.UpdateStatusResponse = await status_pb2_grpc.StatusServiceStub(channel).UpdateStatus(
-                request, timeout=30
-            )
+        async with channel(endpoints.status) as status_channel:
+            reply: status_pb2.UpdateStatusResponse = await status_pb2_grpc.StatusServiceStub(
+                status_channel
+            ).UpdateStatus(request, timeout=30)
             return reply
 
     try:
@@ -354,8 +358,8 @@ def watch(
             filter=_filter(seller, buyer, status_codes, since, until), from_position=from_position
         )
         seen = 0
-        async with grpc.aio.insecure_channel(endpoints.status, options=GRPC_OPTIONS) as channel:
-            async for reply in status_pb2_grpc.StatusServiceStub(channel).WatchInvoices(request):
+        async with channel(endpoints.status) as status_channel:
+            async for reply in status_pb2_grpc.StatusServiceStub(status_channel).WatchInvoices(request):
                 show(reply.event, reply.position)
                 seen += 1
                 if limit and seen >= limit:
@@ -384,3 +388,13 @@ def reconcile_command(
     result = asyncio.run(reconcile(database_url, Endpoints.from_env().kafka, ids))
     out.print(json.dumps(result.as_json(), indent=2))
     raise typer.Exit(0 if result.ok else 1)
+
+
+def main() -> None:
+    """Console entry point: configuration and credential problems end with
+    a one-line message and exit code 2, not a traceback."""
+    try:
+        app()
+    except (ConfigError, TokenError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)

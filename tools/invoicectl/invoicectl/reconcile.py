@@ -19,6 +19,7 @@ from invoicing.v1 import events_pb2
 
 from invoicing_common import topics
 from invoicing_common.kafka import assign_all, read_to_end
+from invoicing_common.settings import KafkaClientSettings
 
 PIPELINE_OUTCOMES = {201, 203, 213}
 
@@ -60,10 +61,10 @@ async def _history(database_url: str, invoice_ids: list[str]) -> dict[str, list[
     return out
 
 
-async def _events(bootstrap: str, wanted: set[str]) -> dict[str, list[tuple[int, int]]]:
+async def _events(kafka: KafkaClientSettings, wanted: set[str]) -> dict[str, list[tuple[int, int]]]:
     """(sequence, status) per invoice, read from every partition up to its
     end offset at call time."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka.kafka_client_kwargs(), enable_auto_commit=False)
     await consumer.start()
     out: dict[str, list[tuple[int, int]]] = defaultdict(list)
     try:
@@ -83,12 +84,12 @@ async def _events(bootstrap: str, wanted: set[str]) -> dict[str, list[tuple[int,
     return out
 
 
-async def reconcile(database_url: str, bootstrap: str, invoice_ids: list[str]) -> Reconciliation:
+async def reconcile(database_url: str, kafka: KafkaClientSettings, invoice_ids: list[str]) -> Reconciliation:
     # Imported late: the lifecycle table lives with the status service.
     from invoicing_status.lifecycle import Status, is_allowed
 
     history = await _history(database_url, invoice_ids)
-    events = await _events(bootstrap, set(invoice_ids))
+    events = await _events(kafka, set(invoice_ids))
     result = Reconciliation(invoices=len(invoice_ids))
     for invoice_id in invoice_ids:
         rows, published = history.get(invoice_id, []), events.get(invoice_id, [])

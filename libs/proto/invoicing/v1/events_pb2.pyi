@@ -62,6 +62,7 @@ class InvoiceRef(_message.Message):
     """
     filename: _builtins.str
     submitter: _builtins.str
+    """The authenticated account that submitted it (its token's subject)."""
     trace_id: _builtins.str
     @_builtins.property
     def received_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -94,12 +95,19 @@ class InvoiceReceived(_message.Message):
     DOCUMENT_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    SUBMITTER_SIRENS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     document: _builtins.bytes
     sha256: _builtins.str
     idempotency_key: _builtins.str
     @_builtins.property
     def invoice(self) -> Global___InvoiceRef: ...
+    @_builtins.property
+    def submitter_sirens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The SIRENs the submitting account acts for (from its access token):
+        validate rejects an invoice whose seller is not one of them.
+        """
+
     def __init__(
         self,
         *,
@@ -108,10 +116,11 @@ class InvoiceReceived(_message.Message):
         document: _builtins.bytes = ...,
         sha256: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
+        submitter_sirens: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "event_id", b"event_id", "idempotency_key", b"idempotency_key", "invoice", b"invoice", "sha256", b"sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "event_id", b"event_id", "idempotency_key", b"idempotency_key", "invoice", b"invoice", "sha256", b"sha256", "submitter_sirens", b"submitter_sirens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -20,6 +20,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _ActorRole:
@@ -340,6 +345,11 @@ Global___WatchInvoicesResponse: _TypeAlias = WatchInvoicesResponse  # noqa: Y015
 
 @_typing.final
 class UpdateStatusRequest(_message.Message):
+    """The caller's part is not asked for: buyer statuses need an account with
+    the buyer role acting for the invoice's buyer, supplier statuses one with
+    the supplier role acting for its seller (docs/security.md).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INVOICE_ID_FIELD_NUMBER: _builtins.int
@@ -350,9 +360,26 @@ class UpdateStatusRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     invoice_id: _builtins.str
     status_code: _builtins.int
-    role: Global___ActorRole.ValueType
-    actor: _builtins.str
-    """Who acts (free text, recorded in the history), e.g. a user or system id."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def role(self) -> Global___ActorRole.ValueType:
+        """Ignored: the role follows from the access token and the invoice's parties."""
+
+    @role.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def role(self, value: Global___ActorRole.ValueType) -> None:
+        """Ignored: the role follows from the access token and the invoice's parties."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def actor(self) -> _builtins.str:
+        """Ignored: the history records the authenticated subject."""
+
+    @actor.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def actor(self, value: _builtins.str) -> None:
+        """Ignored: the history records the authenticated subject."""
+
     request_id: _builtins.str
     """Client-chosen id; a retry with the same id applies once."""
     @_builtins.property

@@ -34,10 +34,11 @@ from lxml import etree
 
 from invoicectl.bench.generator import BenchDocument
 from invoicectl.bench.report import GrpcBaseline, KafkaBaseline, Latency, ValidationBaseline, rate
-from invoicectl.bench.runner import BenchError, Submitter, Tick, wait_ready
+from invoicectl.bench.runner import Authorize, BenchError, Submitter, Tick, wait_ready
 from invoicectl.config import GRPC_OPTIONS
 from invoicing_common import topics
 from invoicing_common.kafka import ensure_topics, producer
+from invoicing_common.settings import KafkaClientSettings
 from invoicing_validate.validation.artefacts import Artefacts
 from invoicing_validate.validation.engine import plan_checks
 from invoicing_validate.validation.formats import classify_root
@@ -66,13 +67,44 @@ class _BareIngest(ingest_pb2_grpc.IngestServiceServicer):
         yield ingest_pb2.SubmitInvoiceResponse()  # unreachable: abort raises
 
 
-async def _serve_bare(control: Connection) -> None:
+def _throwaway_certificate() -> tuple[bytes, bytes]:
+    """A self-signed certificate for 127.0.0.1: the bare server speaks TLS,
+    as ingest does, so the ceiling includes the same transport cost."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench-bare-grpc")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+async def _serve_bare(control: Connection, cert: bytes, key: bytes) -> None:
     limit = 32 * 1024 * 1024
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
     )
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(_BareIngest(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
     await server.start()
     control.send(port)
     # Serve until the parent says stop (or goes away: recv raises EOFError).
@@ -81,23 +113,29 @@ async def _serve_bare(control: Connection) -> None:
     await server.stop(1.0)
 
 
-def serve_bare_grpc(control: Connection) -> None:
+def serve_bare_grpc(control: Connection, cert: bytes, key: bytes) -> None:
     """Entry point of the bare server's process."""
-    asyncio.run(_serve_bare(control))
+    asyncio.run(_serve_bare(control, cert, key))
 
 
-async def grpc_baseline(documents: Sequence[BenchDocument], concurrency: int, on_request: Tick) -> GrpcBaseline:
+async def grpc_baseline(
+    documents: Sequence[BenchDocument], concurrency: int, authorize: Authorize, on_request: Tick
+) -> GrpcBaseline:
+    """The bare server checks no token; the same bearer metadata is sent so
+    that the requests are the same size."""
+    cert, key = _throwaway_certificate()
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
-    process = context.Process(target=serve_bare_grpc, args=(child,), name="bench-bare-grpc", daemon=True)
+    process = context.Process(target=serve_bare_grpc, args=(child, cert, key), name="bench-bare-grpc", daemon=True)
     process.start()
     try:
         if not await asyncio.to_thread(parent.poll, START_TIMEOUT_SECONDS):
             raise BenchError("the bare gRPC server did not start")
         address = f"127.0.0.1:{parent.recv()}"
-        async with grpc.aio.insecure_channel(address, options=GRPC_OPTIONS) as channel:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert)
+        async with grpc.aio.secure_channel(address, credentials, options=GRPC_OPTIONS) as channel:
             await wait_ready(channel, address)
-            client = Submitter(ingest_pb2_grpc.IngestServiceStub(channel), "bench-baseline", on_request)
+            client = Submitter(ingest_pb2_grpc.IngestServiceStub(channel), authorize, on_request)
             t0 = time.perf_counter()
             sent = await client.closed_loop(documents, concurrency)
             elapsed = time.perf_counter() - t0
@@ -120,25 +158,25 @@ async def grpc_baseline(documents: Sequence[BenchDocument], concurrency: int, on
 
 
 async def kafka_baseline(
-    bootstrap: str, documents: Sequence[BenchDocument], partitions: int, window: int, on_record: Tick
+    kafka: KafkaClientSettings, documents: Sequence[BenchDocument], partitions: int, window: int, on_record: Tick
 ) -> KafkaBaseline:
     """Produce every payload (at most ``window`` unacknowledged) with ingest's
     producer settings while a group-less consumer reads them back."""
     topic = f"invoicing.bench.{uuid.uuid4().hex[:12]}"
-    await ensure_topics(bootstrap, partitions, [topic])
+    await ensure_topics(kafka, partitions, [topic])
     payloads = [d.data for d in documents]
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **kafka.kafka_client_kwargs(),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_bytes=topics.MAX_MESSAGE_BYTES,
         max_partition_fetch_bytes=topics.MAX_MESSAGE_BYTES,
         client_id="invoicectl-bench",
     )
-    kafka = producer(bootstrap, "invoicectl-bench")
+    sender = producer(kafka, "invoicectl-bench")
     try:
         await consumer.start()
-        await kafka.start()
+        await sender.start()
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
         # A new, empty topic starts at offset 0: no need to ask the broker.
@@ -163,7 +201,7 @@ async def kafka_baseline(
         t0 = time.perf_counter()
         for i, payload in enumerate(payloads):
             await in_flight.acquire()
-            future = await kafka.send(topic, value=payload, key=str(i).encode())
+            future = await sender.send(topic, value=payload, key=str(i).encode())
             future.add_done_callback(done)
             futures.append(future)
         await asyncio.gather(*futures)
@@ -174,9 +212,9 @@ async def kafka_baseline(
             message = f"the Kafka baseline did not read its records back in {KAFKA_TIMEOUT_SECONDS:.0f}s"
             raise BenchError(message) from None
     finally:
-        await kafka.stop()
+        await sender.stop()
         await consumer.stop()
-        await _delete_topic(bootstrap, topic)
+        await _delete_topic(kafka, topic)
     return KafkaBaseline(
         records=len(payloads),
         payload_bytes_mean=round(sum(map(len, payloads)) / max(len(payloads), 1), 1),
@@ -186,8 +224,8 @@ async def kafka_baseline(
     )
 
 
-async def _delete_topic(bootstrap: str, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="invoicectl-bench")
+async def _delete_topic(kafka: KafkaClientSettings, topic: str) -> None:
+    admin = AIOKafkaAdminClient(**kafka.kafka_client_kwargs(), client_id="invoicectl-bench")
     await admin.start()
     try:
         await admin.delete_topics([topic])

@@ -26,11 +26,13 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from invoicectl.accounts import Account, AccountError, AccountsAdmin
 from invoicectl.bench.baselines import grpc_baseline, kafka_baseline, validation_baseline
-from invoicectl.bench.generator import BenchDocument, Generator, mix
+from invoicectl.bench.generator import BenchDocument, Generator, Seller, mix
 from invoicectl.bench.report import Baselines, BenchReport, ValidationBaseline, render
-from invoicectl.bench.runner import BenchError, Mode, Tick, run_pipeline
-from invoicectl.config import Endpoints
+from invoicectl.bench.runner import Authorize, BenchError, Metadata, Mode, Tick, run_pipeline
+from invoicectl.config import Endpoints, client_config, token_source
+from invoicing_common.auth.client import TokenError, TokenSource
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -75,6 +77,41 @@ def _generate(generator: Generator, count: int, invalid_share: float, progress: 
     return documents
 
 
+class SellerAccounts:
+    """One supplier account per seller of the run, made in the identity
+    provider before the load and deleted after it: the pipeline sees many
+    tenants, each authenticated with its own token, as in production."""
+
+    def __init__(self, run_id: str) -> None:
+        config = client_config()
+        self._config = config
+        self._admin = AccountsAdmin(config.token_url, token_source(), config.ca_file)
+        self._run_id = run_id
+        self._accounts: list[Account] = []
+        self._tokens: dict[str, TokenSource] = {}
+
+    def create(self, sellers: list[Seller], tick: Tick) -> None:
+        for number, seller in enumerate(sellers):
+            account = self._admin.create(["supplier"], [seller.siren], name=f"bench-{self._run_id}-{number:03d}")
+            self._accounts.append(account)
+            source = TokenSource(self._config.token_url, account.client_id, account.client_secret, self._config.ca_file)
+            source.token()  # fetched now, not during the measured window
+            self._tokens[seller.siren] = source
+            tick()
+
+    def delete(self, tick: Tick) -> None:
+        for account in self._accounts:
+            self._admin.delete(account.client_id)
+            tick()
+        for source in self._tokens.values():
+            source.close()
+
+    def authorize(self, document: BenchDocument) -> Metadata:
+        # Cached by the source: renewed (one blocking fetch) only when
+        # the token nears its end, every few minutes of a long run.
+        return (("authorization", f"Bearer {self._tokens[document.seller.siren].token()}"),)
+
+
 def bench(
     count: Annotated[int, typer.Option(min=1, help="Distinct invoices to submit.")] = 1000,
     mode: Annotated[Mode, typer.Option(help="closed: fixed concurrency; open: fixed arrival rate.")] = Mode.CLOSED,
@@ -102,50 +139,58 @@ def bench(
     run_id = uuid.uuid4().hex[:8]
     generator = Generator(run_id, seed=seed)
 
+    accounts = SellerAccounts(run_id)
+    sellers = generator.sellers
+
     async def run() -> BenchReport:
         with _progress() as progress:
-            documents = _generate(generator, count, invalid_share, progress)
-            subset = documents[: min(baseline_count, len(documents))]
-            chunks = -(-len(subset) // 20)
-            validation_runs: list[ValidationBaseline] = []
-            if baselines:
-                # Once before the pipeline phase and once after: the machine
-                # drifts, and the mean of both is the ceiling.
-                with _step(progress, "ceiling: validation, before", chunks) as tick:
-                    validation_runs.append(
-                        await asyncio.to_thread(validation_baseline, subset, validation_workers, tick)
-                    )
-            with (
-                _step(progress, "submitted (acknowledged)", count) as on_ack,
-                _step(progress, "final status", count) as on_final,
-            ):
-                pipeline = await run_pipeline(
-                    endpoints,
-                    documents,
-                    mode=mode,
-                    concurrency=concurrency,
-                    per_second=rate,
-                    submitter=f"bench-{run_id}",
-                    idle_timeout=idle_timeout,
-                    on_ack=on_ack,
-                    on_final=on_final,
-                )
-            ceilings = Baselines()
-            if baselines:
-                with _step(progress, "ceiling: bare gRPC", len(subset)) as tick:
-                    ceilings.ingest_grpc = await grpc_baseline(subset, concurrency, tick)
-                with _step(progress, "ceiling: Kafka", len(subset)) as tick:
-                    ceilings.kafka = await kafka_baseline(endpoints.kafka, subset, partitions, 1000, tick)
-                with _step(progress, "ceiling: validation, after", chunks) as tick:
-                    validation_runs.append(
-                        await asyncio.to_thread(validation_baseline, subset, validation_workers, tick)
-                    )
-                ceilings.validation = ValidationBaseline.combined(validation_runs)
+            with _step(progress, "accounts (one per seller)", len(sellers)) as tick:
+                await asyncio.to_thread(accounts.create, sellers, tick)
+            try:
+                return await measure(progress, accounts.authorize)
+            finally:
+                with _step(progress, "accounts removed", len(sellers)) as tick:
+                    await asyncio.to_thread(accounts.delete, tick)
+
+    async def measure(progress: Progress, authorize: Authorize) -> BenchReport:
+        documents = _generate(generator, count, invalid_share, progress)
+        subset = documents[: min(baseline_count, len(documents))]
+        chunks = -(-len(subset) // 20)
+        validation_runs: list[ValidationBaseline] = []
+        if baselines:
+            # Once before the pipeline phase and once after: the machine
+            # drifts, and the mean of both is the ceiling.
+            with _step(progress, "ceiling: validation, before", chunks) as tick:
+                validation_runs.append(await asyncio.to_thread(validation_baseline, subset, validation_workers, tick))
+        with (
+            _step(progress, "submitted (acknowledged)", count) as on_ack,
+            _step(progress, "final status", count) as on_final,
+        ):
+            pipeline = await run_pipeline(
+                endpoints,
+                documents,
+                mode=mode,
+                concurrency=concurrency,
+                per_second=rate,
+                authorize=authorize,
+                idle_timeout=idle_timeout,
+                on_ack=on_ack,
+                on_final=on_final,
+            )
+        ceilings = Baselines()
+        if baselines:
+            with _step(progress, "ceiling: bare gRPC", len(subset)) as tick:
+                ceilings.ingest_grpc = await grpc_baseline(subset, concurrency, authorize, tick)
+            with _step(progress, "ceiling: Kafka", len(subset)) as tick:
+                ceilings.kafka = await kafka_baseline(endpoints.kafka, subset, partitions, 1000, tick)
+            with _step(progress, "ceiling: validation, after", chunks) as tick:
+                validation_runs.append(await asyncio.to_thread(validation_baseline, subset, validation_workers, tick))
+            ceilings.validation = ValidationBaseline.combined(validation_runs)
         return BenchReport(run_id=run_id, pipeline=pipeline, baselines=ceilings, mix=mix(documents))
 
     try:
         report = asyncio.run(run())
-    except BenchError as exc:
+    except (BenchError, AccountError, TokenError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     except grpc.aio.AioRpcError as exc:

@@ -155,6 +155,10 @@ class Generator:
         self._templates = {name: etree.fromstring((samples / name).read_bytes(), parser) for name in names}
         self._pdf = blank_pdf()
 
+    @property
+    def sellers(self) -> list[Seller]:
+        return list(self._sellers)
+
     def document(self, index: int, kind: Kind, expect_valid: bool) -> BenchDocument:
         seller = self._sellers[index % len(self._sellers)]
         number = f"BENCH-{self.run_id}-{index:07d}"

@@ -28,8 +28,9 @@ from invoicing.v1 import ingest_pb2, ingest_pb2_grpc
 
 from invoicectl.bench.generator import BenchDocument
 from invoicectl.bench.report import Latency, PipelineFigures, rate, steady_rate
-from invoicectl.config import GRPC_OPTIONS, Endpoints
+from invoicectl.config import GRPC_OPTIONS, Endpoints, client_config
 from invoicectl.kafka_follow import StatusFollower
+from invoicing_common.auth.client import secure_channel
 
 FINAL_CODES = frozenset({201, 203, 213})
 REJECTED = 213
@@ -37,6 +38,10 @@ SUBMIT_TIMEOUT_SECONDS = 120.0
 CONNECT_TIMEOUT_SECONDS = 10.0
 
 Tick = Callable[[], None]
+Metadata = tuple[tuple[str, str], ...]
+# The call metadata that authenticates a document's submission (the bearer
+# token of its seller's account).
+Authorize = Callable[[BenchDocument], Metadata]
 
 
 class Mode(StrEnum):
@@ -67,18 +72,21 @@ async def wait_ready(channel: grpc.aio.Channel, address: str) -> None:
 
 
 class Submitter:
-    """SubmitInvoice calls on one channel (HTTP/2 multiplexes them)."""
+    """SubmitInvoice calls on one channel (HTTP/2 multiplexes them), each
+    as the account of its document's seller."""
 
-    def __init__(self, stub: ingest_pb2_grpc.IngestServiceStub, submitter: str, on_ack: Tick) -> None:
+    def __init__(self, stub: ingest_pb2_grpc.IngestServiceStub, authorize: Authorize, on_ack: Tick) -> None:
         self._stub = stub
-        self._metadata = (("x-submitter", submitter),)
+        self._authorize = authorize
         self._on_ack = on_ack
 
     async def send(self, document: BenchDocument, start: float) -> Sent:
         sent = Sent(document, start)
         request = ingest_pb2.SubmitInvoiceRequest(document=document.data, filename=document.filename)
         try:
-            reply = await self._stub.SubmitInvoice(request, metadata=self._metadata, timeout=SUBMIT_TIMEOUT_SECONDS)
+            reply = await self._stub.SubmitInvoice(
+                request, metadata=self._authorize(document), timeout=SUBMIT_TIMEOUT_SECONDS
+            )
         except grpc.aio.AioRpcError as exc:
             sent.error = exc.code().name
         else:
@@ -162,7 +170,7 @@ async def run_pipeline(
     mode: Mode,
     concurrency: int,
     per_second: float,
-    submitter: str,
+    authorize: Authorize,
     idle_timeout: float,
     on_ack: Tick,
     on_final: Tick,
@@ -171,14 +179,15 @@ async def run_pipeline(
     try:
         await follower.start()
     except Exception as exc:
-        raise BenchError(f"cannot follow the status topic on {endpoints.kafka}: {exc}") from exc
+        raise BenchError(f"cannot follow the status topic on {endpoints.kafka.kafka_bootstrap_servers}: {exc}") from exc
     tracker = FinalTracker(follower, on_final)
     following = asyncio.create_task(tracker.run())
 
     try:
-        async with grpc.aio.insecure_channel(endpoints.ingest, options=GRPC_OPTIONS) as channel:
+        # Tokens go per call (each seller's own), not as channel credentials.
+        async with secure_channel(endpoints.ingest, None, client_config().ca_file, GRPC_OPTIONS) as channel:
             await wait_ready(channel, endpoints.ingest)
-            client = Submitter(ingest_pb2_grpc.IngestServiceStub(channel), submitter, on_ack)
+            client = Submitter(ingest_pb2_grpc.IngestServiceStub(channel), authorize, on_ack)
             t0 = time.perf_counter()
             if mode is Mode.CLOSED:
                 sent = await client.closed_loop(documents, concurrency)
