@@ -1,7 +1,8 @@
-// Applies Kafka principals (SCRAM credentials) and ACLs to any cluster,
-// through the Java Admin API that ships with the broker (kafka-clients).
-// aiokafka has no ACL or SCRAM admin calls, and Kafka's own CLI needs one
-// JVM start per resource pattern; this is one JVM for the whole list.
+// Makes a cluster's principals (SCRAM credentials) and ACLs what a list
+// says, through the Java Admin API that ships with the broker
+// (kafka-clients). aiokafka has no ACL or SCRAM admin calls, and Kafka's own
+// CLI needs one JVM start per resource pattern; this is one JVM for the
+// whole list.
 //
 //   java -cp 'KAFKA_JARS/*' deploy/kafka/Provision.java CLIENT_PROPERTIES < commands
 //
@@ -10,11 +11,13 @@
 // never appear in a process listing, one per line:
 //
 //   scram USER PASSWORD
+//   keep USER                 a SCRAM user not to remove (set up otherwise)
 //   acl PRINCIPAL RESOURCE_TYPE PATTERN_TYPE NAME OPERATION
 //
 // e.g. "acl User:ingest TOPIC LITERAL invoicing.invoice.received.v1 WRITE".
-// Both are idempotent: an existing credential is replaced, an existing ACL
-// is left as it is.
+// The list is the whole truth: credentials are set (an existing one is
+// replaced), ACLs are added, and ACLs and SCRAM users that are not listed
+// (nor kept) are removed, so a grant taken out of the list is revoked.
 
 import java.io.BufferedReader;
 import java.io.FileInputStream;
@@ -22,16 +25,21 @@ import java.io.InputStream;
 import java.io.InputStreamReader;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
+import java.util.HashSet;
 import java.util.List;
 import java.util.Properties;
+import java.util.Set;
 import java.util.concurrent.TimeUnit;
 import org.apache.kafka.clients.admin.Admin;
 import org.apache.kafka.clients.admin.ScramCredentialInfo;
 import org.apache.kafka.clients.admin.ScramMechanism;
 import org.apache.kafka.clients.admin.UserScramCredentialAlteration;
+import org.apache.kafka.clients.admin.UserScramCredentialDeletion;
 import org.apache.kafka.clients.admin.UserScramCredentialUpsertion;
+import org.apache.kafka.clients.admin.UserScramCredentialsDescription;
 import org.apache.kafka.common.acl.AccessControlEntry;
 import org.apache.kafka.common.acl.AclBinding;
+import org.apache.kafka.common.acl.AclBindingFilter;
 import org.apache.kafka.common.acl.AclOperation;
 import org.apache.kafka.common.acl.AclPermissionType;
 import org.apache.kafka.common.resource.PatternType;
@@ -49,7 +57,8 @@ public class Provision {
             props.load(in);
         }
         List<UserScramCredentialAlteration> scram = new ArrayList<>();
-        List<AclBinding> acls = new ArrayList<>();
+        Set<String> users = new HashSet<>();
+        Set<AclBinding> acls = new HashSet<>();
         BufferedReader reader = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
         String line;
         int number = 0;
@@ -61,8 +70,11 @@ public class Provision {
             }
             String[] f = line.split("\\s+");
             if (f[0].equals("scram") && f.length == 3) {
+                users.add(f[1]);
                 scram.add(new UserScramCredentialUpsertion(
                         f[1], new ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096), f[2]));
+            } else if (f[0].equals("keep") && f.length == 2) {
+                users.add(f[1]);
             } else if (f[0].equals("acl") && f.length == 6) {
                 ResourcePattern pattern = new ResourcePattern(
                         ResourceType.fromString(f[2]), f[4], PatternType.fromString(f[3]));
@@ -71,18 +83,40 @@ public class Provision {
                 acls.add(new AclBinding(pattern, entry));
             } else {
                 // The line may hold a password: name the line, not its text.
-                System.err.println("line " + number + ": expected 'scram USER PASSWORD' or 'acl ...' (6 fields)");
+                System.err.println("line " + number + ": expected 'scram USER PASSWORD', 'keep USER' or 'acl ...'");
                 System.exit(2);
             }
         }
+        int removedAcls = 0;
+        int removedUsers = 0;
         try (Admin admin = Admin.create(props)) {
+            for (UserScramCredentialsDescription existing :
+                    admin.describeUserScramCredentials().all().get(60, TimeUnit.SECONDS).values()) {
+                if (!users.contains(existing.name())) {
+                    for (ScramCredentialInfo info : existing.credentialInfos()) {
+                        scram.add(new UserScramCredentialDeletion(existing.name(), info.mechanism()));
+                    }
+                    removedUsers++;
+                }
+            }
             if (!scram.isEmpty()) {
                 admin.alterUserScramCredentials(scram).all().get(60, TimeUnit.SECONDS);
             }
+            List<AclBindingFilter> stale = new ArrayList<>();
+            for (AclBinding existing : admin.describeAcls(AclBindingFilter.ANY).values().get(60, TimeUnit.SECONDS)) {
+                if (!acls.contains(existing)) {
+                    stale.add(existing.toFilter());
+                }
+            }
+            if (!stale.isEmpty()) {
+                admin.deleteAcls(stale).all().get(60, TimeUnit.SECONDS);
+                removedAcls = stale.size();
+            }
             if (!acls.isEmpty()) {
-                admin.createAcls(acls).all().get(60, TimeUnit.SECONDS);
+                admin.createAcls(new ArrayList<>(acls)).all().get(60, TimeUnit.SECONDS);
             }
         }
-        System.out.println("applied " + scram.size() + " credential(s) and " + acls.size() + " ACL(s)");
+        System.out.println("applied " + (users.size()) + " principal(s) and " + acls.size() + " ACL(s); removed "
+                + removedUsers + " principal(s) and " + removedAcls + " ACL(s)");
     }
 }

@@ -8,6 +8,7 @@ is handed only the secrets it needs.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -30,12 +31,22 @@ class Secrets:
         return path
 
     def get(self, name: str) -> str:
-        return self.path(name).read_text().strip()
+        value = self.path(name).read_text().strip()
+        # Secrets go into JAAS lines, passfiles and provisioning commands,
+        # none of which quotes: a secret set by hand must stay URL-safe.
+        if not value or not _SAFE.fullmatch(value):
+            raise SystemExit(f"{self.folder / name}: a secret must be letters, digits, '-' and '_' only")
+        return value
+
+
+_SAFE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by its owner only."""
+    """Write ``text`` to ``path``, readable by its owner only, also when
+    the file existed before with a wider mode; never through a symlink."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(text)

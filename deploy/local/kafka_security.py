@@ -69,7 +69,13 @@ def _jaas(module: str, user: str, password: str, extra: str = "") -> str:
 
 
 def server_properties(
-    port: int, controller_port: int, tls_port: int, admin_password: str, keystore: Path, truststore: Path
+    port: int,
+    controller_port: int,
+    tls_port: int,
+    admin_password: str,
+    keystore: Path,
+    truststore: Path,
+    certificate_principals: tuple[str, ...],
 ) -> list[str]:
     """The listener, SASL, TLS and authoriser lines of a combined broker and
     controller. The controller listener uses PLAIN with a static user:
@@ -97,8 +103,10 @@ def server_properties(
         f"listener.name.ssl.ssl.keystore.location={keystore}",
         "listener.name.ssl.ssl.truststore.type=PEM",
         f"listener.name.ssl.ssl.truststore.location={truststore}",
-        # The subject's common name is the principal: O=...,CN=operator -> User:operator
-        "ssl.principal.mapping.rules=RULE:^(.*,)?CN=([a-z][a-z0-9-]*)(,.*)?$/$2/,DEFAULT",
+        # Only the listed common names become principals (O=...,CN=operator ->
+        # User:operator); any other certificate keeps its whole subject as its
+        # name, which no ACL and no super user matches (CN=admin is not admin).
+        "ssl.principal.mapping.rules=RULE:^(.*,)?CN=(" + "|".join(certificate_principals) + ")(,.*)?$/$2/,DEFAULT",
         "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
         f"super.users=User:{ADMIN}",
         "allow.everyone.if.no.acl.found=false",
@@ -139,7 +147,7 @@ def provision(classpath: Path, home: Path, bootstrap: str, admin_password: str, 
     missing = sorted(set(principals) - set(passwords))
     if missing:
         raise SystemExit(f"no password for Kafka principal(s) {', '.join(missing)}")
-    commands = [f"scram {name} {passwords[name]}" for name in principals] + acl_lines(principals)
+    commands = [f"keep {ADMIN}"] + [f"scram {name} {passwords[name]}" for name in principals] + acl_lines(principals)
     text = "\n".join(commands) + "\n"
     digest = hashlib.sha256((text + PROVISION_SOURCE.read_text()).encode()).hexdigest()
     marker = home / "provisioned"

@@ -15,12 +15,11 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from credentials import write_private
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from credentials import write_private
 
 # The names written to .run/env: clients connect to exactly these.
 SERVER_NAMES = ("localhost",)

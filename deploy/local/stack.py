@@ -129,6 +129,16 @@ def running_pid(name: str) -> int | None:
     return pid
 
 
+# What the servers (Kafka, PostgreSQL, Keycloak) get from the environment of
+# `make up`: nothing else. A shell that sourced .run/env holds the demo
+# account's secret and the paths of the administrators' passwords.
+_SERVER_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME", "JAVA_HOME")
+
+
+def server_environment(**extra: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k in _SERVER_ENVIRONMENT} | extra
+
+
 def spawn(name: str, argv: list[str], env: dict[str, str], user: str | None = None) -> int:
     LOGS.mkdir(parents=True, exist_ok=True)
     PIDS.mkdir(parents=True, exist_ok=True)
@@ -286,7 +296,13 @@ def start_kafka(tls: pki.TlsFiles) -> None:
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{KAFKA_CONTROLLER_PORT}",
                 *kafka_security.server_properties(
-                    KAFKA_PORT, KAFKA_CONTROLLER_PORT, KAFKA_TLS_PORT, admin_password, tls.server_bundle, tls.ca_cert
+                    KAFKA_PORT,
+                    KAFKA_CONTROLLER_PORT,
+                    KAFKA_TLS_PORT,
+                    admin_password,
+                    tls.server_bundle,
+                    tls.ca_cert,
+                    KAFKA_CERT_PRINCIPALS,
                 ),
                 f"log.dirs={data}",
                 f"num.partitions={TOPIC_PARTITIONS}",
@@ -319,6 +335,8 @@ def start_kafka(tls: pki.TlsFiles) -> None:
         # The super user's SCRAM credential must exist before the broker
         # starts (its own connections use it); the other principals are
         # added through the Admin API once it runs (kafka_security.provision).
+        # StorageTool takes it on its command line only: this one-off,
+        # local command is the one place a password shows in a process list.
         subprocess.run(
             ["java", "-cp", java_cp, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
              "--add-scram", f"{kafka_security.MECHANISM}=[name={kafka_security.ADMIN},password={admin_password}]"],
@@ -330,7 +348,7 @@ def start_kafka(tls: pki.TlsFiles) -> None:
         "kafka",
         ["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={log4j}",
          "-cp", java_cp, "kafka.Kafka", str(props)],
-        env=dict(os.environ),
+        env=server_environment(),
     )  # fmt: skip
 
 
@@ -445,7 +463,7 @@ def start_postgres() -> None:
         [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(PG_PORT), "-h", "127.0.0.1", "-k", str(sock),
          "-c", "max_connections=200", "-c", "fsync=on", "-c", "shared_buffers=256MB",
          "-c", "password_encryption=scram-sha-256"],
-        env=dict(os.environ),
+        env=server_environment(),
         user=user,
     )  # fmt: skip
 
@@ -542,7 +560,7 @@ def start_keycloak(tls: pki.TlsFiles) -> None:
     spawn(
         "keycloak",
         keycloak.command(home, data, tls.server_chain, tls.server_key, KEYCLOAK_PORT, KEYCLOAK_MANAGEMENT_PORT),
-        env={**os.environ, **keycloak.environment(SECRETS.get("keycloak-admin"))},
+        env=server_environment(**keycloak.environment(SECRETS.get("keycloak-admin"))),
     )
 
 
@@ -564,9 +582,14 @@ def service_ready(port: int, ca_file: Path) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-# Never inherited by a service from the shell that ran `make up`: each gets
-# its own credentials (a stray PGPASSWORD would win over its passfile).
-_NOT_INHERITED = ("PGPASSWORD", "PGPASSFILE", "KAFKA_SASL_PASSWORD", "KAFKA_SASL_PASSWORD_FILE", "KAFKA_SASL_USERNAME")
+# Never inherited by a service from the shell that ran `make up` (which may
+# have sourced .run/env): each gets its own credentials (a stray PGPASSWORD
+# would win over its passfile), and none gets another's or the CLI's.
+_NOT_INHERITED = (
+    "PGPASSWORD", "PGPASSFILE", "DATABASE_URL", "KAFKA_SASL_PASSWORD", "KAFKA_SASL_PASSWORD_FILE",
+    "KAFKA_SASL_USERNAME", "KAFKA_SECURITY_PROTOCOL", "KAFKA_ADMIN_USERNAME", "KAFKA_ADMIN_PASSWORD_FILE",
+    "INVOICING_CLIENT_ID", "INVOICING_CLIENT_SECRET", "INVOICING_TOKEN_URL", "KEYCLOAK_ADMIN_PASSWORD_FILE",
+)  # fmt: skip
 
 
 def service_environment(spec: ServiceSpec, values: dict[str, str]) -> dict[str, str]:
@@ -589,7 +612,8 @@ def service_environment(spec: ServiceSpec, values: dict[str, str]) -> dict[str, 
     if values["STACK_EXTERNAL_INFRA"] == "1":
         # An external cluster and database: the caller's settings, shared.
         env["DATABASE_URL"] = values["DATABASE_URL"]
-        for name in ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", *_NOT_INHERITED):
+        for name in ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME",
+                     "KAFKA_SASL_PASSWORD", "KAFKA_SASL_PASSWORD_FILE", "PGPASSWORD", "PGPASSFILE"):  # fmt: skip
             if name in os.environ:
                 env[name] = os.environ[name]
         return env

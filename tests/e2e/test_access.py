@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from invoicing.v1 import common_pb2, directory_pb2, directory_pb2_grpc, status_pb2, status_pb2_grpc
 
@@ -106,8 +108,10 @@ async def test_two_accounts_cannot_see_or_change_each_others_invoices(
         stub = status_pb2_grpc.StatusServiceStub(channel)
         flt = status_pb2.InvoiceFilter()
         flt.received_from.FromDatetime(since)
-        listed = await stub.ListInvoices(status_pb2.ListInvoicesRequest(filter=flt, page_size=500), timeout=30)
-        assert mine.invoice_id not in {i.invoice_id for i in listed.invoices}
+        # Asked for by A's company: nothing (not the page that happens to come first).
+        by_seller = status_pb2.InvoiceFilter(seller_id=siren_a)
+        listed = await stub.ListInvoices(status_pb2.ListInvoicesRequest(filter=by_seller, page_size=500), timeout=30)
+        assert list(listed.invoices) == []
         with pytest.raises(grpc.aio.AioRpcError) as update:
             await stub.UpdateStatus(
                 status_pb2.UpdateStatusRequest(
@@ -170,6 +174,12 @@ async def test_an_invoice_for_a_company_the_account_does_not_act_for_ends_reject
     assert view.reason.code == "REJ_COH"
     assert f"seller SIREN {siren_a} is not a company the submitting account acts for" == view.reason.text
     assert any(f.rule == "SELLER-ACCOUNT" for f in view.findings)
+    # The forged invoice stays the forger's: the company it names does not
+    # find it in its views, nor does the buyer it names.
+    for named in (caller_of(account_a), new_account(roles=("buyer",), sirens=(SAMPLE_BUYER,))):
+        with pytest.raises(grpc.aio.AioRpcError) as hidden:
+            await get_invoice(stack.status, attempt.invoice_id, named)
+        assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
     # The real seller can still send that invoice number: the forged one
     # held no business key (no REJ_UNI).
     genuine = forged.replace(b"<!--", b"<!-- genuine", 1)
@@ -286,6 +296,12 @@ async def test_idempotency_keys_and_retries_are_scoped_per_account(stack: Stack)
 
 
 async def test_a_call_without_a_token_is_refused_and_health_stays_open(stack: Stack) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    for address in (stack.ingest, stack.validate, stack.route, stack.status):
+        async with anonymous_channel(address) as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING, address
     for address in (stack.ingest, stack.status, stack.route):
         async with anonymous_channel(address) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -315,5 +331,19 @@ def test_the_accounts_command_refuses_bad_input_and_non_admins() -> None:
     try:
         refused = invoicectl("accounts", "create", "--role", "operator", "--json", account=plain)
         assert refused.returncode == 1 and "directory-admin" in refused.stderr
+        # The identity provider refuses it too, whatever the CLI checks first.
+        config = client_config()
+        base, realm = config.token_url.split("/realms/")
+        supplier_token = caller_of(plain).token()
+        direct = httpx.post(
+            f"{base}/admin/realms/{realm.split('/')[0]}/clients",
+            json={"clientId": f"sneaky-{uuid.uuid4().hex[:8]}", "serviceAccountsEnabled": True},
+            headers={"Authorization": f"Bearer {supplier_token}"},
+            verify=ssl.create_default_context(cafile=config.ca_file),
+        )
+        assert direct.status_code == 403
     finally:
         invoicectl("accounts", "delete", plain["client_id"])
+    # And accounts delete removes accounts only, not the realm's own clients.
+    kept = invoicectl("accounts", "delete", "admin-cli")
+    assert kept.returncode == 2 and "not an account" in kept.stderr

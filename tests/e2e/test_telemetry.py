@@ -192,6 +192,10 @@ async def test_one_trace_per_invoice_across_the_four_services(
     server = [s for s in spans if s.span.kind == trace_pb2.Span.SPAN_KIND_SERVER and s.service == "invoicing-ingest"]
     assert len(server) == 1 and server[0].span.parent_span_id == bytes.fromhex(erp_span)
     assert server[0].attributes.get("rpc.system") == "grpc"
+    # The caller is named, its token is not.
+    assert server[0].attributes.get("enduser.id") == demo().subject()
+    token = metadata[0][1].removeprefix("Bearer ")
+    assert not any(token in str(value) for s in receiver.spans for value in s.attributes.values())
     root = server[0].span.span_id
     assert all(_descends_from(spans, s, root) for s in spans), "every span hangs under the SubmitInvoice span"
 

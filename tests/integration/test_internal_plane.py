@@ -116,13 +116,24 @@ def test_psql_without_a_password_is_refused(stack: Stack) -> None:
         assert "password" in done.stderr or "authentication" in done.stderr, done.stderr
 
 
-async def test_each_service_role_reaches_its_own_schema_only(stack: Stack) -> None:
-    passfile = stack.run_dir / "secrets" / "pgpass-ingest"
-    conn = await asyncpg.connect(_pg("ingest", stack)["dsn"], passfile=str(passfile))
+@pytest.mark.parametrize(
+    ("role", "own", "others"),
+    [
+        ("ingest", "ingest.receipts", ("status.invoices", "directory.entries")),
+        ("route", "directory.entries", ("status.invoices", "ingest.receipts")),
+        ("status", "status.invoices", ("ingest.receipts", "directory.entries")),
+    ],
+)
+async def test_each_service_role_reaches_its_own_schema_only(
+    stack: Stack, role: str, own: str, others: tuple[str, ...]
+) -> None:
+    passfile = stack.run_dir / "secrets" / f"pgpass-{role}"
+    conn = await asyncpg.connect(_pg(role, stack)["dsn"], passfile=str(passfile))
     try:
-        assert await conn.fetchval("SELECT count(*) >= 0 FROM ingest.receipts")
-        with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
-            await conn.fetchval("SELECT count(*) FROM status.invoices")
+        assert await conn.fetchval(f"SELECT count(*) >= 0 FROM {own}")
+        for table in others:
+            with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+                await conn.fetchval(f"SELECT count(*) FROM {table}")
         with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
             await conn.execute("CREATE SCHEMA intruder")
     finally:
@@ -148,7 +159,12 @@ def test_grpcurl_lists_and_calls_with_a_token_and_is_refused_without(stack: Stac
 def test_secrets_stay_in_the_run_folder_readable_by_their_owner_only(stack: Stack) -> None:
     secrets = stack.run_dir / "secrets"
     assert oct(secrets.stat().st_mode & 0o777) == "0o700"
-    for path in [*secrets.iterdir(), stack.run_dir / "env", stack.run_dir / "kcat.conf"]:
+    private = [
+        *secrets.iterdir(), stack.run_dir / "env", stack.run_dir / "kcat.conf",
+        *(stack.run_dir / "tls").glob("*.key"), stack.run_dir / "tls" / "server-bundle.pem",
+        stack.run_dir / "kafka" / "server.properties", stack.run_dir / "kafka" / "admin.properties",
+    ]  # fmt: skip
+    for path in private:
         assert path.stat().st_mode & 0o077 == 0, path
     # And none of them is tracked by git.
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")

@@ -52,7 +52,7 @@ def limited(stack: Stack) -> Iterator[tuple[str, str]]:
         "METRICS_PORT": str(metrics_port),
         "QUOTA_REQUESTS_PER_SECOND": str(RATE),
         "QUOTA_BURST": str(BURST),
-        "QUOTA_WATCH_STREAMS": str(WATCHES),
+        "QUOTA_STREAMS": str(WATCHES),
         "OIDC_CLOCK_SKEW_SECONDS": "0",
     }
     proc = subprocess.Popen(

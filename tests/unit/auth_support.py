@@ -37,14 +37,15 @@ def ec_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def jwk(key: PrivateKey, kid: str, **extra: Any) -> dict[str, Any]:
-    """The public half of ``key`` as a JWK."""
+def jwk(key: PrivateKey, kid: str | None, **extra: Any) -> dict[str, Any]:
+    """The public half of ``key`` as a JWK; without a "kid" when ``kid`` is None."""
     public = key.public_key()
     if isinstance(public, rsa.RSAPublicKey):
         data = jwt.algorithms.RSAAlgorithm.to_jwk(public, as_dict=True)
     else:
         data = jwt.algorithms.ECAlgorithm.to_jwk(public, as_dict=True)
-    return {**data, "kid": kid, **extra}
+    named = {"kid": kid} if kid is not None else {}
+    return {**data, **named, **extra}
 
 
 def jwks(*keys: dict[str, Any]) -> dict[str, Any]:

@@ -95,11 +95,18 @@ ECHO = grpc.method_handlers_generic_handler(
 
 
 class SignallingStreams(StreamLimiter):
-    """Lets a test wait for the server to release a stream slot."""
+    """Lets a test wait for the server to take or release a stream slot."""
 
     def __init__(self, max_per_key: int) -> None:
         super().__init__(max_per_key)
+        self.acquired = asyncio.Event()
         self.released = asyncio.Event()
+
+    def try_acquire(self, key: str) -> bool:
+        taken = super().try_acquire(key)
+        if taken:
+            self.acquired.set()
+        return taken
 
     def release(self, key: str) -> None:
         super().release(key)
@@ -146,9 +153,14 @@ async def start(tmp_path: Path) -> AsyncIterator[Start]:
         max_streams: int = 5,
         default_deadline_seconds: float | None = None,
         client_ca_file: str | None = None,
+        limited_streams: frozenset[str] = frozenset({SERVICE + "WatchInvoices"}),
+        leeway_seconds: float = 30.0,
+        clock: Callable[[], float] = lambda: NOW,
     ) -> Harness:
         verifier = TokenVerifier(
-            OidcConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url="https://idp.test/jwks"),
+            OidcConfig(
+                issuer=ISSUER, audience=AUDIENCE, jwks_url="https://idp.test/jwks", leeway_seconds=leeway_seconds
+            ),
             fetch_json=_jwks_of_key,
             clock=lambda: NOW,
         )
@@ -158,8 +170,10 @@ async def start(tmp_path: Path) -> AsyncIterator[Start]:
             POLICY,
             limiter or RateLimiter(rate_per_second=1000, burst=1000),
             streams,
-            limited_streams=frozenset({SERVICE + "WatchInvoices"}),
+            limited_streams=limited_streams,
             default_deadline_seconds=default_deadline_seconds,
+            # The wall clock token expiry is read against: the tokens' own time.
+            clock=clock,
         )
         server = grpc.aio.server(interceptors=[aio_server_interceptor(), gate])  # type: ignore[no-untyped-call]
         servicer = Servicer()
@@ -268,6 +282,12 @@ async def test_a_method_without_a_policy_is_refused_to_everyone(
     operator = mint(KEY, "k1", claims(roles=["operator", "supplier", "buyer", "directory-admin"]))
     async with harness.channel() as channel:
         stub = status_pb2_grpc.StatusServiceStub(channel)
+        # Without a valid token the answer is the one any guarded method gives:
+        # whether the method has a policy is not for strangers to learn.
+        for metadata in ((), (("authorization", "Bearer garbage"),)):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.UpdateStatus(status_pb2.UpdateStatusRequest(), metadata=metadata)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         for _ in range(2):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.UpdateStatus(
@@ -275,7 +295,7 @@ async def test_a_method_without_a_policy_is_refused_to_everyone(
                 )
             assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert caught.value.details() == "method not permitted"
-    assert refusals.reasons == ["no_policy", "no_policy"]
+    assert refusals.reasons == ["missing_token", "invalid_token:malformed", "no_policy", "no_policy"]
     assert caplog.text.count("UpdateStatus has no entry in the auth policy") == 1
 
 
@@ -397,3 +417,111 @@ async def test_client_streaming_kinds_are_guarded_too(start: Start) -> None:
 async def _drain(call: Any) -> None:
     async for _ in call:
         pass
+
+
+def _bearer(**overrides: Any) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {mint(KEY, 'k1', claims(**overrides))}"),)
+
+
+async def test_each_message_of_a_client_stream_is_charged(start: Start, refusals: Refusals) -> None:
+    harness = await start(limiter=RateLimiter(rate_per_second=1, burst=3, clock=lambda: 0.0))
+    async with harness.channel() as channel:
+        collect = channel.stream_unary("/test.Echo/Collect")
+        # The call pays for its first message; the two others take the rest of the burst.
+        assert await collect(iter([b"a", b"b", b"c"]), metadata=AUTH) == b"account-1:a,b,c"
+        with pytest.raises(grpc.aio.AioRpcError) as at_call:
+            await collect(iter([b"a"]), metadata=AUTH)
+
+        with pytest.raises(grpc.aio.AioRpcError) as at_message:
+            await collect(iter([b"a", b"b", b"c", b"d"]), metadata=_bearer(sub="account-2"))
+
+        echo = channel.stream_stream("/test.Echo/Echo")(
+            iter([b"a", b"b", b"c", b"d"]), metadata=_bearer(sub="account-3")
+        )
+        received = []
+        with pytest.raises(grpc.aio.AioRpcError) as mid_stream:
+            async for response in echo:
+                received.append(response)
+    assert received == [b"account-3:a", b"account-3:b", b"account-3:c"]
+    for caught in (at_call, at_message, mid_stream):
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert caught.value.details() == "rate limit exceeded: 1 requests/s per account; retry after 1000 ms"
+        assert _trailers(caught.value)["retry-after-ms"] == "1000"
+    assert refusals.reasons == ["rate_limited"] * 3
+
+
+class WallClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _held_open(first: bytes, until: asyncio.Event) -> AsyncIterator[bytes]:
+    yield first
+    await until.wait()
+
+
+async def test_a_response_stream_ends_when_its_token_expires(start: Start, refusals: Refusals) -> None:
+    harness = await start(leeway_seconds=0.0)
+    soon = _bearer(exp=int(NOW) + 1)
+    never = asyncio.Event()
+    async with harness.channel() as channel:
+        watch = status_pb2_grpc.StatusServiceStub(channel).WatchInvoices(
+            status_pb2.WatchInvoicesRequest(), metadata=soon
+        )
+        echo = channel.stream_stream("/test.Echo/Echo")(_held_open(b"a", never), metadata=soon)
+        assert (await watch.read()).position == 1
+        assert await echo.read() == b"account-1:a"
+        # Both streams would stay open for ever; the token's expiry, a second away, ends them.
+        for call in (watch, echo):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await asyncio.wait_for(call.read(), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert caught.value.details() == "access token expired; call again with a new token"
+            assert _trailers(caught.value)["www-authenticate"] == 'Bearer realm="invoicing"'
+        never.set()
+        await asyncio.wait_for(harness.streams.released.wait(), timeout=10)
+        assert harness.streams.active("account-1") == 0
+    assert refusals.reasons == ["token_expired", "token_expired"]
+
+
+async def test_a_stream_on_a_token_past_its_expiry_here_gets_nothing(start: Start, refusals: Refusals) -> None:
+    # The issuer's clock (the verifier's) lags ours: the token passed there, expired here.
+    clock = WallClock(NOW + 5)
+    harness = await start(leeway_seconds=0.0, clock=clock)
+    async with harness.channel() as channel:
+        watch = status_pb2_grpc.StatusServiceStub(channel).WatchInvoices(
+            status_pb2.WatchInvoicesRequest(), metadata=_bearer(exp=int(NOW) + 1)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await watch.read()  # the handler's first response is ready at once, but not sent
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert refusals.reasons == ["token_expired"]
+
+
+async def test_client_streams_can_be_capped_too(start: Start, refusals: Refusals) -> None:
+    harness = await start(max_streams=1, limited_streams=frozenset({"/test.Echo/Collect"}))
+    async with harness.channel() as channel:
+        collect = channel.stream_unary("/test.Echo/Collect")
+        first = collect(metadata=AUTH)
+        await first.write(b"a")
+        await asyncio.wait_for(harness.streams.acquired.wait(), timeout=10)
+        assert harness.streams.active("account-1") == 1
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await collect(iter([b"b"]), metadata=AUTH)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert caught.value.details() == "too many concurrent streams: the limit is 1 per account"
+        # Another account has a slot of its own.
+        assert await collect(iter([b"x"]), metadata=_bearer(sub="account-2")) == b"account-2:x"
+
+        # The slot is held while the client is still sending, and freed when the call ends.
+        assert harness.streams.active("account-1") == 1
+        await first.write(b"c")
+        await first.done_writing()
+        assert await first == b"account-1:a,c"
+        assert harness.streams.active("account-1") == 0
+        assert await collect(iter([b"d"]), metadata=AUTH) == b"account-1:d"
+    assert refusals.reasons == ["too_many_streams"]

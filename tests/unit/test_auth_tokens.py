@@ -36,6 +36,8 @@ from tests.unit.auth_support import (
 JWKS_URL = "https://idp.test/jwks"
 KEY = rsa_key()
 OTHER_KEY = rsa_key()
+# An expiry past every clock the tests move forward.
+LATER = int(NOW) + 3600
 
 
 class Issuer:
@@ -204,6 +206,14 @@ def test_the_config_refuses_symmetric_algorithms_and_none() -> None:
             OidcConfig(issuer=ISSUER, audience=AUDIENCE, algorithms=algorithms)
 
 
+def test_the_config_refuses_negative_durations() -> None:
+    assert OidcConfig(issuer=ISSUER, audience=AUDIENCE).jwks_max_age_seconds == 300.0
+    for setting in ("jwks_max_age_seconds", "jwks_min_refresh_seconds", "leeway_seconds"):
+        negative: dict[str, Any] = {setting: -1.0}
+        with pytest.raises(ValueError):
+            OidcConfig(issuer=ISSUER, audience=AUDIENCE, **negative)
+
+
 async def test_tampered_tokens_are_refused() -> None:
     verifier = verifier_for(standard_issuer())
     header, payload, signature = mint(KEY, "k1", claims(roles=["buyer"])).split(".")
@@ -218,7 +228,7 @@ async def test_garbage_is_malformed_and_nothing_is_missing() -> None:
     verifier = verifier_for(standard_issuer())
     assert await refused(verifier, "not-a-jwt") == "malformed"
     assert await refused(verifier, "a.b.c") == "malformed"
-    assert await refused(verifier, mint(KEY, None, claims())) == "malformed"  # no kid
+    assert await refused(verifier, mint(KEY, "", claims())) == "malformed"  # an empty kid
     assert await refused(verifier, "é.é.é") == "malformed"
     with pytest.raises(InvalidToken) as caught:
         await verifier.verify("")
@@ -279,6 +289,115 @@ async def test_a_key_rotation_is_picked_up() -> None:
     assert principal.subject == "after-rotation"
     # The retired key is gone: new tokens signed with it no longer pass.
     assert await refused(verifier, mint(KEY, "k1", claims(sub="late"))) == "unknown_key"
+
+
+async def test_a_removed_key_is_refused_once_the_keys_are_old() -> None:
+    clock = Clock()
+    issuer = Issuer({JWKS_URL: jwks(jwk(KEY, "k1", alg="RS256"), jwk(OTHER_KEY, "k2", alg="RS256"))})
+    verifier = verifier_for(issuer, clock)
+    cached = mint(OTHER_KEY, "k2", claims(sub="cached", exp=LATER))
+    await verifier.verify(cached)
+    # The issuer withdraws k2 (compromised, say): it lists k1 only.
+    issuer.documents[JWKS_URL] = jwks(jwk(KEY, "k1", alg="RS256"))
+    clock.now += 299
+    assert (await verifier.verify(mint(OTHER_KEY, "k2", claims(sub="before")))).subject == "before"
+    assert len(issuer.fetches) == 1  # the keys are not old yet
+    clock.now += 1
+    assert await refused(verifier, mint(OTHER_KEY, "k2", claims(sub="after"))) == "unknown_key"
+    assert len(issuer.fetches) == 2
+    await verifier.verify(mint(KEY, "k1", claims(sub="k1-still-good")))
+    # Verdicts already cached stand until the token expires (documented in tokens.py).
+    assert (await verifier.verify(cached)).subject == "cached"
+    assert len(issuer.fetches) == 2
+
+
+async def test_old_keys_are_kept_while_the_issuer_is_down(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    issuer = standard_issuer()
+    verifier = verifier_for(issuer, clock)
+    await verifier.verify(mint(KEY, "k1", claims()))
+    issuer.failing = True
+    clock.now += 300
+    token = mint(KEY, "k1", claims(sub="during-the-outage", exp=LATER))
+    with caplog.at_level(logging.WARNING):
+        assert (await verifier.verify(token)).subject == "during-the-outage"
+    assert len(issuer.fetches) == 2
+    assert "issuer down" in caplog.text and "keeping the 1 keys we have" in caplog.text
+    assert token not in caplog.text
+    clock.now += 29  # a failed fetch is not repeated sooner than a good one
+    await verifier.verify(mint(KEY, "k1", claims(sub="still-down", exp=LATER)))
+    assert len(issuer.fetches) == 2
+    clock.now += 1
+    await verifier.verify(mint(KEY, "k1", claims(sub="tried-again", exp=LATER)))
+    assert len(issuer.fetches) == 3
+    issuer.failing = False
+    issuer.documents[JWKS_URL] = jwks(jwk(OTHER_KEY, "k2", alg="RS256"))
+    clock.now += 30
+    assert await refused(verifier, mint(KEY, "k1", claims(sub="back-up", exp=LATER))) == "unknown_key"
+    assert len(issuer.fetches) == 4
+
+
+async def test_concurrent_callers_share_one_fetch_of_old_keys() -> None:
+    clock = Clock()
+    issuer = standard_issuer()
+    gate = asyncio.Event()
+
+    async def gated_fetch(url: str) -> dict[str, Any]:
+        await gate.wait()
+        return await issuer.fetch_json(url)
+
+    verifier = TokenVerifier(
+        OidcConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=JWKS_URL), fetch_json=gated_fetch, clock=clock
+    )
+    gate.set()
+    await verifier.verify(mint(KEY, "k1", claims()))
+    gate.clear()
+    clock.now += 300
+    calls = [asyncio.ensure_future(verifier.verify(mint(KEY, "k1", claims(sub=f"account-{n}")))) for n in range(5)]
+    # Let every call reach the refresh (the first one fetching, the others queued behind it).
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*calls)
+    assert [r.subject for r in results] == [f"account-{n}" for n in range(5)]
+    assert issuer.fetches == [JWKS_URL, JWKS_URL]
+
+
+async def test_a_clock_stepping_back_does_not_freeze_the_keys() -> None:
+    clock = Clock()
+    issuer = standard_issuer()
+    verifier = verifier_for(issuer, clock)
+    await verifier.verify(mint(KEY, "k1", claims()))
+    clock.now -= 3600
+    await verifier.verify(mint(KEY, "k1", claims(sub="after-the-step", iat=None)))
+    assert len(issuer.fetches) == 2
+    await verifier.verify(mint(KEY, "k1", claims(sub="later", iat=None)))
+    assert len(issuer.fetches) == 2
+
+
+async def test_a_token_without_kid_needs_a_single_signing_key() -> None:
+    ec = ec_key()
+    single = Issuer({JWKS_URL: jwks(jwk(KEY, None), jwk(OTHER_KEY, "for-encryption", use="enc"))})
+    verifier = verifier_for(single)
+    assert (await verifier.verify(mint(KEY, None, claims()))).subject == "account-1"
+    await verifier.verify(mint(KEY, None, claims(), alg="PS256"))
+    assert await refused(verifier, mint(OTHER_KEY, None, claims())) == "bad_signature"
+    assert await refused(verifier, mint(ec, None, claims(), alg="ES256")) == "malformed"  # the key is RSA
+    assert await refused(verifier, mint(KEY, "k1", claims())) == "unknown_key"  # a kid names no key here
+    # The one key may have a kid of its own.
+    await verifier_for(standard_issuer()).verify(mint(KEY, None, claims()))
+    # With two keys, which one signed is a guess we do not make.
+    several = Issuer({JWKS_URL: jwks(jwk(KEY, "k1", alg="RS256"), jwk(OTHER_KEY, "k2", alg="RS256"))})
+    verifier = verifier_for(several)
+    assert await refused(verifier, mint(KEY, None, claims())) == "malformed"
+    assert await refused(verifier, mint(OTHER_KEY, None, claims())) == "malformed"
+    await verifier.verify(mint(KEY, "k1", claims()))
+
+
+async def test_a_token_without_kid_waits_for_the_keys_like_any_other() -> None:
+    issuer = Issuer({JWKS_URL: jwks(jwk(KEY, None))})
+    issuer.failing = True
+    verifier = verifier_for(issuer)
+    assert await refused(verifier, mint(KEY, None, claims())) == "jwks_unavailable"
 
 
 async def test_a_different_key_under_a_known_kid_is_refused() -> None:
@@ -382,6 +501,67 @@ async def test_keys_are_found_by_oidc_discovery_over_https(tmp_path: Path) -> No
             await verifier.aclose()
     assert principal.subject == "account-1"
     assert [path for _, path in server.requests] == ["/realms/invoicing/.well-known/openid-configuration", "/certs"]
+
+
+DISCOVERY_URL = f"{ISSUER}/.well-known/openid-configuration"
+
+
+def discovering_verifier(document: dict[str, Any]) -> tuple[Issuer, TokenVerifier]:
+    issuer = Issuer({DISCOVERY_URL: document, "https://idp.test/certs": jwks(jwk(KEY, "k1", alg="RS256"))})
+    verifier = TokenVerifier(OidcConfig(issuer=ISSUER, audience=AUDIENCE), fetch_json=issuer.fetch_json, clock=Clock())
+    return issuer, verifier
+
+
+@pytest.mark.parametrize(
+    "named", ["https://evil.test/realms/invoicing", f"{ISSUER}/", ISSUER.upper(), None, [ISSUER]], ids=repr
+)
+async def test_discovery_must_name_the_configured_issuer(named: Any, caplog: pytest.LogCaptureFixture) -> None:
+    document = {"jwks_uri": "https://idp.test/certs"} | ({"issuer": named} if named is not None else {})
+    issuer, verifier = discovering_verifier(document)
+    token = mint(KEY, "k1", claims())
+    with caplog.at_level(logging.WARNING):
+        assert await refused(verifier, token) == "jwks_unavailable"
+    assert issuer.fetches == [DISCOVERY_URL]  # its jwks_uri was not followed
+    assert repr(named) in caplog.text and repr(ISSUER) in caplog.text
+    assert token not in caplog.text
+
+
+async def test_discovery_naming_the_configured_issuer_is_followed() -> None:
+    issuer, verifier = discovering_verifier({"issuer": ISSUER, "jwks_uri": "https://idp.test/certs"})
+    assert (await verifier.verify(mint(KEY, "k1", claims()))).subject == "account-1"
+    assert issuer.fetches == [DISCOVERY_URL, "https://idp.test/certs"]
+
+
+@pytest.mark.parametrize(
+    ("jwks_uri", "followed"),
+    [
+        ("https://idp.test/certs", True),
+        ("HTTPS://idp.test/certs", True),
+        ("http://127.0.0.1:8080/certs", True),
+        ("http://localhost/certs", True),
+        ("http://idp.test/certs", False),
+        ("ftp://idp.test/certs", False),
+        ("file:///etc/certs.json", False),
+        ("https:///certs", False),
+        ("/certs", False),
+        ("http://localhost.evil.test/certs", False),
+        ("http://127.0.0.1@evil.test/certs", False),
+        ("http://[::1/certs", False),
+    ],
+)
+async def test_discovery_needs_an_https_jwks_uri(
+    jwks_uri: str, followed: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    issuer, verifier = discovering_verifier({"issuer": ISSUER, "jwks_uri": jwks_uri})
+    issuer.documents[jwks_uri] = jwks(jwk(KEY, "k1", alg="RS256"))
+    token = mint(KEY, "k1", claims())
+    with caplog.at_level(logging.WARNING):
+        if followed:
+            await verifier.verify(token)
+        else:
+            assert await refused(verifier, token) == "jwks_unavailable"
+            assert "is not https" in caplog.text
+    assert issuer.fetches == [DISCOVERY_URL, jwks_uri] if followed else [DISCOVERY_URL]
 
 
 async def test_an_untrusted_issuer_certificate_means_no_keys(tmp_path: Path) -> None:

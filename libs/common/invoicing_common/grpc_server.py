@@ -27,6 +27,7 @@ from invoicing_common.auth.interceptor import AuthInterceptor
 from invoicing_common.auth.quotas import RateLimiter, StreamLimiter
 from invoicing_common.auth.tls import server_credentials
 from invoicing_common.auth.tokens import OidcConfig, TokenVerifier
+from invoicing_common.grpc_handlers import responses
 from invoicing_common.settings import GrpcSettings
 from invoicing_common.telemetry import RPC_DURATION
 
@@ -54,7 +55,7 @@ class GrpcServer(Service):
             self._verifier,
             policy,
             RateLimiter(settings.quota_requests_per_second, settings.quota_burst),
-            StreamLimiter(settings.quota_watch_streams),
+            StreamLimiter(settings.quota_streams),
             limited_streams=limited_streams,
             default_deadline_seconds=settings.grpc_default_deadline_seconds,
         )
@@ -119,6 +120,7 @@ def oidc_config(settings: GrpcSettings) -> OidcConfig:
         jwks_url=settings.oidc_jwks_url,
         ca_file=str(settings.oidc_ca_file) if settings.oidc_ca_file else None,
         leeway_seconds=settings.oidc_clock_skew_seconds,
+        jwks_max_age_seconds=settings.oidc_jwks_max_age_seconds,
         roles_claim=settings.oidc_roles_claim,
         sirens_claim=settings.oidc_sirens_claim,
     )
@@ -167,7 +169,7 @@ class _DurationInterceptor(grpc.aio.ServerInterceptor):
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 start = time.perf_counter()
                 try:
-                    async for item in _responses(inner_us(request, context)):
+                    async for item in responses(inner_us(request, context)):
                         yield item
                 finally:
                     record(start, status_of(context))
@@ -194,7 +196,7 @@ class _DurationInterceptor(grpc.aio.ServerInterceptor):
             async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 start = time.perf_counter()
                 try:
-                    async for item in _responses(inner_ss(requests, context)):
+                    async for item in responses(inner_ss(requests, context)):
                         yield item
                 finally:
                     record(start, status_of(context))
@@ -203,13 +205,3 @@ class _DurationInterceptor(grpc.aio.ServerInterceptor):
                 stream_stream, handler.request_deserializer, handler.response_serializer
             )
         return handler
-
-
-async def _responses(result: Any) -> AsyncIterator[Any]:
-    """A streaming handler either yields its responses (async generator) or
-    writes them with context.write() and returns a coroutine."""
-    if hasattr(result, "__aiter__"):
-        async for item in result:
-            yield item
-    else:
-        await result

@@ -4,11 +4,18 @@ An account acts for SIRENs (its access token says which); these functions
 are how every service reads the same parties out of an invoice summary:
 validate to check that the seller is the submitting account's, status to
 decide who may see and move an invoice. Pure: no I/O.
+
+Values are compared in their compact form: "732 829 320" and "732829320"
+are the same company. An identifier that claims to be French (scheme 0002
+or 0009, a VAT number starting FR) but is not valid is reported as
+unreadable rather than ignored, so that it cannot hide a company from the
+seller check.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from invoicing.v1 import common_pb2
 from stdnum.fr import siren as fr_siren
@@ -21,45 +28,78 @@ SCHEME_SIRET = "0009"
 SCHEME_ADDRESS = "0225"
 
 
+@dataclass(frozen=True)
+class Party:
+    sirens: frozenset[str]
+    # French identifiers that are not valid: as written in the invoice.
+    unreadable: tuple[str, ...] = ()
+
+
 def _siren_of(value: str, scheme: str) -> str | None:
-    value = value.strip()
+    """The SIREN an identifier names; "" when it claims to be French and is
+    not valid; None when it is of another scheme."""
     if scheme == SCHEME_SIREN:
-        return value if fr_siren.is_valid(value) else None
+        compact = fr_siren.compact(value)
+        return compact if fr_siren.is_valid(compact) else ""
     if scheme == SCHEME_SIRET:
-        return value[:9] if fr_siret.is_valid(value) else None
+        compact = fr_siret.compact(value)
+        return compact[:9] if fr_siret.is_valid(compact) else ""
     if scheme == SCHEME_ADDRESS:
-        head = value.split("_", 1)[0]
-        return head if fr_siren.is_valid(head) else None
+        head = fr_siren.compact(value.split("_", 1)[0])
+        return head if fr_siren.is_valid(head) else ""
     return None
 
 
 def _siren_of_vat(vat_id: str) -> str | None:
-    """The SIREN inside a French VAT number (FR + 2-character key + SIREN)."""
-    compact = vat_id.strip().upper().replace(" ", "")
-    if not compact.startswith("FR") or not fr_tva.is_valid(compact):
+    """The SIREN inside a French VAT number (FR + 2-character key + SIREN);
+    "" when it starts with FR and is not valid; None for another country."""
+    raw = vat_id.strip().upper()
+    if not raw.startswith("FR"):
         return None
-    candidate = compact[4:]
-    return candidate if fr_siren.is_valid(candidate) else None
+    if not fr_tva.is_valid(raw):
+        return ""
+    candidate = fr_tva.compact(raw)[2:]  # compact drops "FR" and separators
+    return candidate if fr_siren.is_valid(candidate) else ""
 
 
-def sirens(
+def party(
     ids: Iterable[common_pb2.PartyIdentifier], vat_id: str, endpoint: common_pb2.PartyIdentifier | None = None
-) -> frozenset[str]:
-    """Every valid SIREN found in a party's identifiers (SIREN, SIRET,
-    French address), its VAT number and its electronic address."""
-    found = {_siren_of(i.value, i.scheme) for i in ids}
-    found.add(_siren_of_vat(vat_id))
+) -> Party:
+    """Every SIREN found in a party's identifiers (SIREN, SIRET, French
+    address), its VAT number and its electronic address, and the French
+    identifiers among them that are not valid."""
+    found: set[str] = set()
+    unreadable: list[str] = []
+
+    def add(siren: str | None, written: str) -> None:
+        if siren:
+            found.add(siren)
+        elif siren == "":
+            unreadable.append(written)
+
+    for identifier in ids:
+        add(_siren_of(identifier.value, identifier.scheme), identifier.value)
+    if vat_id:
+        add(_siren_of_vat(vat_id), vat_id)
     if endpoint is not None and endpoint.value:
-        found.add(_siren_of(endpoint.value, endpoint.scheme))
-    return frozenset(s for s in found if s is not None)
+        add(_siren_of(endpoint.value, endpoint.scheme), endpoint.value)
+    return Party(frozenset(found), tuple(unreadable))
+
+
+def seller(summary: common_pb2.InvoiceSummary) -> Party:
+    """BT-29 / BT-30 identifiers and the BT-31 VAT number."""
+    return party(summary.seller_ids, summary.seller_vat_id)
+
+
+def buyer(summary: common_pb2.InvoiceSummary) -> Party:
+    """BT-46 / BT-47 identifiers, the BT-48 VAT number and the BT-49 address."""
+    endpoint = summary.buyer_endpoint if summary.HasField("buyer_endpoint") else None
+    return party(summary.buyer_ids, summary.buyer_vat_id, endpoint)
 
 
 def seller_sirens(summary: common_pb2.InvoiceSummary) -> frozenset[str]:
-    """BT-29 / BT-30 identifiers and the BT-31 VAT number."""
-    return sirens(summary.seller_ids, summary.seller_vat_id)
+    return seller(summary).sirens
 
 
 def buyer_sirens(summary: common_pb2.InvoiceSummary) -> frozenset[str]:
-    """BT-46 / BT-47 identifiers, the BT-48 VAT number and the BT-49 address."""
-    endpoint = summary.buyer_endpoint if summary.HasField("buyer_endpoint") else None
-    return sirens(summary.buyer_ids, summary.buyer_vat_id, endpoint)
+    return buyer(summary).sirens

@@ -42,6 +42,9 @@ class KafkaClientSettings(BaseSettings):
         if self.kafka_sasl_password_file is not None:
             secret = read_secret_file(self.kafka_sasl_password_file, "kafka_sasl_password_file")
             object.__setattr__(self, "kafka_sasl_password", SecretStr(secret))
+        if self.kafka_security_protocol == "SASL_PLAINTEXT" and self.kafka_sasl_mechanism == "PLAIN":
+            # PLAIN sends the password itself; without TLS, anyone on the path reads it.
+            raise ValueError("kafka_sasl_mechanism PLAIN needs kafka_security_protocol SASL_SSL, not SASL_PLAINTEXT")
         if self.kafka_security_protocol.startswith("SASL") and not (
             self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()
         ):
@@ -117,11 +120,15 @@ class GrpcSettings(ServiceSettings):
     oidc_roles_claim: str = "roles"
     oidc_sirens_claim: str = "sirens"
     oidc_clock_skew_seconds: float = Field(default=30.0, ge=0, le=300)
-    # Per account: sustained calls per second, the burst above it, and the
-    # status streams (WatchInvoices) open at once.
+    # The issuer's keys are fetched again once this old, so a key it
+    # removed stops being trusted (and at once for a key id never seen).
+    oidc_jwks_max_age_seconds: float = Field(default=300.0, ge=30, le=86_400)
+    # Per account: sustained calls (and client-stream messages) per second,
+    # the burst above it, and the streams (WatchInvoices, SubmitInvoices,
+    # Import) open at once.
     quota_requests_per_second: float = Field(default=200.0, gt=0)
     quota_burst: int = Field(default=400, ge=1)
-    quota_watch_streams: int = Field(default=4, ge=1)
+    quota_streams: int = Field(default=4, ge=1)
     # Unary calls that arrive without a deadline get this one.
     grpc_default_deadline_seconds: float = Field(default=60.0, gt=0)
 

@@ -34,6 +34,8 @@ ACCESS_POLICY: dict[str, frozenset[str]] = {
     f"/{_SERVICE}/SubmitInvoice": frozenset({ROLE_SUPPLIER}),
     f"/{_SERVICE}/SubmitInvoices": frozenset({ROLE_SUPPLIER}),
 }
+# Counted against the account's concurrent streams (QUOTA_STREAMS).
+STREAMING_METHODS = frozenset({f"/{_SERVICE}/SubmitInvoices"})
 
 
 class RequestError(Exception):

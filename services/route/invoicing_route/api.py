@@ -31,6 +31,8 @@ ACCESS_POLICY: dict[str, frozenset[str]] = {
        for m in ("Upsert", "Delete", "Import", "UpsertService", "DeleteService")},
     **{f"/{_SERVICE}/{m}": frozenset() for m in ("Get", "List", "Resolve")},
 }  # fmt: skip
+# Counted against the account's concurrent streams (QUOTA_STREAMS).
+STREAMING_METHODS = frozenset({f"/{_SERVICE}/Import"})
 
 MAX_REPORTED_REJECTIONS = 10_000
 DEFAULT_PAGE_SIZE = 100

@@ -9,7 +9,7 @@ from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
 from invoicing_common.streams import StreamApp
 from invoicing_route import agents
-from invoicing_route.api import ACCESS_POLICY, DirectoryServicer, registrar
+from invoicing_route.api import ACCESS_POLICY, STREAMING_METHODS, DirectoryServicer, registrar
 from invoicing_route.directory import DirectoryIndex
 from invoicing_route.feed import DirectoryFeed, DirectoryPublisher
 from invoicing_route.repository import DirectoryRepository
@@ -38,5 +38,10 @@ def bootstrap(settings: RouteSettings) -> Route:
     directory = Directory(DirectoryRepository(database), publisher, feed, settings.directory_apply_timeout_seconds)
     app = StreamApp(settings.otel_service_name, settings)
     agents.register(app, settings, directory)
-    server = GrpcServer(settings, registrar(DirectoryServicer(directory, settings.platform_id)), ACCESS_POLICY)
+    server = GrpcServer(
+        settings,
+        registrar(DirectoryServicer(directory, settings.platform_id)),
+        ACCESS_POLICY,
+        limited_streams=STREAMING_METHODS,
+    )
     return Route(app=app, database=database, publisher=publisher, feed=feed, grpc=server)

@@ -17,7 +17,15 @@ def main() -> None:
         run(
             settings.otel_service_name,
             settings.log_level,
-            [status.database, status.kafka, status.publisher, status.notifier, status.app, status.grpc],
+            [
+                status.database,
+                status.backfill,
+                status.kafka,
+                status.publisher,
+                status.notifier,
+                status.app,
+                status.grpc,
+            ],
             on_ready=status.grpc.mark_serving,
         )
     finally:

@@ -13,6 +13,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, Span
 
 from invoicing_common import topics
+from invoicing_common.parties import seller_sirens
 from invoicing_common.streams import (
     PERMANENT_ERRORS,
     PermanentError,
@@ -47,6 +48,7 @@ def _facts(ref: events_pb2.InvoiceRef) -> tuple[InvoiceFacts, Submitted]:
 
 def _business_key(summary: common_pb2.InvoiceSummary) -> str | None:
     return business_key(
+        seller_sirens(summary),
         [(i.value, i.scheme) for i in summary.seller_ids],
         summary.seller_vat_id,
         summary.seller_name,
@@ -85,12 +87,14 @@ def interpret(record: Record, now: datetime) -> tuple[str, InvoiceFacts, Submitt
             for f in decoded.findings
         ]
         if decoded.valid:
+            facts.parties_checked = True
             facts.business_key = _business_key(decoded.summary)
             return event_id, facts, submitted, Outcome(None, "validate", now, event_id)
         reason = Reason(decoded.reason.code or "REJ_SEMAN", decoded.reason.text)
         return event_id, facts, submitted, Outcome(Status.REJECTED, "validate", now, event_id, reason)
     assert isinstance(decoded, events_pb2.InvoiceRouted)
     facts.summary = decoded.summary
+    facts.parties_checked = True  # only valid invoices are routed
     facts.routing = {
         "outcome": events_pb2.RoutingOutcome.Name(decoded.outcome),
         "destination_platform": decoded.destination_platform,

@@ -23,7 +23,7 @@ from opentelemetry import trace
 from invoicing_common.auth.principal import ROLE_BUYER, ROLE_SUPPLIER, current_principal
 from invoicing_common.kafka import headers_to_carrier
 from invoicing_common.telemetry import current_trace_id, inject_headers
-from invoicing_status.access import NotYourPart, Parties, Viewer, acting_role, can_see
+from invoicing_status.access import NotYourPart, Viewer, acting_role, can_see
 from invoicing_status.domain import Change, TransitionError, check_update
 from invoicing_status.lifecycle import Reason, Status
 from invoicing_status.notifier import ChangeNotifier
@@ -188,9 +188,13 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
             invoice_id = _uuid(request.invoice_id, "invoice_id")
         except BadRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        view = await self._repository.get_invoice(invoice_id)
-        viewer = Viewer.of(current_principal())
-        if view is None or not can_see(viewer, Parties(view.submitter, view.seller_sirens, view.buyer_sirens)):
+        # Who may see it is decided before anything else is read: an invoice
+        # the caller may not see costs what an unknown id costs.
+        parties = await self._queries.parties(invoice_id)
+        view = None
+        if parties is not None and can_see(Viewer.of(current_principal()), parties):
+            view = await self._repository.get_invoice(invoice_id)
+        if view is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"invoice_id: no invoice {invoice_id}")
         assert view is not None
         return invoice_response(view)

@@ -11,6 +11,7 @@ from invoicing_common.kafka import ProducerService
 from invoicing_common.streams import StreamApp
 from invoicing_status import agents
 from invoicing_status.api import ACCESS_POLICY, WATCH_METHOD, StatusServicer, registrar
+from invoicing_status.backfill import PartiesBackfill
 from invoicing_status.notifier import ChangeNotifier
 from invoicing_status.outbox import OutboxPublisher
 from invoicing_status.queries import StatusQueries
@@ -22,6 +23,7 @@ from invoicing_status.settings import StatusSettings
 class StatusApp:
     app: StreamApp
     database: Database
+    backfill: PartiesBackfill
     kafka: ProducerService
     publisher: OutboxPublisher
     notifier: ChangeNotifier
@@ -47,4 +49,12 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
         ACCESS_POLICY,
         limited_streams=frozenset({WATCH_METHOD}),
     )
-    return StatusApp(app=app, database=database, kafka=kafka, publisher=publisher, notifier=notifier, grpc=server)
+    return StatusApp(
+        app=app,
+        database=database,
+        backfill=PartiesBackfill(database),
+        kafka=kafka,
+        publisher=publisher,
+        notifier=notifier,
+        grpc=server,
+    )

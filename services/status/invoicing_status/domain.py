@@ -66,7 +66,12 @@ def plan(
             outcome.actor,
             outcome.occurred_at,
             outcome.source_event_id,
-            Reason("REJ_UNI", f"duplicate of invoice {duplicate_of} (same seller, invoice number, year and type)"),
+            # The first invoice's id is not named: this one's buyer may not
+            # be that one's, and ids of invoices a party may not see stay unsaid.
+            Reason(
+                "REJ_UNI",
+                "duplicate of an invoice already received from this seller (same invoice number, year and type)",
+            ),
         )
     if outcome.status is not None and is_allowed(state, outcome.status):
         changes.append(
@@ -75,16 +80,14 @@ def plan(
     return changes
 
 
-def seller_key(seller_ids: list[tuple[str, str]], seller_vat_id: str, seller_name: str) -> str:
-    """The seller part of the business key: SIREN when known (scheme 0002,
-    or the first 9 digits of a SIRET, scheme 0009), else the first other
-    identifier, the VAT id, or the name."""
-    for value, scheme in seller_ids:
-        if scheme == "0002" and value:
-            return f"siren:{value}"
-    for value, scheme in seller_ids:
-        if scheme == "0009" and len(value) >= 9:
-            return f"siren:{value[:9]}"
+def seller_key(sirens: frozenset[str], seller_ids: list[tuple[str, str]], seller_vat_id: str, seller_name: str) -> str:
+    """The seller part of the business key: its SIREN. Validate has checked
+    that a valid invoice's seller SIRENs are all companies its submitter
+    acts for, so one account cannot take another company's key. The other
+    identifiers, the VAT id or the name serve only invoices without one
+    (none reach a key today: such invoices are not valid)."""
+    if sirens:
+        return f"siren:{min(sirens)}"
     if seller_ids:
         value, scheme = seller_ids[0]
         return f"{scheme or 'id'}:{value}"
@@ -94,15 +97,15 @@ def seller_key(seller_ids: list[tuple[str, str]], seller_vat_id: str, seller_nam
 
 
 def business_key(
-    seller_ids: list[tuple[str, str]], seller_vat_id: str, seller_name: str, invoice_number: str, issue_date: str,
-    type_code: str,
+    sirens: frozenset[str], seller_ids: list[tuple[str, str]], seller_vat_id: str, seller_name: str,
+    invoice_number: str, issue_date: str, type_code: str,
 ) -> str | None:  # fmt: skip
     """Seller, invoice number (BT-1), issue year (BT-2) and type (BT-3): two
     invoices sharing it are one invoice sent twice (REJ_UNI). None when the
     summary lacks the number or the date (the rule cannot apply)."""
     if not invoice_number or len(issue_date) < 4:
         return None
-    seller = seller_key(seller_ids, seller_vat_id, seller_name)
+    seller = seller_key(sirens, seller_ids, seller_vat_id, seller_name)
     return "|".join((seller, invoice_number.strip(), issue_date[:4], type_code.strip()))
 
 

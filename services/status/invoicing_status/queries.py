@@ -138,4 +138,5 @@ class StatusQueries:
         )
         if row is None:
             return None
-        return Parties(row["submitter"], frozenset(row["seller_sirens"]), frozenset(row["buyer_sirens"]))
+        # NULL: not known (yet), or not to be trusted (failed validation).
+        return Parties(row["submitter"], frozenset(row["seller_sirens"] or ()), frozenset(row["buyer_sirens"] or ()))

@@ -35,6 +35,11 @@ class InvoiceFacts:
     headers: dict[str, str] = field(default_factory=dict)
     # Set for valid invoices: claimed in the same transaction (REJ_UNI rule).
     business_key: str | None = None
+    # True once validation has passed, the seller check included: only then
+    # do the summary's seller and buyer decide who may see the invoice. An
+    # invoice that failed is shown to its submitter (and operators) only, so
+    # a forged invoice never reaches the views of the companies it names.
+    parties_checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,9 +68,6 @@ class InvoiceView:
     routing: dict[str, Any] | None
     history: list[HistoryRow]
     received_at: datetime | None = None
-    submitter: str = ""
-    seller_sirens: frozenset[str] = frozenset()
-    buyer_sirens: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -96,8 +98,8 @@ RECORD_FACTS = (
     " invoice_number = CASE WHEN $9 <> '' THEN $9 ELSE invoice_number END,"
     " seller_ids = CASE WHEN cardinality($10::text[]) > 0 THEN $10 ELSE seller_ids END,"
     " buyer_ids = CASE WHEN cardinality($11::text[]) > 0 THEN $11 ELSE buyer_ids END,"
-    " seller_sirens = CASE WHEN $6::bytea IS NOT NULL THEN $12::text[] ELSE seller_sirens END,"
-    " buyer_sirens = CASE WHEN $6::bytea IS NOT NULL THEN $13::text[] ELSE buyer_sirens END"
+    " seller_sirens = COALESCE($12::text[], seller_sirens),"
+    " buyer_sirens = COALESCE($13::text[], buyer_sirens)"
     " WHERE invoice_id = $1"
 )
 SET_STATUS = (
@@ -120,8 +122,8 @@ def facts_args(facts: InvoiceFacts) -> tuple[Any, ...]:
         summary.invoice_number if summary is not None else "",
         _id_values(summary.seller_ids, summary.seller_vat_id) if summary is not None else [],
         _id_values(summary.buyer_ids, summary.buyer_vat_id) if summary is not None else [],
-        sorted(seller_sirens(summary)) if summary is not None else [],
-        sorted(buyer_sirens(summary)) if summary is not None else [],
+        sorted(seller_sirens(summary)) if summary is not None and facts.parties_checked else None,
+        sorted(buyer_sirens(summary)) if summary is not None and facts.parties_checked else None,
     )
 
 

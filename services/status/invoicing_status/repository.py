@@ -177,9 +177,6 @@ class StatusRepository:
             findings=json.loads(row["findings"]) if row["findings"] else [],
             routing=json.loads(row["routing"]) if row["routing"] else None,
             received_at=row["received_at"],
-            submitter=row["submitter"],
-            seller_sirens=frozenset(row["seller_sirens"]),
-            buyer_sirens=frozenset(row["buyer_sirens"]),
             history=[
                 HistoryRow(
                     seq=h["seq"],

@@ -8,7 +8,7 @@ from typing import Protocol
 from invoicing.v1 import common_pb2, events_pb2
 
 from invoicing_common.ids import stage_event_id
-from invoicing_common.parties import seller_sirens
+from invoicing_common.parties import seller
 
 REJECTION_CODE = "REJ_SEMAN"
 # The seller is not a company the submitting account acts for. REJ_COH
@@ -82,19 +82,26 @@ def summary_to_proto(report: ReportLike) -> common_pb2.InvoiceSummary:
 def seller_finding(summary: common_pb2.InvoiceSummary, account_sirens: Sequence[str]) -> common_pb2.Finding | None:
     """A fatal finding when the invoice's seller is not (only) a company the
     submitting account acts for: every seller SIREN found (BT-30, BT-29,
-    the one inside the BT-31 VAT number) must be one of its SIRENs, and
-    there must be one. Names the invoice's own values, never the account's."""
-    found = seller_sirens(summary)
-    if not found:
+    the one inside the BT-31 VAT number) must be one of its SIRENs, there
+    must be one, and no French identifier of the seller may be unreadable
+    (it could name another company). Names the invoice's own values, never
+    the account's."""
+    found = seller(summary)
+    foreign = sorted(found.sirens - set(account_sirens))
+    if found.unreadable:
+        message = (
+            f"seller identifier {', '.join(found.unreadable)} is not a valid French SIREN, SIRET or VAT number: "
+            "the submitting account can only submit for the SIRENs it acts for"
+        )
+    elif not found.sirens:
         message = (
             "the seller has no French company identifier (a SIREN in BT-30, a SIRET in BT-29 or a French VAT "
             "number in BT-31): the submitting account can only submit for the SIRENs it acts for"
         )
-    else:
-        foreign = sorted(found - set(account_sirens))
-        if not foreign:
-            return None
+    elif foreign:
         message = f"seller SIREN {', '.join(foreign)} is not a company the submitting account acts for"
+    else:
+        return None
     return common_pb2.Finding(rule=SELLER_RULE, severity=common_pb2.SEVERITY_FATAL, location="BT-30", message=message)
 
 

@@ -1,13 +1,18 @@
-"""Factur-X / ZUGFeRD PDFs, built in the test with the factur-x library."""
+"""Factur-X / ZUGFeRD PDFs, built in the test with the factur-x library, pypdf or
+by hand (pdf_support) where a hostile layout is needed."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
+from typing import Any
 
 import facturx
 import pytest
+from pypdf import PdfReader
 
 from invoicing_validate.validation import Validator
+from tests.unit.validation.pdf_support import Attachment, pdf_with_attachments
 
 ReadSample = Callable[[str], bytes]
 
@@ -199,3 +204,89 @@ def test_zugferd_file_name_is_found(validator: Validator, read_sample: ReadSampl
     report = validator.validate(out.getvalue())
     assert report.valid, report.findings
     assert report.format == "facturx-pdf"
+
+
+def _other_seller(xml: bytes) -> bytes:
+    changed = xml.replace("Atelier Lumière SAS".encode(), b"Contrefacon SARL").replace(b"842109373", b"732829320")
+    assert changed != xml
+    return changed
+
+
+def test_second_different_invoice_xml_is_rejected(validator: Validator, read_sample: ReadSample) -> None:
+    xml = read_sample("cii-invoice-valid.xml")
+    pdf = pdf_with_attachments([Attachment("factur-x.xml", xml), Attachment("xrechnung.xml", _other_seller(xml))])
+    report = validator.validate(pdf)
+    assert not report.valid
+    assert report.format == "facturx-pdf"
+    [finding] = report.findings
+    assert finding.rule == "FACTURX-AMBIGUOUS"
+    assert finding.severity == "fatal"
+    assert finding.location == "factur-x.xml, xrechnung.xml"
+    assert finding.message == (
+        "the PDF carries 2 different invoice XML attachments (factur-x.xml, xrechnung.xml): exactly one is allowed"
+    )
+    # Neither invoice was taken as the document: no seller is reported.
+    assert report.summary.seller_name == ""
+
+
+# Each builds the attachments from the validated invoice and an unchecked one.
+Placement = Callable[[bytes, bytes], list[Attachment]]
+HIDING_PLACES: dict[str, Placement] = {
+    "same name, /AF only": lambda real, other: [
+        Attachment("factur-x.xml", real),
+        Attachment("factur-x.xml", other, in_tree=False),
+    ],
+    "ZUGFeRD name, tree only": lambda real, other: [
+        Attachment("factur-x.xml", real),
+        Attachment("ZUGFeRD-invoice.xml", other, in_af=False),
+    ],
+    "Order-X name": lambda real, other: [Attachment("factur-x.xml", real), Attachment("ORDER-X.XML", other)],
+    "second stream under /EF /UF": lambda real, other: [Attachment("factur-x.xml", real, uf_data=other)],
+    "innocuous name-tree key": lambda real, other: [
+        Attachment("factur-x.xml", real),
+        Attachment("factur-x.xml", other, tree_key="notes.txt", in_af=False),
+    ],
+}
+
+
+@pytest.mark.parametrize("place", HIDING_PLACES.values(), ids=HIDING_PLACES.keys())
+def test_hidden_second_invoice_xml_is_rejected(validator: Validator, read_sample: ReadSample, place: Placement) -> None:
+    xml = read_sample("cii-invoice-valid.xml")
+    report = validator.validate(pdf_with_attachments(place(xml, _other_seller(xml))))
+    assert not report.valid
+    assert [f.rule for f in report.findings] == ["FACTURX-AMBIGUOUS"]
+    assert "2 different invoice XML attachments" in report.findings[0].message
+
+
+def test_normal_facturx_pdf_lists_one_file_twice(
+    validator: Validator, read_sample: ReadSample, blank_pdf: bytes
+) -> None:
+    pdf = _facturx_pdf(blank_pdf, read_sample("cii-invoice-valid.xml"))
+    # What the factur-x library writes, as Factur-X asks: one file specification,
+    # in the /EmbeddedFiles name tree and in /AF.
+    catalog: Any = PdfReader(io.BytesIO(pdf)).trailer["/Root"]
+    [name, tree_ref] = catalog["/Names"]["/EmbeddedFiles"]["/Names"]
+    [af_ref] = catalog["/AF"]
+    assert name == "factur-x.xml"
+    assert (tree_ref.idnum, tree_ref.generation) == (af_ref.idnum, af_ref.generation)
+    report = validator.validate(pdf)
+    assert report.valid, report.findings
+    assert report.findings == []
+    assert report.summary.seller_name == "Atelier Lumière SAS"
+
+
+def test_identical_copies_are_accepted(validator: Validator, read_sample: ReadSample) -> None:
+    xml = read_sample("cii-invoice-valid.xml")
+    # Separate streams, one compressed: the decoded bytes are what is compared.
+    pdf = pdf_with_attachments(
+        [Attachment("factur-x.xml", xml), Attachment("xrechnung.xml", xml, deflate=True, uf_data=xml, in_af=False)]
+    )
+    report = validator.validate(pdf)
+    assert report.valid, report.findings
+    assert report.summary.seller_name == "Atelier Lumière SAS"
+
+
+def test_order_x_alone_is_not_an_invoice(validator: Validator, read_sample: ReadSample) -> None:
+    report = validator.validate(pdf_with_attachments([Attachment("order-x.xml", read_sample("cii-invoice-valid.xml"))]))
+    assert [f.rule for f in report.findings] == ["FORMAT"]
+    assert "no embedded factur-x.xml" in report.findings[0].message

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from invoicing_validate.validation import ValidationReport, Validator
+from tests.unit.validation.pdf_support import Attachment, build_pdf, embedded_file, pdf_with_attachments
 
 ReadSample = Callable[[str], bytes]
 
@@ -270,37 +271,15 @@ def test_pdf_without_xml(validator: Validator, blank_pdf: bytes) -> None:
     assert _only_rule(_check(validator, blank_pdf)) == "FORMAT"
 
 
-def _pdf(objects: list[bytes]) -> bytes:
-    """A minimal PDF with a correct cross-reference table."""
-    out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    for offset in offsets:
-        out += b"%010d 00000 n \n" % offset
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    return bytes(out)
-
-
 def _pdf_with_embedded(stream: bytes, extra: bytes = b"") -> bytes:
-    return _pdf(
+    return build_pdf(
         [
             b"<< /Type /Catalog /Pages 2 0 R"
             b" /Names << /EmbeddedFiles << /Names [(factur-x.xml) 4 0 R] >> >> /AF [4 0 R] >>",
             b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
             b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] >>",
             b"<< /Type /Filespec /F (factur-x.xml) /UF (factur-x.xml) /AFRelationship /Data /EF << /F 5 0 R >> >>",
-            b"<< /Type /EmbeddedFile /Subtype /text#2Fxml"
-            + extra
-            + b" /Length %d >>\nstream\n" % len(stream)
-            + stream
-            + b"\nendstream",
+            embedded_file(stream, extra),
         ]
     )
 
@@ -337,7 +316,7 @@ def test_pdf_with_unsupported_filter(validator: Validator) -> None:
 
 
 def test_pdf_with_cyclic_name_tree(validator: Validator) -> None:
-    data = _pdf(
+    data = build_pdf(
         [
             b"<< /Type /Catalog /Pages 2 0 R /Names << /EmbeddedFiles 3 0 R >> >>",
             b"<< /Type /Pages /Kids [] /Count 0 >>",
@@ -351,3 +330,72 @@ def test_many_hostile_documents_in_a_row_leave_validator_usable(validator: Valid
     for payload in (b"", b"<", _billion_laughs(), b"%PDF-1.4 junk", b"<a>" * 300):
         validator.validate(payload)
     assert validator.validate(read_sample("ubl-invoice-valid.xml")).valid
+
+
+def _spec(name: bytes, stream: int) -> bytes:
+    return b"<< /Type /Filespec /F (" + name + b") /EF << /F %d 0 R >> >>" % stream
+
+
+def _invoice_beyond_a_deep_tree(xml: bytes) -> bytes:
+    # The validated invoice at the root of the name tree, another one 25 levels down.
+    chain = [b"<< /Names [(factur-x.xml) 4 0 R] /Kids [9 0 R] >>"]
+    chain += [b"<< /Kids [%d 0 R] >>" % (10 + i) for i in range(24)]
+    chain.append(b"<< /Names [(factur-x.xml) 6 0 R] >>")
+    return build_pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R /Names << /EmbeddedFiles 8 0 R >> >>",
+            b"<< /Type /Pages /Kids [] /Count 0 >>",
+            b"<< >>",
+            _spec(b"factur-x.xml", 5),
+            embedded_file(xml),
+            _spec(b"factur-x.xml", 7),
+            embedded_file(xml.replace(b"842109373", b"732829320")),
+            *chain,
+        ]
+    )
+
+
+def _invoice_beyond_many_files(xml: bytes) -> bytes:
+    # 1000 harmless entries first, the unchecked invoice as the 1001st.
+    filler = b" ".join(b"(note-%04d.txt) 6 0 R" % i for i in range(1000))
+    return build_pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R /Names << /EmbeddedFiles << /Names [(factur-x.xml) 4 0 R "
+            + filler
+            + b" (factur-x.xml) 8 0 R] >> >> >>",
+            b"<< /Type /Pages /Kids [] /Count 0 >>",
+            b"<< >>",
+            _spec(b"factur-x.xml", 5),
+            embedded_file(xml),
+            _spec(b"note.txt", 7),
+            embedded_file(b"note"),
+            _spec(b"factur-x.xml", 9),
+            embedded_file(xml.replace(b"842109373", b"732829320")),
+        ]
+    )
+
+
+@pytest.mark.parametrize("build", [_invoice_beyond_a_deep_tree, _invoice_beyond_many_files])
+def test_attachments_beyond_the_walk_limits_reject(
+    validator: Validator, read_sample: ReadSample, build: Callable[[bytes], bytes]
+) -> None:
+    # Stopping the walk quietly would validate the first invoice and deliver the other unchecked.
+    report = _check(validator, build(read_sample("cii-invoice-valid.xml")))
+    assert _only_rule(report) == "FORMAT"
+    assert "cannot" in report.findings[0].message
+
+
+def test_many_copies_of_the_invoice_are_not_all_decoded(validator: Validator, read_sample: ReadSample) -> None:
+    xml = read_sample("cii-invoice-valid.xml")
+    report = _check(validator, pdf_with_attachments([Attachment("factur-x.xml", xml)] * 5))
+    assert _only_rule(report) == "FACTURX-AMBIGUOUS"
+    assert "5 invoice XML attachment streams" in report.findings[0].message
+
+
+def test_copies_decoding_past_the_total_are_refused(validator: Validator) -> None:
+    # Three identical copies of 15 MiB each: each is within the per-stream limit, together they are not.
+    big = b"<x>" + b" " * (15 * 1024 * 1024) + b"</x>"
+    pdf = pdf_with_attachments([Attachment("factur-x.xml", big, deflate=True)] * 3)
+    report = _check(validator, pdf)
+    assert _only_rule(report) == "PARSE"
+    assert "in total" in report.findings[0].message

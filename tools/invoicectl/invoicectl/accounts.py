@@ -26,6 +26,9 @@ from invoicing_common.auth.client import TokenSource
 from invoicing_common.auth.principal import ROLE_DIRECTORY_ADMIN, ROLES
 
 SIRENS_CLAIM = "sirens"
+# Set on every client this module makes: `delete` removes no other client
+# (the realm's own, or another application's).
+MARKER = "invoicing.account"
 
 
 class AccountError(Exception):
@@ -63,8 +66,10 @@ def check_roles(roles: Iterable[str]) -> tuple[str, ...]:
 
 
 def check_sirens(sirens: Iterable[str]) -> tuple[str, ...]:
-    chosen = tuple(dict.fromkeys(s.strip() for s in sirens))
-    bad = [s for s in chosen if not fr_siren.is_valid(s)]
+    written = list(sirens)
+    bad = [s for s in written if not fr_siren.is_valid(s)]
+    # Canonical 9 digits: the services compare SIRENs as written in tokens.
+    chosen = tuple(dict.fromkeys(fr_siren.compact(s) for s in written))
     if bad:
         raise AccountError("siren", f"{', '.join(bad)} is not a SIREN (9 digits with a valid check digit)")
     return chosen
@@ -125,6 +130,7 @@ class AccountsAdmin:
             "standardFlowEnabled": False,
             "implicitFlowEnabled": False,
             "directAccessGrantsEnabled": False,
+            "attributes": {MARKER: "true"},
             "protocolMappers": [
                 {
                     "name": SIRENS_CLAIM,
@@ -159,10 +165,14 @@ class AccountsAdmin:
         return Account(client_id, secret["value"], chosen_roles, chosen_sirens)
 
     def delete(self, client_id: str) -> bool:
-        """Remove the account; False when there was none by that name."""
+        """Remove the account; False when there was none by that name.
+        Clients not made as accounts (the realm's own, the demo account's
+        realm import) are refused."""
         with self._client() as http:
             found = self._check(http.get("/clients", params={"clientId": client_id}), "look the account up").json()
             if not found:
                 return False
+            if found[0].get("attributes", {}).get(MARKER) != "true":
+                raise AccountError("client_id", f"{client_id} is not an account made by `invoicectl accounts create`")
             self._check(http.delete(f"/clients/{found[0]['id']}"), "delete the account")
         return True

@@ -32,7 +32,7 @@ def _admin() -> AccountsAdmin:
 
 def _fail(exc: Exception) -> typer.Exit:
     err.print(f"[red]error:[/red] {exc}", markup=True)
-    usage = isinstance(exc, AccountError) and exc.field in {"role", "siren", "name", "INVOICING_TOKEN_URL"}
+    usage = isinstance(exc, AccountError) and exc.field in {"role", "siren", "name", "client_id", "INVOICING_TOKEN_URL"}
     return typer.Exit(2 if usage else 1)
 
 

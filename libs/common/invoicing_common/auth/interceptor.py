@@ -5,6 +5,11 @@ Principal bound there (a ContextVar) is what the handler and the code it
 calls see. Refusals say what the caller can fix and nothing more: why a
 token was refused goes to the ``invoicing.auth.refusals`` metric, never to
 the caller, and the token itself goes nowhere.
+
+A call is charged one rate-limit token, and a client stream one more per
+request message after the first. A response stream ends when the token that
+opened it expires (plus the verifier's leeway), so an account that was
+deleted or lost a role stops receiving within one token lifetime.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, NoReturn
 
@@ -22,6 +28,7 @@ from opentelemetry import metrics, trace
 from invoicing_common.auth.principal import Principal, bind_principal, reset_principal
 from invoicing_common.auth.quotas import RateLimiter, StreamLimiter
 from invoicing_common.auth.tokens import InvalidToken, TokenVerifier
+from invoicing_common.grpc_handlers import responses
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +58,23 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         streams: StreamLimiter,
         limited_streams: frozenset[str] = frozenset(),
         default_deadline_seconds: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """``policy`` maps each full method name to the roles of which the
         caller needs one; an empty set admits any authenticated account. A
         method missing from it is refused to everyone (fail closed).
-        ``limited_streams`` are the methods counted against ``streams``.
+        ``limited_streams`` are the methods counted against ``streams``, of
+        any kind: the slot is held for the whole call.
         ``default_deadline_seconds`` bounds unary-response calls whose client
-        set no deadline."""
+        set no deadline. ``clock`` is the wall clock token expiry is read
+        against (epoch seconds)."""
         self._verifier = verifier
         self._policy = dict(policy)
         self._limiter = limiter
         self._streams = streams
         self._limited_streams = limited_streams
         self._default_deadline = default_deadline_seconds
+        self._clock = clock
         self._reported_without_policy: set[str] = set()
 
     async def intercept_service(
@@ -94,16 +105,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             inner_su = handler.stream_unary
 
             async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with self._admitted(method, context):
-                    return await self._within_default_deadline(context, lambda: inner_su(requests, context))
+                async with self._admitted(method, context) as principal:
+                    charged = self._charged(requests, principal, context)
+                    return await self._within_default_deadline(context, lambda: inner_su(charged, context))
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, deserialize, serialize)
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async with self._admitted(method, context):
-                    async for item in _responses(inner_us(request, context)):
+                async with self._admitted(method, context) as principal:
+                    items = responses(inner_us(request, context))
+                    async for item in self._until_token_expiry(items, principal, context):
                         yield item
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, serialize)
@@ -111,8 +124,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             inner_ss = handler.stream_stream
 
             async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async with self._admitted(method, context):
-                    async for item in _responses(inner_ss(requests, context)):
+                async with self._admitted(method, context) as principal:
+                    items = responses(inner_ss(self._charged(requests, principal, context), context))
+                    async for item in self._until_token_expiry(items, principal, context):
                         yield item
 
             return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, serialize)
@@ -122,7 +136,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     @contextlib.asynccontextmanager
     async def _admitted(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[Principal]:
         """Aborts the call unless every check passes; otherwise binds the
-        caller for the duration of the call and holds its stream slot."""
+        caller for the duration of the call and holds its stream slot (for a
+        method in ``limited_streams``, whatever its kind) until the call ends."""
         principal = await self._authorise(method, context)
         counted = method in self._limited_streams
         if counted and not self._streams.try_acquire(principal.subject):
@@ -146,12 +161,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 reset_principal(binding)
 
     async def _authorise(self, method: str, context: grpc.aio.ServicerContext) -> Principal:
-        roles = self._policy.get(method)
-        if roles is None:
-            if method not in self._reported_without_policy:
-                self._reported_without_policy.add(method)
-                log.error("%s has no entry in the auth policy: every call to it is refused", method)
-            await _refuse(context, "no_policy", grpc.StatusCode.PERMISSION_DENIED, "method not permitted")
+        # Authenticate before anything else: were the policy consulted first,
+        # an anonymous caller could tell guarded-but-unlisted methods (denied)
+        # from the others (unauthenticated).
         try:
             token = _bearer_token(context.invocation_metadata())
             if token is None:
@@ -172,6 +184,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 _WWW_AUTHENTICATE,
             )
         trace.get_current_span().set_attribute("enduser.id", principal.subject)
+        roles = self._policy.get(method)
+        if roles is None:
+            if method not in self._reported_without_policy:
+                self._reported_without_policy.add(method)
+                log.error("%s has no entry in the auth policy: every call to it is refused", method)
+            await _refuse(context, "no_policy", grpc.StatusCode.PERMISSION_DENIED, "method not permitted")
         if roles and not roles & principal.roles:
             first, *others = sorted(roles)
             alternatives = f" (or {' or '.join(others)})" if others else ""
@@ -181,6 +199,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"this account needs the role {first}{alternatives} for {method.rpartition('/')[2]}",
             )
+        await self._charge(principal, context)
+        return principal
+
+    async def _charge(self, principal: Principal, context: grpc.aio.ServicerContext) -> None:
+        """Takes one token from the caller's bucket, or aborts the call."""
         wait = self._limiter.check(principal.subject)
         if wait > 0:
             wait_ms = str(math.ceil(wait * 1000))
@@ -192,7 +215,49 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 f"retry after {wait_ms} ms",
                 (("retry-after-ms", wait_ms),),
             )
-        return principal
+
+    async def _charged(
+        self, requests: AsyncIterator[Any], principal: Principal, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """The client's messages, each after the first charged like a call:
+        otherwise one stream would carry any number of requests for the
+        price of one. (A handler reading with context.read() instead of this
+        iterator would go uncharged; none does.)"""
+        first = True
+        async for request in requests:
+            if not first:
+                await self._charge(principal, context)
+            first = False
+            yield request
+
+    async def _until_token_expiry(
+        self, items: AsyncIterator[Any], principal: Principal, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """``items`` until the caller's token expires (with the verifier's
+        leeway); then the stream ends with UNAUTHENTICATED and the client
+        calls again with a fresh token, which is checked afresh."""
+        loop = asyncio.get_running_loop()
+        # Token times are wall-clock; timers run on the loop's monotonic clock.
+        remaining = principal.expires_at + self._verifier.leeway_seconds - self._clock()
+        deadline = loop.time() + remaining
+        iterator = aiter(items)
+        while True:
+            # The yield stays outside the timeout: while suspended there the
+            # task runs gRPC's send, which the timeout must not cancel.
+            timeout = asyncio.timeout_at(deadline)
+            try:
+                async with timeout:
+                    item = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                if not timeout.expired():
+                    raise  # the handler's own timeout, not ours
+                await _refuse_expired(context)
+            # A handler that never waits gives the timer no chance to fire.
+            if loop.time() >= deadline:
+                await _refuse_expired(context)
+            yield item
 
     async def _within_default_deadline(
         self, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Any]]
@@ -244,11 +309,11 @@ async def _refuse(
     raise AssertionError("unreachable: context.abort raises")
 
 
-async def _responses(result: Any) -> AsyncIterator[Any]:
-    """A streaming handler either yields its responses (async generator) or
-    writes them with context.write() and returns a coroutine."""
-    if hasattr(result, "__aiter__"):
-        async for item in result:
-            yield item
-    else:
-        await result
+async def _refuse_expired(context: grpc.aio.ServicerContext) -> NoReturn:
+    await _refuse(
+        context,
+        "token_expired",
+        grpc.StatusCode.UNAUTHENTICATED,
+        "access token expired; call again with a new token",
+        _WWW_AUTHENTICATE,
+    )

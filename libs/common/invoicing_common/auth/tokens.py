@@ -2,10 +2,13 @@
 
 A verified token is cached until it expires, so a repeat caller costs a
 SHA-256 and a dict lookup; only a token seen for the first time costs a
-signature check. The issuer's keys (JWKS) are fetched once and fetched again
-only when a token names a key we do not know, at most every
-``jwks_min_refresh_seconds``: a flood of forged tokens with random key ids
-must not turn the service into a JWKS request amplifier.
+signature check. The issuer's keys (JWKS) are fetched again when they are
+older than ``jwks_max_age_seconds``, so a key the issuer withdrew stops being
+trusted, and when a token names a key we do not know; either way at most
+every ``jwks_min_refresh_seconds``: a flood of forged tokens with random key
+ids must not turn the service into a JWKS request amplifier. If the issuer
+cannot be reached we keep the keys we have: an issuer outage must not lock
+every caller out.
 
 Tokens are secrets: they never reach a log line or an exception message.
 """
@@ -18,9 +21,10 @@ import logging
 import math
 import ssl
 import time
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
@@ -98,6 +102,9 @@ class OidcConfig:
     sirens_claim: str = "sirens"
     cache_size: int = 10_000
     jwks_min_refresh_seconds: float = 30.0
+    # Keys older than this are fetched again before the next signature check,
+    # so a key the issuer removed is dropped within about this long.
+    jwks_max_age_seconds: float = 300.0
     http_timeout_seconds: float = 5.0
 
     def __post_init__(self) -> None:
@@ -112,8 +119,11 @@ class OidcConfig:
                 raise ValueError(f"OIDC algorithm {alg!r} is not allowed: only asymmetric signatures are accepted")
             if alg not in _KEY_TYPES:
                 raise ValueError(f"OIDC algorithm {alg!r} is not supported (known: {', '.join(_KEY_TYPES)})")
-        if self.cache_size < 0 or self.leeway_seconds < 0 or self.jwks_min_refresh_seconds < 0:
-            raise ValueError("OIDC cache_size, leeway_seconds and jwks_min_refresh_seconds must not be negative")
+        if min(self.cache_size, self.leeway_seconds, self.jwks_min_refresh_seconds, self.jwks_max_age_seconds) < 0:
+            raise ValueError(
+                "OIDC cache_size, leeway_seconds, jwks_min_refresh_seconds and jwks_max_age_seconds"
+                " must not be negative"
+            )
         if self.http_timeout_seconds <= 0:
             raise ValueError("OIDC http_timeout_seconds must be positive")
 
@@ -142,6 +152,19 @@ class _SigningKey:
         return (self.alg is None or self.alg == alg) and self.kty == kty and (crv is None or self.crv == crv)
 
 
+@dataclass(frozen=True)
+class _KeySet:
+    # Every usable signing key of the JWKS, with or without a kid.
+    signing: tuple[_SigningKey, ...] = ()
+    by_kid: Mapping[str, _SigningKey] = field(default_factory=dict)
+
+    @property
+    def only(self) -> _SigningKey | None:
+        """The one signing key, when the issuer has only one: the key a token
+        without a kid is checked against."""
+        return self.signing[0] if len(self.signing) == 1 else None
+
+
 class TokenVerifier:
     def __init__(
         self,
@@ -155,11 +178,20 @@ class TokenVerifier:
         self._http: httpx.AsyncClient | None = None
         # sha256(token) -> Principal, least recently used first.
         self._cache: OrderedDict[bytes, Principal] = OrderedDict()
-        self._keys: dict[str, _SigningKey] = {}
+        self._keys = _KeySet()
         self._jwks_url = config.jwks_url
+        # When the keys we hold were fetched; None: never.
+        self._keys_fetched_at: float | None = None
+        # When the last fetch, successful or not, ended.
         self._last_refresh: float | None = None
         self._refresh_failed = False
         self._refresh_lock = asyncio.Lock()
+
+    @property
+    def leeway_seconds(self) -> float:
+        """The clock skew tolerated on a token's times, also by those who hold
+        a verified token's Principal past its verification (open streams)."""
+        return self._config.leeway_seconds
 
     async def aclose(self) -> None:
         if self._http is not None:
@@ -173,6 +205,10 @@ class TokenVerifier:
             raise InvalidToken("malformed")
         digest = hashlib.sha256(token.encode()).digest()
         cached = self._cache.get(digest)
+        # A cached token keeps working until it expires, even when its key
+        # has been withdrawn since: the cache holds verdicts, not keys, and
+        # re-checking would cost the signature check it exists to save.
+        # Access tokens are short-lived, which bounds that window.
         if cached is not None:
             if self._clock() < cached.expires_at + self._config.leeway_seconds:
                 self._cache.move_to_end(digest)
@@ -195,11 +231,9 @@ class TokenVerifier:
         if not isinstance(alg, str) or alg not in self._config.algorithms:
             raise InvalidToken("algorithm")
         kid = header.get("kid")
-        if not isinstance(kid, str) or not kid:
+        if kid is not None and (not isinstance(kid, str) or not kid):
             raise InvalidToken("malformed")
-        key = await self._key(kid)
-        if not key.fits(alg):
-            raise InvalidToken("algorithm")
+        key = await self._key(kid, alg)
         try:
             claims = jwt.decode(
                 token,
@@ -256,31 +290,62 @@ class TokenVerifier:
             expires_at=exp,
         )
 
-    async def _key(self, kid: str) -> _SigningKey:
-        key = self._keys.get(kid)
+    async def _key(self, kid: str | None, alg: str) -> _SigningKey:
+        if self._keys_stale():
+            await self._refresh_keys(lambda: not self._keys_stale())
+        if kid is None:
+            key = self._keys.only
+            # With several keys, trying each would be a guess that multiplies
+            # the cost of every forged token.
+            if key is None or not key.fits(alg):
+                raise InvalidToken(self._missing_key_reason("malformed"))
+            return key
+        key = self._keys.by_kid.get(kid)
         if key is None:
-            await self._refresh_keys(kid)
-            key = self._keys.get(kid)
+            await self._refresh_keys(lambda: kid in self._keys.by_kid)
+            key = self._keys.by_kid.get(kid)
         if key is None:
-            raise InvalidToken("jwks_unavailable" if self._refresh_failed and not self._keys else "unknown_key")
+            raise InvalidToken(self._missing_key_reason("unknown_key"))
+        if not key.fits(alg):
+            raise InvalidToken("algorithm")
         return key
 
-    async def _refresh_keys(self, kid: str) -> None:
+    def _missing_key_reason(self, reason: Reason) -> Reason:
+        return "jwks_unavailable" if self._refresh_failed and not self._keys.signing else reason
+
+    def _keys_stale(self) -> bool:
+        fetched = self._keys_fetched_at
+        return fetched is None or not self._within(fetched, self._config.jwks_max_age_seconds)
+
+    def _within(self, moment: float, seconds: float) -> bool:
+        # A clock stepped back counts as "long ago": it must not freeze the keys.
+        return 0 <= self._clock() - moment < seconds
+
+    async def _refresh_keys(self, done: Callable[[], bool]) -> None:
+        """Fetches the keys again unless ``done()`` already holds or the last
+        fetch was too recent to repeat."""
         # Callers waiting here share the fetch the first one makes: once it is
-        # done they find the key, or find the refresh too recent to repeat.
+        # done they find what they wanted, or find the refresh too recent to repeat.
         async with self._refresh_lock:
-            if kid in self._keys:
+            if done():
                 return
-            minimum = self._config.jwks_min_refresh_seconds
-            if self._last_refresh is not None and self._clock() - self._last_refresh < minimum:
+            last = self._last_refresh
+            if last is not None and self._within(last, self._config.jwks_min_refresh_seconds):
                 return
             try:
                 keys = _parse_jwks(await self._fetch_jwks())
             except Exception as exc:  # noqa: BLE001 - any fault of the issuer; keep the keys we have
                 self._refresh_failed = True
-                log.warning("cannot fetch the token issuer's keys (%s): %s", self._jwks_url or "discovery", exc)
+                log.warning(
+                    "cannot fetch the token issuer's keys (%s): %s; keeping the %d keys we have",
+                    self._jwks_url or "discovery",
+                    exc,
+                    len(self._keys.signing),
+                )
             else:
+                # What the issuer lists now, and nothing else: removed keys are dropped.
                 self._keys = keys
+                self._keys_fetched_at = self._clock()
                 self._refresh_failed = False
             # Set only once the fetch is over: a caller cancelled mid-fetch
             # leaves the next one free to try.
@@ -288,10 +353,22 @@ class TokenVerifier:
 
     async def _fetch_jwks(self) -> dict[str, Any]:
         if self._jwks_url is None:
-            discovery = await self._fetch_json(f"{self._config.issuer.rstrip('/')}/.well-known/openid-configuration")
+            issuer = self._config.issuer
+            discovery = await self._fetch_json(f"{issuer.rstrip('/')}/.well-known/openid-configuration")
+            # OpenID Connect Discovery 1.0, section 4.3: the document must name
+            # exactly the issuer we asked about. Another issuer's document (a
+            # misrouted proxy, a shared host) would make its keys vouch for
+            # tokens carrying our issuer's name.
+            named = discovery.get("issuer")
+            if named != issuer:
+                raise ValueError(
+                    f"the OIDC discovery document names the issuer {named!r}, not the configured {issuer!r}"
+                )
             jwks_uri = discovery.get("jwks_uri")
             if not isinstance(jwks_uri, str) or not jwks_uri:
                 raise ValueError("the OIDC discovery document has no jwks_uri")
+            if not _is_safe_jwks_uri(jwks_uri):
+                raise ValueError(f"the OIDC discovery document's jwks_uri {jwks_uri!r} is not https")
             self._jwks_url = jwks_uri
         return await self._fetch_json(self._jwks_url)
 
@@ -310,19 +387,34 @@ class TokenVerifier:
         return document
 
 
-def _parse_jwks(document: Mapping[str, Any]) -> dict[str, _SigningKey]:
-    """The signing keys of a JWKS by kid. Keys we cannot use (encryption keys,
+def _is_safe_jwks_uri(uri: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        host = parts.hostname
+    except ValueError:
+        return False
+    if parts.scheme == "https":
+        return bool(host)
+    # Plain HTTP only to this machine (tests, a local issuer): anywhere else
+    # whoever is on the path could hand us their own keys.
+    return parts.scheme == "http" and host in ("127.0.0.1", "localhost")
+
+
+def _parse_jwks(document: Mapping[str, Any]) -> _KeySet:
+    """The signing keys of a JWKS. Keys we cannot use (encryption keys,
     symmetric keys, unknown types, broken values) are skipped, not fatal: one
-    odd key must not cost us the others."""
+    odd key must not cost us the others. A key without a kid is kept: a
+    single-key issuer need not name it."""
     entries = document.get("keys")
     if not isinstance(entries, list):
         raise ValueError("the JWKS has no 'keys' list")
-    keys: dict[str, _SigningKey] = {}
+    signing: list[_SigningKey] = []
+    by_kid: dict[str, _SigningKey] = {}
     for entry in entries:
         if not isinstance(entry, dict):
             continue
         kid = entry.get("kid")
-        if not isinstance(kid, str) or not kid or kid in keys:
+        if kid is not None and (not isinstance(kid, str) or not kid or kid in by_kid):
             continue
         if entry.get("use", "sig") != "sig" or entry.get("kty") not in _ASYMMETRIC_KEY_TYPES:
             continue
@@ -331,10 +423,14 @@ def _parse_jwks(document: Mapping[str, Any]) -> dict[str, _SigningKey]:
             continue
         crv = entry.get("crv")
         try:
-            keys[kid] = _SigningKey(jwt.PyJWK(entry), alg, entry["kty"], crv if isinstance(crv, str) else None)
+            key = _SigningKey(jwt.PyJWK(entry), alg, entry["kty"], crv if isinstance(crv, str) else None)
         except (jwt.PyJWTError, KeyError, TypeError, ValueError) as exc:
             log.warning("JWKS key %r skipped: %s", kid, exc)
-    return keys
+            continue
+        signing.append(key)
+        if kid is not None:
+            by_kid[kid] = key
+    return _KeySet(tuple(signing), by_kid)
 
 
 def _reason_of(exc: jwt.PyJWTError) -> Reason:

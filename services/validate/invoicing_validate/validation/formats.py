@@ -18,6 +18,7 @@ from .model import (
     Finding,
 )
 from .parsing import MAX_XML_BYTES, looks_like_xml
+from .pdf_attachments import read_invoice_attachment
 
 NS_UBL_INVOICE: Final = "urn:oasis:names:specification:ubl:schema:xsd:Invoice-2"
 NS_UBL_CREDIT_NOTE: Final = "urn:oasis:names:specification:ubl:schema:xsd:CreditNote-2"
@@ -31,12 +32,6 @@ _ROOTS: Final = {
 }
 
 MAX_PDF_BYTES: Final = 50 * 1024 * 1024
-# Names under which Factur-X 1.0, ZUGFeRD 2.x and XRechnung-in-PDF embed the
-# invoice; compared case-insensitively since producers disagree on case.
-EMBEDDED_XML_NAMES: Final = ("factur-x.xml", "zugferd-invoice.xml", "xrechnung.xml")
-# Walking the /EmbeddedFiles name tree is bounded, as it is attacker-shaped.
-_MAX_NAME_TREE_NODES: Final = 1000
-_MAX_NAME_TREE_DEPTH: Final = 20
 
 
 def _reject(message: str, rule: str = "FORMAT") -> DocumentRejected:
@@ -77,7 +72,7 @@ class PdfExtraction:
 
 
 def _pdf_limits() -> dict[str, Any]:
-    # Everything pypdf decodes while we look for the attachment is bounded
+    # Everything pypdf decodes while we look for the attachments is bounded
     # so that a compression bomb costs a finding, not the worker's memory.
     return {
         "zlib_maximum_output_length": MAX_XML_BYTES + 1,
@@ -91,65 +86,6 @@ def _pdf_limits() -> dict[str, Any]:
         "stream_decoding_work_maximum_length": 4 * (MAX_XML_BYTES + 1),
         "xmp_maximum_input_length": 1024 * 1024,
     }
-
-
-def _name_tree_leaves(node: Any) -> list[tuple[str, Any]]:
-    """(name, filespec) pairs of a PDF name tree, bounded in size and depth."""
-    from pypdf.generic import ArrayObject, DictionaryObject
-
-    leaves: list[tuple[str, Any]] = []
-    stack: list[tuple[Any, int]] = [(node, 0)]
-    visited = 0
-    while stack:
-        current, depth = stack.pop()
-        visited += 1
-        if visited > _MAX_NAME_TREE_NODES or depth > _MAX_NAME_TREE_DEPTH:
-            break
-        current = current.get_object() if hasattr(current, "get_object") else current
-        if not isinstance(current, DictionaryObject):
-            continue
-        names = current.get("/Names")
-        if names is not None:
-            names = names.get_object()
-            if isinstance(names, ArrayObject):
-                for i in range(0, len(names) - 1, 2):
-                    leaves.append((str(names[i].get_object()), names[i + 1]))
-        kids = current.get("/Kids")
-        if kids is not None:
-            kids = kids.get_object()
-            if isinstance(kids, ArrayObject):
-                stack.extend((kid, depth + 1) for kid in kids)
-    return leaves
-
-
-def _filespec_name(spec: Any) -> str:
-    for key in ("/UF", "/F"):
-        value = spec.get(key)
-        if value is not None:
-            return str(value.get_object())
-    return ""
-
-
-def _candidate_filespecs(reader: Any) -> list[tuple[str, Any]]:
-    from pypdf.generic import ArrayObject, DictionaryObject
-
-    catalog = reader.trailer["/Root"].get_object()
-    found: list[tuple[str, Any]] = []
-    names = catalog.get("/Names")
-    if names is not None:
-        embedded = names.get_object().get("/EmbeddedFiles")
-        if embedded is not None:
-            found.extend(_name_tree_leaves(embedded))
-    # PDF/A-3 also lists associated files in /AF; some producers only do that.
-    af = catalog.get("/AF")
-    if af is not None:
-        af = af.get_object()
-        if isinstance(af, ArrayObject):
-            for ref in af[:_MAX_NAME_TREE_NODES]:
-                spec = ref.get_object()
-                if isinstance(spec, DictionaryObject):
-                    found.append((_filespec_name(spec), spec))
-    return found
 
 
 def _read_xmp_level(reader: Any) -> str:
@@ -180,7 +116,7 @@ def _read_xmp_level(reader: Any) -> str:
 
 
 def extract_pdf_xml(data: bytes) -> PdfExtraction:
-    """Return the embedded Factur-X/ZUGFeRD XML, or raise a FORMAT finding."""
+    """Return the one embedded Factur-X/ZUGFeRD XML, or raise a finding (see pdf_attachments)."""
     if len(data) > MAX_PDF_BYTES:
         raise _reject(
             f"PDF is {len(data)} bytes, larger than the {MAX_PDF_BYTES} bytes accepted",
@@ -195,24 +131,7 @@ def extract_pdf_xml(data: bytes) -> PdfExtraction:
             reader = PdfReader(io.BytesIO(data), strict=False)
             if reader.is_encrypted:
                 raise _reject("PDF is encrypted; a Factur-X PDF/A-3 cannot be")
-            candidates = _candidate_filespecs(reader)
-            chosen = None
-            for name, spec in candidates:
-                if name.strip().lower() in EMBEDDED_XML_NAMES:
-                    chosen = (name, spec.get_object())
-                    break
-            if chosen is None:
-                listed = sorted({n for n, _ in candidates if n})[:10]
-                raise _reject(
-                    "PDF has no embedded factur-x.xml or zugferd-invoice.xml"
-                    + (f" (embedded files: {', '.join(listed)})" if listed else "")
-                )
-            name, spec = chosen
-            ef = spec.get("/EF")
-            stream = None if ef is None else ef.get_object().get("/F")
-            if stream is None:
-                raise _reject(f"PDF file specification '{name}' has no embedded stream")
-            xml = stream.get_object().get_data()
+            attachment = read_invoice_attachment(reader)
             xmp_level = _read_xmp_level(reader)
         except DocumentRejected:
             raise
@@ -223,8 +142,4 @@ def extract_pdf_xml(data: bytes) -> PdfExtraction:
         except Exception as exc:  # noqa: BLE001 - pypdf raises many types on bad input
             detail = " ".join(str(exc).split())[:200]
             raise _reject(f"not a readable PDF: {type(exc).__name__}: {detail}") from None
-    if not isinstance(xml, bytes):
-        raise _reject(f"PDF embedded file '{name}' could not be decoded")
-    if len(xml) > MAX_XML_BYTES:
-        raise _reject(f"embedded '{name}' is larger than the {MAX_XML_BYTES} bytes accepted", rule="PARSE")
-    return PdfExtraction(xml=xml, filename=name, xmp_level=xmp_level)
+    return PdfExtraction(xml=attachment.xml, filename=attachment.name, xmp_level=xmp_level)

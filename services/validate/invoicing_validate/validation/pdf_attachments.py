@@ -1,0 +1,223 @@
+"""Finding the invoice XML among a PDF's attachments, and proving it is the only one.
+
+The whole PDF is delivered to the buyer, whose software may take the invoice
+from any attachment under a Factur-X/ZUGFeRD name, found through the
+/EmbeddedFiles name tree or through /AF. Validating one of several would let
+an unchecked invoice (another seller, other amounts) travel with it, so every
+such attachment is read and all must hold the same bytes.
+
+pypdf is imported inside the functions: it is only needed for PDFs, and the
+caller has already applied its decoding limits, which hold for every read here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .model import FATAL, DocumentRejected, Finding
+from .parsing import MAX_XML_BYTES
+
+# Names under which Factur-X 1.0, ZUGFeRD 2.x and XRechnung-in-PDF embed the
+# invoice; compared case-insensitively since producers disagree on case.
+EMBEDDED_XML_NAMES: Final = ("factur-x.xml", "zugferd-invoice.xml", "xrechnung.xml")
+# Order-X PDFs use the same convention. Never validated as the invoice here,
+# but software reading "the" structured XML of a PDF may pick it up, so it
+# must not differ from the invoice either.
+_RIVAL_XML_NAMES: Final = (*EMBEDDED_XML_NAMES, "order-x.xml")
+# A file specification may name its file under any of these keys and keep a
+# stream under the same keys of /EF; readers differ in which they prefer.
+_NAME_KEYS: Final = ("/UF", "/F", "/DOS", "/Mac", "/Unix")
+_STREAM_KEYS: Final = ("/F", "/UF", "/DOS", "/Mac", "/Unix")
+# The attachment structures are attacker-shaped, so walking them is bounded;
+# going over a bound rejects rather than stops, as whatever lies beyond it
+# would be delivered unchecked.
+MAX_NAME_TREE_NODES: Final = 1000
+MAX_NAME_TREE_DEPTH: Final = 20
+MAX_FILESPECS: Final = 1000
+# Identical copies are allowed, so every copy is decoded. Decoding one stream
+# is bounded by the caller's pypdf limits, but its work can be large while its
+# output is small, so the number of streams is bounded as well as their total
+# size. Real Factur-X PDFs hold one stream, reached from the tree and /AF.
+MAX_XML_STREAMS: Final = 4
+MAX_DECODED_TOTAL: Final = 2 * MAX_XML_BYTES
+AMBIGUOUS_RULE: Final = "FACTURX-AMBIGUOUS"
+
+
+def _reject(message: str, rule: str = "FORMAT", location: str = "") -> DocumentRejected:
+    return DocumentRejected(Finding(rule=rule, severity=FATAL, location=location, message=message))
+
+
+@dataclass(frozen=True)
+class InvoiceAttachment:
+    name: str
+    xml: bytes
+
+
+@dataclass(frozen=True)
+class _Filespec:
+    # Every name the attachment goes by: its name-tree key and its own keys.
+    names: tuple[str, ...]
+    spec: Any
+
+
+def _text(value: Any) -> str:
+    return str(value.get_object() if hasattr(value, "get_object") else value).strip()
+
+
+def _own_names(spec: Any) -> list[str]:
+    from pypdf.generic import DictionaryObject
+
+    if not isinstance(spec, DictionaryObject):
+        return []
+    return [_text(spec[key]) for key in _NAME_KEYS if spec.get(key) is not None]
+
+
+def _too_many_files() -> DocumentRejected:
+    return _reject(f"PDF lists more than {MAX_FILESPECS} embedded files; they cannot all be checked")
+
+
+def _name_tree_filespecs(node: Any) -> list[_Filespec]:
+    from pypdf.generic import ArrayObject, DictionaryObject
+
+    found: list[_Filespec] = []
+    stack: list[tuple[Any, int]] = [(node, 0)]
+    visited = 0
+    while stack:
+        current, depth = stack.pop()
+        visited += 1
+        if visited > MAX_NAME_TREE_NODES or depth > MAX_NAME_TREE_DEPTH:
+            raise _reject(
+                f"PDF embedded-files name tree has more than {MAX_NAME_TREE_NODES} nodes"
+                f" or {MAX_NAME_TREE_DEPTH} levels; it cannot be checked"
+            )
+        current = current.get_object() if hasattr(current, "get_object") else current
+        if not isinstance(current, DictionaryObject):
+            continue
+        names = current.get("/Names")
+        names = None if names is None else names.get_object()
+        if isinstance(names, ArrayObject):
+            for i in range(0, len(names) - 1, 2):
+                if len(found) >= MAX_FILESPECS:
+                    raise _too_many_files()
+                spec = names[i + 1].get_object()
+                found.append(_Filespec((_text(names[i]), *_own_names(spec)), spec))
+        kids = current.get("/Kids")
+        kids = None if kids is None else kids.get_object()
+        if isinstance(kids, ArrayObject):
+            stack.extend((kid, depth + 1) for kid in kids)
+    return found
+
+
+def _all_filespecs(reader: Any) -> list[_Filespec]:
+    from pypdf.generic import ArrayObject
+
+    catalog = reader.trailer["/Root"].get_object()
+    found: list[_Filespec] = []
+    names = catalog.get("/Names")
+    embedded = None if names is None else names.get_object().get("/EmbeddedFiles")
+    if embedded is not None:
+        found.extend(_name_tree_filespecs(embedded))
+    # PDF/A-3 also lists associated files in /AF; some producers only do that.
+    af = catalog.get("/AF")
+    af = None if af is None else af.get_object()
+    if isinstance(af, ArrayObject):
+        if len(af) > MAX_FILESPECS:
+            raise _too_many_files()
+        for ref in af:
+            spec = ref.get_object()
+            found.append(_Filespec(tuple(_own_names(spec)), spec))
+    return found
+
+
+def _xml_name(names: tuple[str, ...]) -> str | None:
+    """The name to report for an attachment that holds (or rivals) the invoice."""
+    for wanted in (EMBEDDED_XML_NAMES, _RIVAL_XML_NAMES):
+        for name in names:
+            if name.lower() in wanted:
+                return name
+    return None
+
+
+def _streams(name: str, spec: Any) -> list[tuple[object, Any]]:
+    """(identity, stream) of each stream the file specification embeds."""
+    from pypdf.generic import DictionaryObject, IndirectObject, StreamObject
+
+    ef = spec.get("/EF") if isinstance(spec, DictionaryObject) else None
+    ef = None if ef is None else ef.get_object()
+    streams: list[tuple[object, Any]] = []
+    if isinstance(ef, DictionaryObject):
+        for key in _STREAM_KEYS:
+            raw = ef.get(key)
+            stream = None if raw is None else raw.get_object()
+            if isinstance(stream, StreamObject):
+                # The same stream is usually reached twice (/EmbeddedFiles
+                # and /AF); its reference says so without decoding it again.
+                identity = (raw.idnum, raw.generation) if isinstance(raw, IndirectObject) else id(stream)
+                streams.append((identity, stream))
+    if not streams:
+        raise _reject(f"PDF file specification '{name}' has no embedded stream")
+    return streams
+
+
+def _decode(name: str, stream: Any) -> bytes:
+    data = stream.get_data()
+    if not isinstance(data, bytes):
+        raise _reject(f"PDF embedded file '{name}' could not be decoded")
+    if len(data) > MAX_XML_BYTES:
+        raise _reject(f"embedded '{name}' is larger than the {MAX_XML_BYTES} bytes accepted", rule="PARSE")
+    return data
+
+
+def read_invoice_attachment(reader: Any) -> InvoiceAttachment:
+    """The one invoice XML of an opened PDF, or raise a finding."""
+    filespecs = _all_filespecs(reader)
+    candidates = [(name, f.spec) for f in filespecs if (name := _xml_name(f.names)) is not None]
+    if not any(name.lower() in EMBEDDED_XML_NAMES for name, _ in candidates):
+        listed = sorted({n for f in filespecs for n in f.names if n})[:10]
+        raise _reject(
+            "PDF has no embedded factur-x.xml or zugferd-invoice.xml"
+            + (f" (embedded files: {', '.join(listed)})" if listed else "")
+        )
+    # Each stream once, however many times it is reached, in first-reach order.
+    streams: dict[object, tuple[str, Any]] = {}
+    reached: list[tuple[str, object]] = []
+    for name, spec in candidates:
+        for identity, stream in _streams(name, spec):
+            streams.setdefault(identity, (name, stream))
+            reached.append((name, identity))
+    if len(streams) > MAX_XML_STREAMS:
+        raise _reject(
+            f"the PDF carries {len(streams)} invoice XML attachment streams, more than the {MAX_XML_STREAMS}"
+            " that are compared: exactly one invoice XML is allowed",
+            rule=AMBIGUOUS_RULE,
+        )
+    decoded: dict[object, bytes] = {}
+    total = 0
+    for identity, (name, stream) in streams.items():
+        decoded[identity] = _decode(name, stream)
+        total += len(decoded[identity])
+        if total > MAX_DECODED_TOTAL:
+            raise _reject(
+                f"the PDF's invoice XML attachments decode to more than {MAX_DECODED_TOTAL} bytes in total",
+                rule="PARSE",
+            )
+    # Distinct contents, each with the name of the first attachment holding it.
+    contents: dict[bytes, str] = {}
+    chosen: InvoiceAttachment | None = None
+    for name, identity in reached:
+        xml = decoded[identity]
+        contents.setdefault(xml, name)
+        if chosen is None and name.lower() in EMBEDDED_XML_NAMES:
+            chosen = InvoiceAttachment(name=name, xml=xml)
+    if len(contents) > 1:
+        listed_names = ", ".join(contents.values())
+        raise _reject(
+            f"the PDF carries {len(contents)} different invoice XML attachments ({listed_names}):"
+            " exactly one is allowed",
+            rule=AMBIGUOUS_RULE,
+            location=listed_names,
+        )
+    if chosen is None:  # cannot happen: a candidate under an invoice name was read above
+        raise _reject("PDF has no readable embedded invoice XML")
+    return chosen
