@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import ipaddress
 import json
 import statistics
 import time
@@ -26,12 +24,10 @@ from typing import Any
 
 import grpc
 import jwt
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import rsa
 from invoicing.v1 import status_pb2, status_pb2_grpc
 
+from invoicectl.bench.baselines import throwaway_certificate
 from invoicing_common.auth.interceptor import AuthInterceptor
 from invoicing_common.auth.quotas import RateLimiter, StreamLimiter
 from invoicing_common.auth.tokens import OidcConfig, TokenVerifier
@@ -82,23 +78,6 @@ async def verify_costs(calls: int) -> tuple[float, float]:
     return cached, uncached
 
 
-def _certificate() -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
 class _Status(status_pb2_grpc.StatusServiceServicer):
     async def GetInvoice(  # noqa: N802 - gRPC method name
         self, request: status_pb2.GetInvoiceRequest, context: grpc.aio.ServicerContext
@@ -109,7 +88,7 @@ class _Status(status_pb2_grpc.StatusServiceServicer):
 async def gate_cost(calls: int, with_gate: bool) -> float:
     """CPU microseconds per call of one process serving and calling."""
     key, jwks = _keys()
-    cert, private = _certificate()
+    cert, private = throwaway_certificate()
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if with_gate:
         gate = AuthInterceptor(

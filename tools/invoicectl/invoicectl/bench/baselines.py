@@ -67,7 +67,7 @@ class _BareIngest(ingest_pb2_grpc.IngestServiceServicer):
         yield ingest_pb2.SubmitInvoiceResponse()  # unreachable: abort raises
 
 
-def _throwaway_certificate() -> tuple[bytes, bytes]:
+def throwaway_certificate() -> tuple[bytes, bytes]:
     """A self-signed certificate for 127.0.0.1: the bare server speaks TLS,
     as ingest does, so the ceiling includes the same transport cost."""
     import datetime as dt
@@ -123,7 +123,7 @@ async def grpc_baseline(
 ) -> GrpcBaseline:
     """The bare server checks no token; the same bearer metadata is sent so
     that the requests are the same size."""
-    cert, key = _throwaway_certificate()
+    cert, key = throwaway_certificate()
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     process = context.Process(target=serve_bare_grpc, args=(child, cert, key), name="bench-bare-grpc", daemon=True)
