@@ -32,6 +32,7 @@ from tests.support import (
     demo_tokens,
     free_port,
     new_account,
+    submit,
     unique_invoice,
     wait_serving,
 )
@@ -136,7 +137,7 @@ async def test_concurrent_watches_are_capped_per_account_and_a_closed_one_frees_
         third.cancel()
 
 
-def _short_lived_account(seconds: int) -> Caller:
+def _short_lived_account(seconds: int) -> tuple[Caller, str]:
     """An account whose tokens live ``seconds`` (a client attribute of
     Keycloak, set through the admin API as the demo account)."""
     account = new_account()
@@ -150,12 +151,12 @@ def _short_lived_account(seconds: int) -> Caller:
         client["attributes"] = {**client.get("attributes", {}), "access.token.lifespan": str(seconds)}
         assert admin.put(f"/clients/{client['id']}", json=client).status_code == 204
         secret = admin.get(f"/clients/{client['id']}/client-secret").json()["value"]
-    return Caller(account.client_id, TokenSource(config.token_url, account.client_id, secret, config.ca_file))
+    return Caller(account.client_id, TokenSource(config.token_url, account.client_id, secret, config.ca_file)), secret
 
 
 async def test_an_expired_token_is_refused(limited: tuple[str, str]) -> None:
     address, _ = limited
-    caller = _short_lived_account(3)
+    caller, _ = _short_lived_account(3)
     token = caller.token()
     metadata = (("authorization", f"Bearer {token}"),)
     async with anonymous_channel(address) as channel:
@@ -206,3 +207,44 @@ async def test_oversized_documents_and_messages_are_refused_and_store_nothing(st
     over_message = await send(33 * 1024 * 1024)
     assert over_message.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert await _receipts(stack, caller.subject()) == 0
+
+
+async def test_a_watch_ends_with_its_token_and_says_where_to_resume(stack: Stack, limited: tuple[str, str]) -> None:
+    address, _ = limited
+    caller, secret = _short_lived_account(3)
+    async with anonymous_channel(address) as channel:
+        stub = status_pb2_grpc.StatusServiceStub(channel)
+        watch = stub.WatchInvoices(
+            status_pb2.WatchInvoicesRequest(), metadata=(("authorization", f"Bearer {caller.token()}"),)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            # Bounded by the token's 3 s lifetime; events may come first.
+            await asyncio.wait_for(_drain(watch), 30)
+        assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        resume = int(dict(ended.value.trailing_metadata() or ())["resume-from-position"])
+        # An invoice the account sees, made available after the stream ended,
+        # is the first thing a new stream from that position shows.
+        doc, _ = unique_invoice("ubl-invoice-valid.xml")
+        invoice_id = (await submit(stack.ingest, doc, "resume.xml")).invoice_id
+        # A new token for the same account (the first one has expired).
+        fresh = TokenSource(client_config().token_url, caller.client_id, secret, client_config().ca_file)
+        again = stub.WatchInvoices(
+            status_pb2.WatchInvoicesRequest(from_position=resume),
+            metadata=(("authorization", f"Bearer {fresh.token()}"),),
+        )
+        seen: list[tuple[str, int]] = []
+
+        async def until_made_available() -> None:
+            async for reply in again:
+                seen.append((reply.event.invoice_id, reply.event.status_code))
+                if (invoice_id, 203) in seen:
+                    again.cancel()
+                    return
+
+        await asyncio.wait_for(until_made_available(), 30)
+        assert (invoice_id, 203) in seen
+
+
+async def _drain(call: Any) -> None:
+    async for _ in call:
+        pass

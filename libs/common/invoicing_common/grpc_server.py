@@ -58,6 +58,9 @@ class GrpcServer(Service):
             StreamLimiter(settings.quota_streams),
             limited_streams=limited_streams,
             default_deadline_seconds=settings.grpc_default_deadline_seconds,
+            # WatchInvoices ends itself at its token's expiry, saying where
+            # to resume; the gate's own end is the backstop.
+            stream_grace_seconds=5.0,
         )
         # Server spans (rpc.*, continuing a client's traceparent) and the
         # latency histogram come first, so they cover every other interceptor,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -36,6 +37,8 @@ MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 _WATCH_BATCH = 200
 _WATCH_IDLE_SECONDS = 1.0
+# Trailing metadata of a watch ended by its token's expiry: where to resume.
+RESUME_POSITION_KEY = "resume-from-position"
 _SERVICE = status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name
 WATCH_METHOD = f"/{_SERVICE}/WatchInvoices"
 # Reads are open to any account (filtered to what it may see); updates need
@@ -226,9 +229,21 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
                 raise BadRequest("from_position", "must be 0 (from now) or a position received earlier")
         except BadRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        viewer = Viewer.of(current_principal())
+        principal = current_principal()
+        viewer = Viewer.of(principal)
         position = request.from_position or await self._queries.head_position()
         while not context.done():
+            # The stream lives as long as the token that opened it. Ended
+            # here (the gate would end it too, a little later, but without
+            # knowing where the stream stood), it tells the client where to
+            # resume with a new token, so that nothing is missed.
+            left = principal.expires_at - time.time()
+            if left <= 0:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"access token expired; call again with a new token and from_position={position}",
+                    trailing_metadata=((RESUME_POSITION_KEY, str(position)),),
+                )
             batch = await self._queries.events_after(f, viewer, position, _WATCH_BATCH)
             for seq, payload in batch:
                 yield status_pb2.WatchInvoicesResponse(event=events_pb2.StatusEvent.FromString(payload), position=seq)
@@ -236,7 +251,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
             if len(batch) < _WATCH_BATCH:
                 # Positions of invoices this viewer may not see are skipped
                 # too: resuming after the last one it got misses nothing.
-                await self._notifier.wait_for_change(_WATCH_IDLE_SECONDS)
+                await self._notifier.wait_for_change(min(_WATCH_IDLE_SECONDS, max(left, 0.0)))
 
     async def UpdateStatus(  # noqa: N802 - gRPC method name
         self, request: status_pb2.UpdateStatusRequest, context: grpc.aio.ServicerContext

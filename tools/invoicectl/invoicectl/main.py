@@ -37,6 +37,7 @@ from invoicectl.render import (
 )
 from invoicectl.validate_cmd import validate
 from invoicing_common.auth.client import ConfigError, TokenError
+from invoicing_status.api import RESUME_POSITION_KEY
 
 app = typer.Typer(help="Command-line client for the invoicing pipeline.", no_args_is_help=True, add_completion=False)
 out = Console(highlight=False, soft_wrap=True, markup=False)
@@ -354,16 +355,31 @@ def watch(
             await follower.stop()
 
     async def via_grpc() -> None:
+
         request = status_pb2.WatchInvoicesRequest(
             filter=_filter(seller, buyer, status_codes, since, until), from_position=from_position
         )
         seen = 0
         async with channel(endpoints.status) as status_channel:
-            async for reply in status_pb2_grpc.StatusServiceStub(status_channel).WatchInvoices(request):
-                show(reply.event, reply.position)
-                seen += 1
-                if limit and seen >= limit:
-                    return
+            stub = status_pb2_grpc.StatusServiceStub(status_channel)
+            while True:
+                call = stub.WatchInvoices(request)
+                try:
+                    async for reply in call:
+                        show(reply.event, reply.position)
+                        seen += 1
+                        if limit and seen >= limit:
+                            return
+                except grpc.aio.AioRpcError as exc:
+                    # The stream ends with the token that opened it; the
+                    # channel fetches a new one, and the server said where
+                    # to resume, so nothing is missed or shown twice.
+                    resume = dict(exc.trailing_metadata() or ()).get(RESUME_POSITION_KEY)
+                    if exc.code() != grpc.StatusCode.UNAUTHENTICATED or not resume:
+                        raise
+                    request.from_position = int(resume)
+                    continue
+                return
 
     try:
         asyncio.run(via_kafka() if kafka else via_grpc())

@@ -59,6 +59,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         limited_streams: frozenset[str] = frozenset(),
         default_deadline_seconds: float | None = None,
         clock: Callable[[], float] = time.time,
+        stream_grace_seconds: float = 0.0,
     ) -> None:
         """``policy`` maps each full method name to the roles of which the
         caller needs one; an empty set admits any authenticated account. A
@@ -74,6 +75,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._streams = streams
         self._limited_streams = limited_streams
         self._default_deadline = default_deadline_seconds
+        # Response streams end this long after their token's expiry (plus
+        # leeway) unless their handler ended them first.
+        self._stream_grace = stream_grace_seconds
         self._clock = clock
         self._reported_without_policy: set[str] = set()
 
@@ -238,7 +242,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         calls again with a fresh token, which is checked afresh."""
         loop = asyncio.get_running_loop()
         # Token times are wall-clock; timers run on the loop's monotonic clock.
-        remaining = principal.expires_at + self._verifier.leeway_seconds - self._clock()
+        # A handler that ends its own stream at the expiry (WatchInvoices,
+        # which then says where to resume) gets there first: the gate is the
+        # backstop, ``stream_grace_seconds`` later.
+        remaining = principal.expires_at + self._verifier.leeway_seconds + self._stream_grace - self._clock()
         deadline = loop.time() + remaining
         iterator = aiter(items)
         while True:

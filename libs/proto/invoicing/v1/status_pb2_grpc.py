@@ -77,7 +77,9 @@ class StatusServiceServicer:
     def WatchInvoices(self, request, context):
         """Status events as they happen, from `from_position` on (exclusive).
         Positions survive restarts of the status service: resume with the last
-        position received.
+        position received. The stream ends UNAUTHENTICATED when the access
+        token that opened it expires, with trailing metadata
+        `resume-from-position`: call again with a new token from there.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,7 +39,9 @@ class StatusServiceStub:
     WatchInvoices: _grpc.UnaryStreamMultiCallable[_status_pb2.WatchInvoicesRequest, _status_pb2.WatchInvoicesResponse]
     """Status events as they happen, from `from_position` on (exclusive).
     Positions survive restarts of the status service: resume with the last
-    position received.
+    position received. The stream ends UNAUTHENTICATED when the access
+    token that opened it expires, with trailing metadata
+    `resume-from-position`: call again with a new token from there.
     """
     UpdateStatus: _grpc.UnaryUnaryMultiCallable[_status_pb2.UpdateStatusRequest, _status_pb2.UpdateStatusResponse]
     """A buyer, receiving platform or supplier moves an invoice on."""
@@ -55,7 +57,9 @@ class StatusServiceAsyncStub(StatusServiceStub):
     WatchInvoices: _aio.UnaryStreamMultiCallable[_status_pb2.WatchInvoicesRequest, _status_pb2.WatchInvoicesResponse]  # type: ignore[assignment]
     """Status events as they happen, from `from_position` on (exclusive).
     Positions survive restarts of the status service: resume with the last
-    position received.
+    position received. The stream ends UNAUTHENTICATED when the access
+    token that opened it expires, with trailing metadata
+    `resume-from-position`: call again with a new token from there.
     """
     UpdateStatus: _aio.UnaryUnaryMultiCallable[_status_pb2.UpdateStatusRequest, _status_pb2.UpdateStatusResponse]  # type: ignore[assignment]
     """A buyer, receiving platform or supplier moves an invoice on."""
@@ -86,7 +90,9 @@ class StatusServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_status_pb2.WatchInvoicesResponse], _abc.AsyncIterator[_status_pb2.WatchInvoicesResponse]]:
         """Status events as they happen, from `from_position` on (exclusive).
         Positions survive restarts of the status service: resume with the last
-        position received.
+        position received. The stream ends UNAUTHENTICATED when the access
+        token that opened it expires, with trailing metadata
+        `resume-from-position`: call again with a new token from there.
         """
 
     @_abc_1.abstractmethod
