@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -29,6 +29,16 @@ class Gate:
         return [item.upper() for item in items]
 
 
+def in_thread(run_many: Callable[[list[str]], list[str]]) -> Callable[[list[str]], Awaitable[list[str]]]:
+    """The dispatcher awaits its calls; a blocking run_many runs in a thread
+    (as a worker process would run it elsewhere)."""
+
+    async def call(items: list[str]) -> list[str]:
+        return await asyncio.to_thread(run_many, items)
+
+    return call
+
+
 async def _hold_first_call(dispatcher: ChunkingDispatcher[str, str], gate: Gate) -> asyncio.Task[str]:
     first = asyncio.create_task(dispatcher.submit("a"))
     await asyncio.to_thread(gate.started.wait, 30)
@@ -37,15 +47,14 @@ async def _hold_first_call(dispatcher: ChunkingDispatcher[str, str], gate: Gate)
 
 async def test_documents_waiting_for_a_busy_worker_go_in_one_call() -> None:
     gate = Gate()
-    with ThreadPoolExecutor(1) as executor:
-        dispatcher: ChunkingDispatcher[str, str] = ChunkingDispatcher(executor, 1, gate)
-        first = await _hold_first_call(dispatcher, gate)
-        rest = [asyncio.create_task(dispatcher.submit(x)) for x in "bcde"]
-        await asyncio.sleep(0)  # a yield: lets each task queue its document
-        assert dispatcher.waiting == 4
-        gate.opened.set()
-        assert await first == "A"
-        assert [await t for t in rest] == ["B", "C", "D", "E"]
+    dispatcher: ChunkingDispatcher[str, str] = ChunkingDispatcher(1, in_thread(gate))
+    first = await _hold_first_call(dispatcher, gate)
+    rest = [asyncio.create_task(dispatcher.submit(x)) for x in "bcde"]
+    await asyncio.sleep(0)  # a yield: lets each task queue its document
+    assert dispatcher.waiting == 4
+    gate.opened.set()
+    assert await first == "A"
+    assert [await t for t in rest] == ["B", "C", "D", "E"]
     assert gate.calls == [["a"], ["b", "c", "d", "e"]]
 
 
@@ -58,17 +67,16 @@ async def test_waiting_documents_are_shared_between_idle_workers() -> None:
             release_second.wait(timeout=30)
         return gate(items)
 
-    with ThreadPoolExecutor(2) as executor:
-        dispatcher: ChunkingDispatcher[str, str] = ChunkingDispatcher(executor, 2, run_many)
-        first = await _hold_first_call(dispatcher, gate)
-        second = asyncio.create_task(dispatcher.submit("x"))  # takes the other worker
-        await asyncio.sleep(0)
-        waiting = [asyncio.create_task(dispatcher.submit(x)) for x in "bcdefg"]
-        await asyncio.sleep(0)
-        assert dispatcher.waiting == 6
-        gate.opened.set()
-        release_second.set()
-        assert [await t for t in (first, second, *waiting)] == ["A", "X", "B", "C", "D", "E", "F", "G"]
+    dispatcher: ChunkingDispatcher[str, str] = ChunkingDispatcher(2, in_thread(run_many))
+    first = await _hold_first_call(dispatcher, gate)
+    second = asyncio.create_task(dispatcher.submit("x"))  # takes the other worker
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(dispatcher.submit(x)) for x in "bcdefg"]
+    await asyncio.sleep(0)
+    assert dispatcher.waiting == 6
+    gate.opened.set()
+    release_second.set()
+    assert [await t for t in (first, second, *waiting)] == ["A", "X", "B", "C", "D", "E", "F", "G"]
     # Whichever worker frees up first, the six waiting documents go in one
     # or two calls (all six to a lone idle worker, three each to two), and
     # each document is validated exactly once.
@@ -78,23 +86,26 @@ async def test_waiting_documents_are_shared_between_idle_workers() -> None:
 
 async def test_a_failed_call_fails_each_of_its_documents_and_the_next_ones_run() -> None:
     gate = Gate()
-    with ThreadPoolExecutor(1) as executor:
-        dispatcher: ChunkingDispatcher[str, str] = ChunkingDispatcher(executor, 1, gate)
-        first = await _hold_first_call(dispatcher, gate)
-        doomed = [asyncio.create_task(dispatcher.submit(x)) for x in ("b", "boom")]
-        await asyncio.sleep(0)
-        gate.opened.set()
-        assert await first == "A"
-        for task in doomed:
-            with pytest.raises(ValueError, match="worker failed"):
-                await task
-        assert await dispatcher.submit("later") == "LATER"
+    dispatcher: ChunkingDispatcher[str, str] = ChunkingDispatcher(1, in_thread(gate))
+    first = await _hold_first_call(dispatcher, gate)
+    doomed = [asyncio.create_task(dispatcher.submit(x)) for x in ("b", "boom")]
+    await asyncio.sleep(0)
+    gate.opened.set()
+    assert await first == "A"
+    for task in doomed:
+        with pytest.raises(ValueError, match="worker failed"):
+            await task
+    assert await dispatcher.submit("later") == "LATER"
 
 
-async def test_a_pool_that_is_shut_down_fails_the_call_instead_of_hanging() -> None:
-    executor = ThreadPoolExecutor(1)
-    executor.shutdown()
-    dispatcher: ChunkingDispatcher[str, str] = ChunkingDispatcher(executor, 1, Gate())
-    with pytest.raises(RuntimeError, match="shutdown"):
-        await dispatcher.submit("a")
-    assert dispatcher.waiting == 0
+async def test_a_retry_goes_alone_and_first() -> None:
+    gate = Gate()
+    dispatcher: ChunkingDispatcher[str, str] = ChunkingDispatcher(1, in_thread(gate))
+    first = await _hold_first_call(dispatcher, gate)
+    waiting = [asyncio.create_task(dispatcher.submit(x)) for x in "bc"]
+    retry = asyncio.create_task(dispatcher.submit("r", alone=True))
+    await asyncio.sleep(0)
+    gate.opened.set()
+    assert [await t for t in (first, retry, *waiting)] == ["A", "R", "B", "C"]
+    # The retry was not chunked with the others, and went before them.
+    assert gate.calls == [["a"], ["r"], ["b", "c"]]

@@ -67,6 +67,7 @@ class GrpcServer(Service):
         # refusals included.
         self._interceptors = [aio_server_interceptor(), _DurationInterceptor(), auth, *interceptors]  # type: ignore[no-untyped-call]
         self._server: grpc.aio.Server | None = None
+        self._ready = False
         self._health = health.aio.HealthServicer()
         self._service_names: list[str] = []
         self.port: int = 0
@@ -101,10 +102,23 @@ class GrpcServer(Service):
         self._server = server
         log.info("gRPC server listening on %s:%d (TLS)", self._settings.grpc_host, self.port)
 
+    @property
+    def ready(self) -> bool:
+        """Marked serving once, and not stopping."""
+        return self._ready and self._server is not None
+
     async def mark_serving(self) -> None:
+        self._ready = True
         for name in ["", *self._service_names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("ready: health SERVING")
+
+    async def set_serving(self, serving: bool) -> None:
+        """Health follows a dependency that failed or came back."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self._service_names]:
+            await self._health.set(name, status)
+        log.log(logging.INFO if serving else logging.WARNING, "health %s", "SERVING" if serving else "NOT_SERVING")
 
     async def on_stop(self) -> None:
         if self._server is None:

@@ -68,7 +68,9 @@ REASON_REQUIRED: frozenset[Status] = frozenset(
 )
 # The pipeline's first final outcome for an invoice (end-to-end latency ends here).
 PIPELINE_OUTCOMES: frozenset[Status] = frozenset({Status.ISSUED, Status.MADE_AVAILABLE, Status.REJECTED})
-REJECTION_REASONS: frozenset[str] = frozenset({"REJ_SEMAN", "REJ_UNI", "REJ_COH", "REJ_ADR", "REJ_CONT_B2G"})
+REJECTION_REASONS: frozenset[str] = frozenset(
+    {"REJ_SEMAN", "REJ_UNI", "REJ_COH", "REJ_ADR", "REJ_CONT_B2G", "REJ_TECH"}
+)
 
 
 def allowed_next(current: Status) -> frozenset[Status]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Executor
+from collections.abc import Awaitable, Callable, Sequence
 
 from invoicing.v1 import events_pb2
 from opentelemetry.trace import Status, StatusCode
@@ -14,17 +14,54 @@ from invoicing_common.streams import Record, StreamApp, decode_event, register_l
 from invoicing_common.telemetry import FINDINGS, VALIDATION_DURATION, record_invoice, tracer
 from invoicing_validate.checks import run_checks_many
 from invoicing_validate.dispatch import ChunkingDispatcher
-from invoicing_validate.domain import validated_event
+from invoicing_validate.domain import CRASH_RULE, TIME_LIMIT_RULE, technical_failure, validated_event
 from invoicing_validate.validation import ValidationReport
+from invoicing_validate.workers import WorkerPool, WorkerTimedOut
 
 log = logging.getLogger(__name__)
 
 
-def register(app: StreamApp, executor: Executor, workers: int, concurrency: int) -> None:
-    dispatcher: ChunkingDispatcher[tuple[bytes, str], ValidationReport] = ChunkingDispatcher(
-        executor, workers, run_checks_many
-    )
+Submit = Callable[[tuple[bytes, str], bool], Awaitable[ValidationReport]]
+
+
+async def with_attempts(
+    submit: Submit, document: tuple[bytes, str], attempts: int, time_limit: float
+) -> ValidationReport:
+    """``submit(document, alone)`` until it gives a report, ``attempts``
+    times at most, alone after the first (a document that kills its worker
+    must not take a chunk of others down twice). When every attempt failed,
+    the report of a technical failure: the document ends 213 REJ_TECH, and
+    the partition moves on."""
+    failure: ValidationReport | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            return await submit(document, attempt > 1)
+        except WorkerTimedOut as exc:
+            message = f"validation did not finish within {time_limit:g}s (tried {attempt} time(s))"
+            failure = technical_failure(TIME_LIMIT_RULE, message)
+            log.warning("validation attempt %d of %d timed out: %s", attempt, attempts, exc)
+        except Exception as exc:  # noqa: BLE001 - its worker died (or the validator broke): try again, then give up
+            message = f"the validator failed on this document (tried {attempt} time(s)): {type(exc).__name__}"
+            failure = technical_failure(CRASH_RULE, message)
+            log.warning("validation attempt %d of %d failed: %s", attempt, attempts, exc)
+    assert failure is not None  # attempts >= 1
+    return failure
+
+
+def register(app: StreamApp, pool: WorkerPool, concurrency: int, time_limit: float, attempts: int) -> None:
+    """``time_limit``: seconds one document may take (a chunk of N gets N
+    times that). ``attempts``: how often a document whose worker died or ran
+    out of time is tried, alone after the first, before it ends 213."""
+
+    async def run_many(documents: list[tuple[bytes, str]]) -> Sequence[ValidationReport]:
+        reports: Sequence[ValidationReport] = await pool.run(run_checks_many, (documents,), time_limit * len(documents))
+        return reports
+
+    dispatcher: ChunkingDispatcher[tuple[bytes, str], ValidationReport] = ChunkingDispatcher(pool.size, run_many)
     validated = app.topic(topics.VALIDATED)
+
+    async def validate(document: bytes, filename: str) -> ValidationReport:
+        return await with_attempts(dispatcher.submit, (document, filename), attempts, time_limit)
 
     async def handle(record: Record) -> None:
         event = decode_event(record, events_pb2.InvoiceReceived)
@@ -32,8 +69,8 @@ def register(app: StreamApp, executor: Executor, workers: int, concurrency: int)
         with tracer().start_as_current_span("validate invoice") as span:
             record_invoice(span, invoice_id)
             started = time.perf_counter()
-            # CPU-bound: run in the process pool so the loop keeps consuming.
-            report = await dispatcher.submit((event.document, event.invoice.filename))
+            # CPU-bound: run in the worker processes so the loop keeps consuming.
+            report = await validate(event.document, event.invoice.filename)
             VALIDATION_DURATION.record(time.perf_counter() - started, {"format": report.format, "valid": report.valid})
             fatal = sum(1 for f in report.findings if f.severity != "warning")
             span.set_attributes(

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from mode import Service
@@ -14,44 +11,44 @@ from invoicing_common.grpc_server import GrpcServer
 from invoicing_common.streams import StreamApp
 from invoicing_validate import agents, checks
 from invoicing_validate.settings import ValidateSettings
+from invoicing_validate.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
 
-class WorkerPool(Service):
-    """Owns the validation processes; stopped after the stream app has drained."""
+class PoolHealth(Service):
+    """Health follows the workers: NOT_SERVING while none can take a
+    document (all dead and not yet replaced), SERVING again once one can."""
 
-    def __init__(self, workers: int, **kwargs: object) -> None:
+    def __init__(self, pool: WorkerPool, server: GrpcServer, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self._workers = workers
-        # spawn, not fork: the parent runs threads (gRPC, OpenTelemetry).
-        self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = pool
+        self._server = server
+        self._serving = True
 
-    async def on_start(self) -> None:
-        # Compile the official artefacts in every worker before the service
-        # says SERVING, so the first invoices do not pay for it. Each warm-up
-        # blocks its worker until all have started, so each lands on its own.
-        loop = asyncio.get_running_loop()
-        pids = await asyncio.gather(
-            *(loop.run_in_executor(self.executor, checks.warm_up) for _ in range(self._workers))
-        )
-        log.info("validation workers ready: %d process(es)", len(set(pids)))
-
-    async def on_stop(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=False)
+    @Service.timer(1.0)
+    async def _check(self) -> None:
+        serving = self._pool.alive > 0
+        if serving != self._serving and self._server.ready:
+            self._serving = serving
+            await self._server.set_serving(serving)
+            log.warning("validation workers alive: %d of %d", self._pool.alive, self._pool.size)
 
 
 @dataclass
 class Validate:
     app: StreamApp
     pool: WorkerPool
+    health: PoolHealth
     grpc: GrpcServer
 
 
 def bootstrap(settings: ValidateSettings) -> Validate:
     app = StreamApp(settings.otel_service_name, settings)
-    pool = WorkerPool(settings.validate_workers)
-    agents.register(app, pool.executor, settings.validate_workers, settings.validate_concurrency)
+    pool = WorkerPool(settings.validate_workers, warm_up=checks.warm_up)
+    agents.register(
+        app, pool, settings.validate_concurrency, settings.validate_time_limit_seconds, settings.validate_attempts
+    )
     # Health and reflection only: no method needs a policy.
     server = GrpcServer(settings, lambda _server: [], policy={})
-    return Validate(app=app, pool=pool, grpc=server)
+    return Validate(app=app, pool=pool, health=PoolHealth(pool, server), grpc=server)

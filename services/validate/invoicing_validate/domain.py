@@ -9,6 +9,7 @@ from invoicing.v1 import common_pb2, events_pb2
 
 from invoicing_common.ids import stage_event_id
 from invoicing_common.parties import seller
+from invoicing_validate.validation.model import FATAL, Finding, Summary, ValidationReport
 
 REJECTION_CODE = "REJ_SEMAN"
 # The seller is not a company the submitting account acts for. REJ_COH
@@ -16,6 +17,27 @@ REJECTION_CODE = "REJ_SEMAN"
 # its context; the finding's rule says which inconsistency.
 SELLER_REJECTION_CODE = "REJ_COH"
 SELLER_RULE = "SELLER-ACCOUNT"
+# The platform could not validate the document (its worker crashed on it,
+# or it ran past the time limit), however often it tried. Until the
+# technical-inadmissibility status (501) exists, such a document ends 213
+# with this code of the platform's own, so that it is told apart from a
+# document the rules refused.
+TECHNICAL_REJECTION_CODE = "REJ_TECH"
+TIME_LIMIT_RULE = "VALIDATION-TIME-LIMIT"
+CRASH_RULE = "VALIDATION-CRASH"
+TECHNICAL_RULES = frozenset({TIME_LIMIT_RULE, CRASH_RULE})
+
+
+def technical_failure(rule: str, message: str) -> ValidationReport:
+    """The report of a document the platform failed to validate."""
+    return ValidationReport(
+        valid=False,
+        format="",
+        profile="",
+        findings=[Finding(rule=rule, severity=FATAL, location="", message=message)],
+        summary=Summary(),
+    )
+
 
 _FORMATS = {
     "ubl-invoice": common_pb2.DOCUMENT_FORMAT_UBL_INVOICE,
@@ -126,6 +148,10 @@ def validated_event(received: events_pb2.InvoiceReceived, report: ReportLike) ->
         # The rules' verdict comes first; a seller finding is listed too.
         fatal = [f for f in report.findings if f.severity != "warning"]
         first = fatal[0] if fatal else None
+        if fatal and all(f.rule in TECHNICAL_RULES for f in fatal):
+            event.reason.code = TECHNICAL_REJECTION_CODE
+            event.reason.text = fatal[0].message[:1000]
+            return event
         text = f"{len(fatal)} fatal finding(s)" + (f"; first: {first.rule}: {first.message}" if first else "")
         event.reason.code = REJECTION_CODE
         event.reason.text = text[:1000]
