@@ -600,7 +600,6 @@ def service_environment(spec: ServiceSpec, values: dict[str, str]) -> dict[str, 
     env = {
         "GRPC_PORT": str(spec.port),
         "METRICS_PORT": str(spec.metrics_port),
-        "TOPIC_PARTITIONS": values["TOPIC_PARTITIONS"],
         "PLATFORM_ID": values["PLATFORM_ID"],
         "KAFKA_BOOTSTRAP_SERVERS": values["KAFKA_BOOTSTRAP_SERVERS"],
         "GRPC_TLS_CERT_FILE": str(TLS_DIR / "server.pem"),
@@ -724,7 +723,7 @@ def _up() -> None:
     values = endpoints()
     tls = pki.ensure(TLS_DIR, clients=KAFKA_CERT_PRINCIPALS)
     sys.path.insert(0, str(ROOT / "libs" / "common"))
-    from invoicing_common.kafka import ensure_topics
+    from invoicing_common import topic_admin
     from invoicing_common.settings import KafkaClientSettings
 
     # Keycloak takes longest to start: first, so it boots while the rest does.
@@ -756,9 +755,11 @@ def _up() -> None:
             RUN / "kcat.conf",
             kafka_security.kcat_properties(f"127.0.0.1:{KAFKA_TLS_PORT}", tls.ca_cert, operator.cert, operator.key),
         )
-    created = asyncio.run(ensure_topics(kafka_admin, TOPIC_PARTITIONS))
-    if created:
-        say(f"created topics ({TOPIC_PARTITIONS} partitions): {', '.join(created)}")
+    # The services create no topic: they are provisioned from deploy/kafka/topics.toml.
+    steps = asyncio.run(topic_admin.apply(kafka_admin, topic_admin.load(partitions=TOPIC_PARTITIONS)))
+    for step in steps:
+        if step.action != "unchanged":
+            say(f"topic {step.topic}: {step.action} {step.detail}".rstrip())
     wait_until("keycloak", lambda: keycloak.ready(KEYCLOAK_MANAGEMENT_PORT, tls.ca_cert), "keycloak")
     if keycloak.ensure_realm(
         KEYCLOAK_PORT, tls.ca_cert, SECRETS.get("keycloak-admin"), values["INVOICING_CLIENT_SECRET"]

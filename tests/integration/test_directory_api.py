@@ -97,7 +97,7 @@ async def test_changes_reach_routing_without_restart(
     assert not again.changed and again.entry.version == 1
 
     # A second "instance": a fresh feed built from the topic has the same view.
-    other = DirectoryFeed(stack.kafka, 6, DirectoryIndex(), client_id="test-second-instance")
+    other = DirectoryFeed(stack.kafka, DirectoryIndex(), client_id="test-second-instance")
     await other.start()
     try:
         assert other.index.in_force(siren, datetime.now(UTC).date()) is not None

@@ -90,9 +90,9 @@ async def read_to_end(
 async def ensure_topics(
     kafka: KafkaClientSettings, partitions: int, names: Sequence[str] = topics.ALL_TOPICS
 ) -> list[str]:
-    """Create missing topics; returns the names created. Safe to call again.
-    A topic the principal may not describe looks missing; creating it then
-    fails with an authorization error that names it."""
+    """Create missing topics with the broker's defaults; returns the names
+    created. For throw-away topics (tests, the bench's Kafka baseline); the
+    platform's own are provisioned by topic_admin from topics.toml."""
     admin = AIOKafkaAdminClient(**kafka.kafka_client_kwargs(), client_id="invoicing-bootstrap")
     await admin.start()
     try:
@@ -111,6 +111,25 @@ async def ensure_topics(
         return created
     finally:
         await admin.close()
+
+
+class MissingTopics(RuntimeError):
+    """A service's topics are not all there: it cannot start."""
+
+
+async def require_topics(kafka: KafkaClientSettings, names: Sequence[str], who: str) -> None:
+    """Stop the start of ``who`` unless every topic of ``names`` exists (and
+    its principal may see it). Topics are provisioned, never created by the
+    services: deploy/kafka/topics.toml, `invoicectl topics apply`."""
+    from invoicing_common.topic_admin import missing
+
+    absent = await missing(kafka, names)
+    if absent:
+        raise MissingTopics(
+            f"{who}: topic(s) {', '.join(absent)} missing, or not readable by Kafka principal "
+            f"{kafka.kafka_sasl_username or '(anonymous)'}; provision them with `invoicectl topics apply` "
+            "(deploy/kafka/topics.toml) and check the ACLs (deploy/kafka/principals.toml)"
+        )
 
 
 def dead_letter(

@@ -76,7 +76,6 @@ class ServiceSettings(KafkaClientSettings):
     # has rights on its own schema only (docs/security.md).
     database_url: str = Field(default="postgresql://invoicing@127.0.0.1:15432/invoicing")
     log_level: str = "INFO"
-    topic_partitions: int = Field(default=6, ge=1, le=1024)
     # Seconds in-flight RPCs get to finish after SIGTERM.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     platform_id: str = Field(default="local", min_length=1)

@@ -31,7 +31,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from invoicing_common import topics
-from invoicing_common.kafka import dead_letter, ensure_topics, headers_to_carrier, producer
+from invoicing_common.kafka import dead_letter, headers_to_carrier, producer, require_topics
 from invoicing_common.settings import ServiceSettings
 from invoicing_common.telemetry import DLQ_RECORDS, consume_span_attributes, meter, produce_span
 
@@ -199,7 +199,7 @@ class StreamApp(Service):
         # Handled, not yet committed: next offset per partition.
         self._uncommitted: dict[TopicPartition, int] = {}
         self._commit_due = 0.0
-        # Every topic read or written, created at start if missing.
+        # Every topic read or written: each must exist at start.
         self._declared: set[str] = set()
         self._dlq = self.topic(topics.DLQ)
 
@@ -257,7 +257,7 @@ class StreamApp(Service):
 
     async def on_start(self) -> None:
         s = self._settings
-        await ensure_topics(s, s.topic_partitions, sorted(self._declared))
+        await require_topics(s, sorted(self._declared), self.group_id)
         self._producer = producer(s, f"{self.group_id}-streams", s.kafka_producer_linger_ms)
         await self._producer.start()
         if self._subscription is None:

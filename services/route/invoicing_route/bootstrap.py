@@ -31,7 +31,6 @@ def bootstrap(settings: RouteSettings) -> Route:
     publisher = DirectoryPublisher(settings, f"{settings.otel_service_name}-directory", settings.directory_linger_ms)
     feed = DirectoryFeed(
         settings,
-        settings.topic_partitions,
         DirectoryIndex(),
         client_id=f"{settings.otel_service_name}-directory-feed",
     )

@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 from mode import Service
 
 from invoicing_common import topics
-from invoicing_common.kafka import assign_all, ensure_topics, read_to_end
+from invoicing_common.kafka import assign_all, read_to_end, require_topics
 from invoicing_common.settings import KafkaClientSettings
 from invoicing_route.codec import Removal, decode_record
 from invoicing_route.directory import DirectoryError, DirectoryIndex, Entry
@@ -104,12 +104,9 @@ class DirectoryPublisher(Service):
 class DirectoryFeed(Service):
     """Keeps ``index`` equal to the directory topic."""
 
-    def __init__(
-        self, kafka: KafkaClientSettings, partitions: int, index: DirectoryIndex, client_id: str, **kwargs: object
-    ) -> None:
+    def __init__(self, kafka: KafkaClientSettings, index: DirectoryIndex, client_id: str, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._kafka = kafka
-        self._partitions = partitions
         self._client_id = client_id
         self.index = index
         self._consumer: AIOKafkaConsumer | None = None
@@ -119,7 +116,7 @@ class DirectoryFeed(Service):
         self.records_applied = 0
 
     async def on_start(self) -> None:
-        await ensure_topics(self._kafka, self._partitions, [topics.DIRECTORY])
+        await require_topics(self._kafka, [topics.DIRECTORY], "route directory feed")
         consumer = AIOKafkaConsumer(
             **self._kafka.kafka_client_kwargs(),
             client_id=self._client_id,

@@ -35,6 +35,7 @@ from invoicectl.render import (
     status_event_json,
     status_event_line,
 )
+from invoicectl.topics_cmd import topics_app
 from invoicectl.validate_cmd import validate
 from invoicing_common.auth.client import ConfigError, TokenError
 from invoicing_status.api import RESUME_POSITION_KEY
@@ -47,6 +48,7 @@ app.command()(bench)
 app.command()(token)
 app.add_typer(directory_app, name="directory")
 app.add_typer(accounts_app, name="accounts")
+app.add_typer(topics_app, name="topics")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
