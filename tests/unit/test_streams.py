@@ -67,3 +67,22 @@ def test_decode_event_refuses_what_is_not_a_pipeline_event() -> None:
     for value in (None, events_pb2.InvoiceReceived(event_id="e").SerializeToString()):
         with pytest.raises(PermanentError):
             decode_event(record(value), events_pb2.InvoiceReceived)
+
+
+async def test_a_database_restarting_or_a_statement_timing_out_is_retried_not_dead_lettered() -> None:
+
+    import asyncpg  # type: ignore[import-untyped]
+
+    faults: list[BaseException] = [
+        asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        TimeoutError(),  # a command_timeout
+    ]
+
+    async def handler(record: Record) -> None:
+        if faults:
+            raise faults.pop(0)
+
+    dlq = FakeTopic()
+    await handle_record(_records(b"ok")[0], handler, dlq=dlq, consumer_group="g", retry_delay=0)
+    assert faults == [] and dlq.sent == []

@@ -60,6 +60,10 @@ async def _reset_if_in_transaction(conn: asyncpg.Connection) -> None:
         await conn.reset()
 
 
+# How long one statement may take before it fails with a TimeoutError.
+DEFAULT_COMMAND_TIMEOUT_SECONDS = 30.0
+
+
 class Database(Service):
     """Owns the pool; ``pool`` is usable once the service has started."""
 
@@ -70,9 +74,11 @@ class Database(Service):
         migrations: Traversable | None = None,
         min_size: int = 2,
         max_size: int = 10,
+        command_timeout: float | None = DEFAULT_COMMAND_TIMEOUT_SECONDS,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._command_timeout = command_timeout
         self._dsn = dsn
         self._schema = schema
         self._migrations = migrations
@@ -107,6 +113,11 @@ class Database(Service):
                     max_size=self._max_size,
                     server_settings=self._server_settings(),
                     reset=_reset_if_in_transaction,
+                    # A statement that hangs (a lock never released, a server
+                    # that stopped answering) fails as a TimeoutError, which
+                    # the stream runtime retries, instead of holding a
+                    # partition for ever.
+                    command_timeout=self._command_timeout,
                 )
                 break
             except (OSError, asyncpg.PostgresError) as exc:

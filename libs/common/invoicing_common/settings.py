@@ -75,6 +75,8 @@ class ServiceSettings(KafkaClientSettings):
     # The password comes from PGPASSFILE or the URL; a service's login role
     # has rights on its own schema only (docs/security.md).
     database_url: str = Field(default="postgresql://invoicing@127.0.0.1:15432/invoicing")
+    # One statement's limit: past it, it fails (and is retried) rather than hang.
+    database_command_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     log_level: str = "INFO"
     # Seconds in-flight RPCs get to finish after SIGTERM.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)

@@ -21,7 +21,12 @@ class Ingest:
 
 
 def bootstrap(settings: IngestSettings) -> Ingest:
-    database = Database(settings.database_url, schema="ingest", migrations=files("invoicing_ingest") / "migrations")
+    database = Database(
+        settings.database_url,
+        schema="ingest",
+        migrations=files("invoicing_ingest") / "migrations",
+        command_timeout=settings.database_command_timeout_seconds,
+    )
     kafka = ProducerService(settings, client_id=settings.otel_service_name)
     servicer = IngestServicer(settings, kafka, ReceiptRepository(database))
     server = GrpcServer(settings, registrar(servicer), ACCESS_POLICY, limited_streams=STREAMING_METHODS)

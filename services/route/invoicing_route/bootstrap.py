@@ -27,7 +27,12 @@ class Route:
 
 
 def bootstrap(settings: RouteSettings) -> Route:
-    database = Database(settings.database_url, schema="directory", migrations=files("invoicing_route") / "migrations")
+    database = Database(
+        settings.database_url,
+        schema="directory",
+        migrations=files("invoicing_route") / "migrations",
+        command_timeout=settings.database_command_timeout_seconds,
+    )
     publisher = DirectoryPublisher(settings, f"{settings.otel_service_name}-directory", settings.directory_linger_ms)
     feed = DirectoryFeed(
         settings,

@@ -20,6 +20,7 @@ def main() -> None:
             [
                 status.database,
                 status.backfill,
+                status.housekeeping,
                 status.kafka,
                 status.publisher,
                 status.notifier,

@@ -231,6 +231,15 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         principal = current_principal()
         viewer = Viewer.of(principal)
+        if request.from_position:
+            pruned = await self._queries.pruned_through()
+            if request.from_position < pruned:
+                # Resuming there would skip events silently: say so instead.
+                await context.abort(
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"from_position: events up to position {pruned} are no longer kept (STATUS_RETENTION_DAYS); "
+                    "list the invoices, then watch from a newer position",
+                )
         position = request.from_position or await self._queries.head_position()
         while not context.done():
             # The stream lives as long as the token that opened it. Ended

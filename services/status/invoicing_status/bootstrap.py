@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from importlib.resources import files
 
 from invoicing_common.db import Database
@@ -12,6 +13,7 @@ from invoicing_common.streams import StreamApp
 from invoicing_status import agents
 from invoicing_status.api import ACCESS_POLICY, WATCH_METHOD, StatusServicer, registrar
 from invoicing_status.backfill import PartiesBackfill
+from invoicing_status.housekeeping import Housekeeping
 from invoicing_status.notifier import ChangeNotifier
 from invoicing_status.outbox import OutboxPublisher
 from invoicing_status.queries import StatusQueries
@@ -24,6 +26,7 @@ class StatusApp:
     app: StreamApp
     database: Database
     backfill: PartiesBackfill
+    housekeeping: Housekeeping
     kafka: ProducerService
     publisher: OutboxPublisher
     notifier: ChangeNotifier
@@ -31,7 +34,12 @@ class StatusApp:
 
 
 def bootstrap(settings: StatusSettings) -> StatusApp:
-    database = Database(settings.database_url, schema="status", migrations=files("invoicing_status") / "migrations")
+    database = Database(
+        settings.database_url,
+        schema="status",
+        migrations=files("invoicing_status") / "migrations",
+        command_timeout=settings.database_command_timeout_seconds,
+    )
     repository = StatusRepository(database)
     kafka = ProducerService(settings, client_id=f"{settings.otel_service_name}-outbox")
     publisher = OutboxPublisher(
@@ -53,6 +61,7 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
         app=app,
         database=database,
         backfill=PartiesBackfill(database),
+        housekeeping=Housekeeping(database, timedelta(days=settings.status_retention_days)),
         kafka=kafka,
         publisher=publisher,
         notifier=notifier,

@@ -106,6 +106,11 @@ class StatusQueries:
             for r in rows
         ]
 
+    async def pruned_through(self) -> int:
+        """The highest position whose event was pruned (0: none was)."""
+        value = await self._database.pool.fetchval("SELECT through FROM pruned_positions")
+        return int(value or 0)
+
     async def head_position(self) -> int:
         value = await self._database.pool.fetchval("SELECT COALESCE(max(seq), 0) FROM status_history")
         return int(value)

@@ -15,4 +15,9 @@ class StatusSettings(GrpcSettings):
     # batches cost fewer statements per event (docs/performance.md) and add
     # at most this much to each status change's latency.
     status_batch_window_ms: int = Field(default=100, ge=0, le=5_000)
+    # Processed event ids and published status events are pruned once this
+    # old. More than the input topics keep records (a week), so that no
+    # redelivered record can find its id gone; as long as WatchInvoices can
+    # resume.
+    status_retention_days: int = Field(default=30, ge=8, le=3650)
     otel_service_name: str = "invoicing-status"
