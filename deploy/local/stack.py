@@ -723,7 +723,7 @@ def _up() -> None:
     values = endpoints()
     tls = pki.ensure(TLS_DIR, clients=KAFKA_CERT_PRINCIPALS)
     sys.path.insert(0, str(ROOT / "libs" / "common"))
-    from invoicing_common import topic_admin
+    from invoicing_common.kafka import admin as topic_admin
     from invoicing_common.settings import KafkaClientSettings
 
     # Keycloak takes longest to start: first, so it boots while the rest does.

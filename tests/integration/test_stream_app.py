@@ -15,9 +15,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type:
 from invoicing.v1 import events_pb2
 
 from invoicing_common import topics
-from invoicing_common.kafka import ensure_topics
+from invoicing_common.kafka import PermanentError, Record, StreamApp, ensure_topics, send
 from invoicing_common.settings import KafkaClientSettings, ServiceSettings
-from invoicing_common.streams import PermanentError, Record, StreamApp, send
 from tests.support import Stack, records_for_key
 
 pytestmark = pytest.mark.stack

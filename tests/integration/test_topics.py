@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
-from invoicing_common import topic_admin, topics
-from invoicing_common.kafka import MissingTopics
+from invoicing_common import topics
+from invoicing_common.kafka import MissingTopics, Record, StreamApp
+from invoicing_common.kafka import admin as topic_admin
 from invoicing_common.settings import ServiceSettings
-from invoicing_common.streams import Record, StreamApp
 from tests.support import ROOT, Stack
 
 pytestmark = pytest.mark.stack

@@ -6,7 +6,8 @@ from typing import Any
 
 from invoicing.v1 import events_pb2
 
-from invoicing_common.streams import PermanentError, Record, handle_record
+from invoicing_common.kafka.errors import PermanentError
+from invoicing_common.kafka.handling import Record, handle_record
 
 
 class FakeTopic:
@@ -57,7 +58,7 @@ async def test_transient_failures_are_retried_in_place() -> None:
 def test_decode_event_refuses_what_is_not_a_pipeline_event() -> None:
     import pytest
 
-    from invoicing_common.streams import PermanentError, decode_event
+    from invoicing_common.kafka import PermanentError, decode_event
 
     def record(value: bytes | None) -> Record:
         return Record("t", 0, 0, b"k", value, [])

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from invoicing_common.streams import Record, handle_record
+from invoicing_common.kafka.handling import Record, handle_record
 from invoicing_common.telemetry import produce_span, tracer
 
 

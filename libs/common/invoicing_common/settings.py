@@ -85,6 +85,13 @@ class ServiceSettings(KafkaClientSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     # How fast a crashed consumer's partitions move to the survivors.
     kafka_session_timeout_seconds: float = Field(default=10.0, ge=3.0, le=300.0)
+    # On a revocation or a stop, the records in hand get this long to finish
+    # before they are cancelled and left (uncommitted) to the next owner.
+    kafka_drain_timeout_seconds: float = Field(default=15.0, gt=0, le=600.0)
+    # A member that has not polled for this long is put out of its group.
+    # The stream runtime polls even while its handlers are busy (fetching
+    # paused), so this bounds a stuck loop, not a slow handler.
+    kafka_max_poll_interval_seconds: float = Field(default=300.0, ge=10.0, le=3600.0)
     # A consumer fetch returns once this much is there or the wait is over:
     # fewer round trips under load, at most the wait per hop when light.
     kafka_fetch_min_bytes: int = Field(default=32 * 1024, ge=1, le=64 * 1024 * 1024)
@@ -96,6 +103,15 @@ class ServiceSettings(KafkaClientSettings):
     kafka_producer_linger_ms: int = Field(default=20, ge=0, le=1000)
     # uvloop: the event loop in C (docs/performance.md has the measurement).
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+
+    @model_validator(mode="after")
+    def _drain_inside_poll_interval(self) -> ServiceSettings:
+        if self.kafka_drain_timeout_seconds >= self.kafka_max_poll_interval_seconds:
+            raise ValueError(
+                f"kafka_drain_timeout_seconds ({self.kafka_drain_timeout_seconds}) must be less than "
+                f"kafka_max_poll_interval_seconds ({self.kafka_max_poll_interval_seconds})"
+            )
+        return self
 
 
 class GrpcSettings(ServiceSettings):

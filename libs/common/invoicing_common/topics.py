@@ -19,3 +19,6 @@ ALL_TOPICS: tuple[str, ...] = (*PIPELINE_TOPICS, *COMPACTED_TOPICS)
 # Documents travel inline in the received/validated events, so every hop must
 # accept records this large (a 5 MiB invoice plus its envelope fits easily).
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+# A dead letter wraps a record of up to MAX_MESSAGE_BYTES with its reason:
+# the DLQ takes a little more than the topics it collects from.
+DLQ_MAX_MESSAGE_BYTES = MAX_MESSAGE_BYTES + 1024 * 1024

@@ -20,7 +20,7 @@ from opentelemetry import trace
 from invoicing_common import topics
 from invoicing_common.auth.principal import ROLE_SUPPLIER, Principal, current_principal
 from invoicing_common.kafka import ProducerService
-from invoicing_common.streams import TRANSIENT_ERRORS
+from invoicing_common.kafka.errors import is_transient
 from invoicing_common.telemetry import SUBMISSIONS, current_trace_id, produce_span, record_invoice
 from invoicing_ingest.domain import SubmissionError, check_submission, new_receipt, received_event
 from invoicing_ingest.repository import ConflictingRetry, ReceiptRepository
@@ -82,13 +82,6 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                             key=receipt.invoice_id.encode(),
                             headers=headers,
                         )
-        except TRANSIENT_ERRORS as exc:
-            # Nothing was kept (the receipt rolled back): a retry is safe.
-            SUBMISSIONS.add(1, {"outcome": "unavailable"})
-            log.warning("submission not stored: %s", exc)
-            raise RequestError(
-                grpc.StatusCode.UNAVAILABLE, "", f"storage unavailable ({type(exc).__name__}); retry with the same key"
-            ) from exc
         except ConflictingRetry as exc:
             SUBMISSIONS.add(1, {"outcome": "conflict"})
             # Keys are scoped to the account: the invoice named is its own.
@@ -97,6 +90,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 "idempotency_key",
                 f"idempotency_key {submission.idempotency_key!r} was already used for invoice {exc.invoice_id}"
                 " with a different document",
+            ) from exc
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # Nothing was kept (the receipt rolled back): a retry is safe.
+            SUBMISSIONS.add(1, {"outcome": "unavailable"})
+            log.warning("submission not stored: %s", exc)
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE, "", f"storage unavailable ({type(exc).__name__}); retry with the same key"
             ) from exc
         outcome = "duplicate" if receipt.duplicate else "accepted"
         SUBMISSIONS.add(1, {"outcome": outcome})

@@ -14,7 +14,7 @@ import grpc
 from invoicing.v1 import directory_pb2, directory_pb2_grpc, events_pb2
 
 from invoicing_common.auth.principal import ROLE_DIRECTORY_ADMIN
-from invoicing_common.streams import TRANSIENT_ERRORS
+from invoicing_common.kafka.errors import is_transient
 from invoicing_route.codec import entry_from_proto, entry_to_proto, service_from_proto, service_to_proto
 from invoicing_route.directory import DirectoryError, Entry, Service, address_of, check_siren, check_siret
 from invoicing_route.domain import BuyerIdentifiers, Resolution
@@ -46,7 +46,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, NotFound):
         await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-    if isinstance(exc, TRANSIENT_ERRORS):
+    if is_transient(exc):
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"directory store or broker unavailable: {exc}")
     raise exc
 

@@ -7,7 +7,7 @@ from importlib.resources import files
 
 from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
-from invoicing_common.streams import StreamApp
+from invoicing_common.kafka import StreamApp
 from invoicing_route import agents
 from invoicing_route.api import ACCESS_POLICY, STREAMING_METHODS, DirectoryServicer, registrar
 from invoicing_route.directory import DirectoryIndex

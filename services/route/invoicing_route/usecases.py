@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from invoicing_common.streams import TRANSIENT_ERRORS
+from invoicing_common.kafka.errors import is_transient
 from invoicing_route.codec import entry_change, entry_key, service_change, service_key, timestamp
 from invoicing_route.directory import (
     DirectoryError,
@@ -303,7 +303,7 @@ class BulkImport:
         self._slots.release()
 
     def _batch_failed(self, lines: list[int], exc: Exception) -> None:
-        if isinstance(exc, TRANSIENT_ERRORS):
+        if is_transient(exc):
             # Broker or database gone: stop the import, the client retries.
             self.failure = self.failure or exc
             return

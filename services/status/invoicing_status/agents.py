@@ -13,17 +13,8 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, Span
 
 from invoicing_common import topics
+from invoicing_common.kafka import PermanentError, Record, StreamApp, register_lag_gauge
 from invoicing_common.parties import seller_sirens
-from invoicing_common.streams import (
-    PERMANENT_ERRORS,
-    PermanentError,
-    Record,
-    StreamApp,
-    consumer_span,
-    register_lag_gauge,
-    retry_transient,
-    send_to_dlq,
-)
 from invoicing_common.telemetry import record_invoice, tracer
 from invoicing_status.domain import Change, Outcome, Submitted, business_key, plan
 from invoicing_status.lifecycle import Reason, Status
@@ -114,7 +105,6 @@ def interpret(record: Record, now: datetime) -> tuple[str, InvoiceFacts, Submitt
 @dataclass
 class _Prepared:
     record: Record
-    consume: Span
     apply: Span
     event_id: str
     facts: InvoiceFacts
@@ -128,17 +118,16 @@ def register(
     batch_size: int = 200,
     batch_window: float = 0.1,
 ) -> None:
-    dlq = app.topic(topics.DLQ)
-    group = app.group_id
+    """Batches of pipeline events, one transaction each. The stream
+    runtime's policy applies: a transient fault retries the batch; a record
+    that cannot be applied (undecodable, or refused by the database) makes
+    the batch run again one record at a time, and that record alone goes to
+    the DLQ."""
 
     def prepare(record: Record, now: datetime) -> _Prepared:
-        consume = consumer_span(record, group)
-        try:
-            event_id, facts, submitted, outcome = interpret(record, now)
-        except BaseException:
-            consume.end()
-            raise
-        apply = tracer().start_span("apply status", context=trace.set_span_in_context(consume))
+        event_id, facts, submitted, outcome = interpret(record, now)
+        parent = trace.set_span_in_context(record.span) if record.span is not None else None
+        apply = tracer().start_span("apply status", context=parent)
         record_invoice(apply, facts.invoice_id)
         # The outbox keeps this span's context: the public status event
         # continues the invoice's trace.
@@ -149,60 +138,31 @@ def register(
         def planner(current: Status | None, duplicate_of: str | None) -> list[Change]:
             return plan(current, submitted, outcome, duplicate_of)
 
-        return _Prepared(record, consume, apply, event_id, facts, planner)
-
-    def finish(item: _Prepared, changes: list[Change]) -> None:
-        observe_changes(item.apply, changes, item.facts.received_at)
-        item.apply.end()
-        item.consume.end()
-        if changes:
-            log.info(
-                "status %s",
-                ",".join(str(c.status.value) for c in changes),
-                extra={"invoice_id": item.facts.invoice_id},
-            )
-
-    async def one_by_one(items: list[_Prepared]) -> None:
-        for item in items:
-            with trace.use_span(item.apply):
-                try:
-                    changes = await retry_transient(
-                        lambda item=item: repository.apply(item.event_id, item.facts, item.planner),  # type: ignore[misc]
-                        "status apply",
-                    )
-                except Exception as exc:  # noqa: BLE001 - one bad event must not stop the partition
-                    await send_to_dlq(item.record, exc, dlq=dlq, consumer_group=group)
-                    changes = []
-            finish(item, changes)
+        return _Prepared(record, apply, event_id, facts, planner)
 
     async def handle_batch(records: list[Record]) -> None:
         now = datetime.now(UTC)
         items: list[_Prepared] = []
-        for record in records:
-            try:
+        try:
+            for record in records:
                 items.append(prepare(record, now))
-            except PERMANENT_ERRORS as exc:
-                await send_to_dlq(record, exc, dlq=dlq, consumer_group=group)
-            except Exception as exc:  # an unknown failure must not stop the partition
-                log.exception("cannot interpret record %s/%d@%d", record.topic, record.partition, record.offset)
-                await send_to_dlq(record, exc, dlq=dlq, consumer_group=group)
-        if not items:
-            return
-        links = [Link(item.apply.get_span_context()) for item in items]
-        with tracer().start_as_current_span("apply status batch", links=links) as batch_span:
-            batch_span.set_attribute("invoicing.batch.size", len(items))
-            try:
-                results = await retry_transient(
-                    lambda: repository.apply_many([(i.event_id, i.facts, i.planner) for i in items]),
-                    "status batch",
-                )
-            except Exception:
-                log.exception("status batch failed; applying its %d event(s) one by one", len(items))
-                await one_by_one(items)
-                on_change()
-                return
+            links = [Link(item.apply.get_span_context()) for item in items]
+            with tracer().start_as_current_span("apply status batch", links=links) as batch_span:
+                batch_span.set_attribute("invoicing.batch.size", len(items))
+                results = await repository.apply_many([(i.event_id, i.facts, i.planner) for i in items])
+        except BaseException:
+            for item in items:
+                item.apply.end()
+            raise
         for item, changes in zip(items, results, strict=True):
-            finish(item, changes)
+            observe_changes(item.apply, changes, item.facts.received_at)
+            item.apply.end()
+            if changes:
+                log.info(
+                    "status %s",
+                    ",".join(str(c.status.value) for c in changes),
+                    extra={"invoice_id": item.facts.invoice_id},
+                )
         if any(results):
             on_change()
 

@@ -8,8 +8,7 @@ from importlib.resources import files
 
 from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
-from invoicing_common.kafka import ProducerService
-from invoicing_common.streams import StreamApp
+from invoicing_common.kafka import ProducerService, StreamApp
 from invoicing_status import agents
 from invoicing_status.api import ACCESS_POLICY, WATCH_METHOD, StatusServicer, registrar
 from invoicing_status.backfill import PartiesBackfill

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from mode import Service
 
 from invoicing_common.db import Database
-from invoicing_common.streams import TRANSIENT_ERRORS
+from invoicing_common.kafka.errors import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ class Housekeeping(Service):
                 events, outbox = await self.prune(datetime.now(UTC) - self.retention)
                 if events or outbox:
                     log.info("housekeeping: pruned %d processed event id(s) and %d outbox row(s)", events, outbox)
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 log.warning("housekeeping skipped this round: %s", exc)
             await self.sleep(self._interval)
 

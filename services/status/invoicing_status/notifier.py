@@ -11,7 +11,7 @@ import asyncpg  # type: ignore[import-untyped]
 from mode import Service
 
 from invoicing_common.db import Database
-from invoicing_common.streams import TRANSIENT_ERRORS
+from invoicing_common.kafka.errors import is_transient
 from invoicing_status.records import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,9 @@ class ChangeNotifier(Service):
                 while not self.should_stop:
                     await self.sleep(5.0)
                     await conn.execute("SELECT 1")  # detects a dead connection
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 log.warning("change listener reconnecting: %s", exc)
                 await self.sleep(1.0)
             finally:

@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind
 from invoicing_common import topics
 from invoicing_common.db import Database
 from invoicing_common.kafka import ProducerService, assign_all, read_to_end
-from invoicing_common.streams import TRANSIENT_ERRORS
+from invoicing_common.kafka.errors import is_transient
 from invoicing_common.telemetry import inject_headers, record_invoice, tracer
 from invoicing_status.records import OUTBOX_CHANNEL, PendingEvent
 from invoicing_status.repository import StatusRepository
@@ -59,7 +59,9 @@ class OutboxPublisher(Service):
         while not self.should_stop:
             try:
                 await self._publish_while_leader()
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 log.warning("outbox publisher interrupted, restarting: %s", exc)
                 await self.sleep(1.0)
 

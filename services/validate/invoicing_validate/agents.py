@@ -10,7 +10,7 @@ from invoicing.v1 import events_pb2
 from opentelemetry.trace import Status, StatusCode
 
 from invoicing_common import topics
-from invoicing_common.streams import Record, StreamApp, decode_event, register_lag_gauge, send
+from invoicing_common.kafka import Record, StreamApp, decode_event, register_lag_gauge, send
 from invoicing_common.telemetry import FINDINGS, VALIDATION_DURATION, record_invoice, tracer
 from invoicing_validate.checks import run_checks_many
 from invoicing_validate.dispatch import ChunkingDispatcher

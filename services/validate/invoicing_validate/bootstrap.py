@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from mode import Service
 
 from invoicing_common.grpc_server import GrpcServer
-from invoicing_common.streams import StreamApp
+from invoicing_common.kafka import StreamApp
 from invoicing_validate import agents, checks
 from invoicing_validate.settings import ValidateSettings
 from invoicing_validate.workers import WorkerPool

@@ -17,7 +17,7 @@ import typer
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from rich.console import Console
 
-from invoicing_common import topic_admin
+from invoicing_common.kafka import admin as topic_admin
 from invoicing_common.settings import KafkaClientSettings
 
 topics_app = typer.Typer(

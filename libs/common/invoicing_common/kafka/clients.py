@@ -1,22 +1,16 @@
-"""Kafka plumbing: producer settings, record headers, topic creation, DLQ,
-and finite reads of a whole topic by group-less consumers."""
+"""Kafka clients: the producer every service uses, record headers, and
+finite reads of a whole topic by group-less consumers."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
-from aiokafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyped]
 from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
-from google.protobuf.timestamp_pb2 import Timestamp
-from invoicing.v1 import events_pb2
 from mode import Service
 
 from invoicing_common import topics
-from invoicing_common.ids import stage_event_id
 from invoicing_common.settings import KafkaClientSettings
 
 log = logging.getLogger(__name__)
@@ -33,7 +27,9 @@ def producer(kafka: KafkaClientSettings, client_id: str, linger_ms: int = 5) -> 
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
-        max_request_size=topics.MAX_MESSAGE_BYTES,
+        # Room for a dead letter; other records are held to MAX_MESSAGE_BYTES
+        # before they are sent (OutTopic), not refused by the broker.
+        max_request_size=topics.DLQ_MAX_MESSAGE_BYTES,
         linger_ms=linger_ms,
     )
 
@@ -85,79 +81,6 @@ async def read_to_end(
         for tp in list(remaining):
             if await consumer.position(tp) >= ends[tp]:
                 remaining.discard(tp)
-
-
-async def ensure_topics(
-    kafka: KafkaClientSettings, partitions: int, names: Sequence[str] = topics.ALL_TOPICS
-) -> list[str]:
-    """Create missing topics with the broker's defaults; returns the names
-    created. For throw-away topics (tests, the bench's Kafka baseline); the
-    platform's own are provisioned by topic_admin from topics.toml."""
-    admin = AIOKafkaAdminClient(**kafka.kafka_client_kwargs(), client_id="invoicing-bootstrap")
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [n for n in names if n not in existing]
-        created: list[str] = []
-        for name in missing:
-            config = {"max.message.bytes": str(topics.MAX_MESSAGE_BYTES)}
-            if name in topics.COMPACTED_TOPICS:
-                config["cleanup.policy"] = "compact"
-            try:
-                await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config)])
-                created.append(name)
-            except TopicAlreadyExistsError:
-                pass
-        return created
-    finally:
-        await admin.close()
-
-
-class MissingTopics(RuntimeError):
-    """A service's topics are not all there: it cannot start."""
-
-
-async def require_topics(kafka: KafkaClientSettings, names: Sequence[str], who: str) -> None:
-    """Stop the start of ``who`` unless every topic of ``names`` exists (and
-    its principal may see it). Topics are provisioned, never created by the
-    services: deploy/kafka/topics.toml, `invoicectl topics apply`."""
-    from invoicing_common.topic_admin import missing
-
-    absent = await missing(kafka, names)
-    if absent:
-        raise MissingTopics(
-            f"{who}: topic(s) {', '.join(absent)} missing, or not readable by Kafka principal "
-            f"{kafka.kafka_sasl_username or '(anonymous)'}; provision them with `invoicectl topics apply` "
-            "(deploy/kafka/topics.toml) and check the ACLs (deploy/kafka/principals.toml)"
-        )
-
-
-def dead_letter(
-    *,
-    topic: str,
-    partition: int,
-    offset: int,
-    key: bytes | None,
-    value: bytes | None,
-    error: BaseException,
-    consumer_group: str,
-) -> events_pb2.DeadLetter:
-    failed_at = Timestamp()
-    failed_at.FromDatetime(datetime.now(UTC))
-    return events_pb2.DeadLetter(
-        # Same source record -> same id, so a redelivered poison record is
-        # recognisable as one failure in the DLQ.
-        event_id=stage_event_id(f"{topic}/{partition}/{offset}", f"dlq:{consumer_group}"),
-        source_topic=topic,
-        source_partition=partition,
-        source_offset=offset,
-        key=key or b"",
-        value=value or b"",
-        error_type=type(error).__name__,
-        error=str(error)[:2000],
-        consumer_group=consumer_group,
-        failed_at=failed_at,
-    )
 
 
 class ProducerService(Service):

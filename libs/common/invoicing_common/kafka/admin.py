@@ -19,11 +19,13 @@ from typing import Any, Literal
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic  # type: ignore[import-untyped]
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType  # type: ignore[import-untyped]
+from aiokafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyped]
 
+from invoicing_common import topics
 from invoicing_common.settings import KafkaClientSettings
 
 # The topics file of a checkout (deploy/kafka/topics.toml): found from here.
-DEFAULT_FILE = Path(__file__).resolve().parents[3] / "deploy" / "kafka" / "topics.toml"
+DEFAULT_FILE = Path(__file__).resolve().parents[4] / "deploy" / "kafka" / "topics.toml"
 _UNKNOWN_TOPIC = 3
 _NOT_AUTHORIZED = 29
 
@@ -185,3 +187,46 @@ async def _apply_one(
         detail = ", ".join(f"{k}={v} (was {configs.get(k)})" for k, v in sorted(differing.items()))
         steps.append(Step(spec.name, "set configs", detail))
     return steps or [Step(spec.name, "unchanged")]
+
+
+async def ensure_topics(
+    kafka: KafkaClientSettings, partitions: int, names: Sequence[str] = topics.ALL_TOPICS
+) -> list[str]:
+    """Create missing topics with the broker's defaults; returns the names
+    created. For throw-away topics (tests, the bench's Kafka baseline); the
+    platform's own are provisioned by ``apply`` from topics.toml."""
+    admin = AIOKafkaAdminClient(**kafka.kafka_client_kwargs(), client_id="invoicing-bootstrap")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        created: list[str] = []
+        for name in missing:
+            config = {"max.message.bytes": str(topics.MAX_MESSAGE_BYTES)}
+            if name in topics.COMPACTED_TOPICS:
+                config["cleanup.policy"] = "compact"
+            try:
+                await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config)])
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        await admin.close()
+
+
+class MissingTopics(RuntimeError):
+    """A service's topics are not all there: it cannot start."""
+
+
+async def require_topics(kafka: KafkaClientSettings, names: Sequence[str], who: str) -> None:
+    """Stop the start of ``who`` unless every topic of ``names`` exists (and
+    its principal may see it). Topics are provisioned, never created by the
+    services: deploy/kafka/topics.toml, `invoicectl topics apply`."""
+    absent = await missing(kafka, names)
+    if absent:
+        raise MissingTopics(
+            f"{who}: topic(s) {', '.join(absent)} missing, or not readable by Kafka principal "
+            f"{kafka.kafka_sasl_username or '(anonymous)'}; provision them with `invoicectl topics apply` "
+            "(deploy/kafka/topics.toml) and check the ACLs (deploy/kafka/principals.toml)"
+        )
