@@ -50,10 +50,10 @@ async def in_process(stack: Stack) -> AsyncIterator[str]:
         r = route(RouteSettings(grpc_port=free_port(), **stack.in_process_settings("route")))
         st = status(StatusSettings(grpc_port=free_port(), **stack.in_process_settings("status")))
         services: list[Service] = [
-            i.database, i.kafka, i.grpc,
+            i.database, i.relay, i.grpc,
             v.pool, v.grpc, v.app,
-            r.database, r.publisher, r.feed, r.grpc, r.app,
-            st.database, st.kafka, st.publisher, st.notifier, st.grpc, st.app,
+            r.database, r.relay, r.feed, r.grpc, r.app,
+            st.database, st.relay, st.notifier, st.grpc, st.app,
         ]  # fmt: skip
         for service in services:
             await service.start()
@@ -138,8 +138,8 @@ async def test_one_journey_gives_one_trace_across_the_four_services(
     assert all(_descends(s, root.context.span_id, by_id) for s in spans), "one tree under SubmitInvoice"
     validation = next(s for s in spans if s.name == "validate invoice")
     assert (validation.attributes or {})["invoicing.format"] == "ubl-invoice"
-    # The receipt's group commit: the send waits inside "store receipt"; the
-    # batch's own trace ("store receipts") links back to it.
+    # The receipt's group commit: the outbox relay's send continues "store
+    # receipt"; the batch's own trace ("store receipts") links back to it.
     stored = next(s for s in spans if s.name == "store receipt")
     send = next(s for s in spans if s.name == "send invoicing.invoice.received.v1")
     assert send.parent is not None and send.parent.span_id == stored.context.span_id

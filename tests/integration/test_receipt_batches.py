@@ -1,34 +1,30 @@
 """Ingest's receipts are written by group commit: submissions that arrive
 while a transaction is busy share the next one. Each submission must still
-see what it saw with a transaction of its own. These tests hold the first
-submission inside its body so that the next ones queue up and form one
-batch, then check rows and answers in a fresh schema of the stack's
-PostgreSQL."""
+see what it saw with a transaction of its own, and each new receipt is
+committed with its `received` record in the outbox (a duplicate with
+none). These tests hold the writer on a row lock taken by another
+connection, so that the next submissions queue up and form one batch, then
+check rows and answers in a fresh schema of the stack's PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from importlib.resources import files
 
-import asyncpg  # type: ignore[import-untyped]
 import pytest
 
+from invoicing_common import topics
 from invoicing_common.db import Database
+from invoicing_common.kafka.outbox import OutboxMessage
 from invoicing_ingest.domain import Receipt, Submission, new_receipt
 from invoicing_ingest.repository import ConflictingRetry, ReceiptRepository
 from tests.support import Stack
 
 pytestmark = pytest.mark.stack
-
-Body = Callable[[Receipt], Awaitable[None]]
-
-
-class SendFailed(Exception):
-    pass
 
 
 def submission(document: bytes, key: str | None = None, submitter: str = "erp") -> Submission:
@@ -41,12 +37,8 @@ def submission(document: bytes, key: str | None = None, submitter: str = "erp") 
     )
 
 
-async def succeed(_: Receipt) -> None:
-    return None
-
-
-async def fail(_: Receipt) -> None:
-    raise SendFailed
+def announce(receipt: Receipt) -> OutboxMessage:
+    return OutboxMessage(topics.RECEIVED, receipt.invoice_id.encode(), receipt.event_id.encode())
 
 
 @pytest.fixture
@@ -62,34 +54,42 @@ async def store(stack: Stack) -> AsyncIterator[tuple[ReceiptRepository, Database
         await database.stop()
 
 
-async def submit(repository: ReceiptRepository, sub: Submission, body: Body = succeed) -> Receipt:
-    async with repository.reserve(sub, new_receipt(datetime.now(UTC))) as receipt:
-        await body(receipt)
-    return receipt
+async def submit(repository: ReceiptRepository, sub: Submission) -> Receipt:
+    return await repository.store(sub, new_receipt(datetime.now(UTC)), announce)
 
 
 async def one_batch(
-    repository: ReceiptRepository, items: list[tuple[Submission, Body]]
+    repository: ReceiptRepository, database: Database, subs: list[Submission]
 ) -> list[Receipt | BaseException]:
-    """Submit ``items`` so that they share one batch: a first submission
-    holds the writer in its body until all of them are queued."""
-    release = asyncio.Event()
-    entered = asyncio.Event()
-
-    async def hold(_: Receipt) -> None:
-        entered.set()
-        await release.wait()
-
-    holder = asyncio.create_task(submit(repository, submission(uuid.uuid4().bytes), hold))
-    await entered.wait()
-    before = repository.batches
-    tasks = [asyncio.create_task(submit(repository, sub, body)) for sub, body in items]
-    while repository.queued < len(items):
-        await asyncio.sleep(0)  # lets the tasks run up to their enqueue; no timing involved
-    release.set()
-    await holder
+    """Submit ``subs`` so that they share one batch: a first submission is
+    held in its transaction (its row waits for a lock another connection
+    holds) until all of them are queued."""
+    holder_doc = uuid.uuid4().bytes
+    blocker = await database.connect()
+    transaction = blocker.transaction()
+    await transaction.start()
+    try:
+        candidate = new_receipt(datetime.now(UTC))
+        await blocker.execute(
+            "INSERT INTO receipts (invoice_id, submitter, sha256, filename, size_bytes, received_at, event_id)"
+            " VALUES ($1, 'erp', $2, 'f.xml', 1, now(), 'held')",
+            candidate.invoice_id,
+            hashlib.sha256(holder_doc).hexdigest(),
+        )
+        before = repository.batches
+        holder = asyncio.create_task(submit(repository, submission(holder_doc)))
+        while repository.batches == before:
+            await asyncio.sleep(0)  # lets the holder's batch start; no timing involved
+        tasks = [asyncio.create_task(submit(repository, sub)) for sub in subs]
+        while repository.queued < len(subs):
+            await asyncio.sleep(0)  # lets the tasks run up to their enqueue; no timing involved
+    finally:
+        await transaction.rollback()
+        await blocker.close()
+    held = await holder
+    assert not held.duplicate  # the blocking row was rolled back
     results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert repository.batches == before + 1, "the queued submissions shared one batch"
+    assert repository.batches == before + 2, "the queued submissions shared one batch"
     return results
 
 
@@ -109,56 +109,41 @@ async def keys(database: Database) -> dict[str, str]:
         }
 
 
+async def announced(database: Database) -> list[str]:
+    """The invoices whose `received` record waits in the outbox."""
+    async with database.pool.acquire() as conn:
+        return [
+            bytes(r["key"]).decode()
+            for r in await conn.fetch("SELECT key FROM outbox WHERE topic = $1 ORDER BY seq", topics.RECEIVED)
+        ]
+
+
 async def test_concurrent_submissions_share_one_transaction(store: tuple[ReceiptRepository, Database]) -> None:
     repository, database = store
     documents = [f"invoice {i}".encode() for i in range(20)]
-    results = await one_batch(repository, [(submission(d, key=f"k{i}"), succeed) for i, d in enumerate(documents)])
+    results = await one_batch(repository, database, [submission(d, key=f"k{i}") for i, d in enumerate(documents)])
     receipts = [r for r in results if isinstance(r, Receipt)]
     assert len(receipts) == 20 and not any(r.duplicate for r in receipts)
     stored = await rows(database)
     assert {r.invoice_id for r in receipts} <= set(stored)
     assert await keys(database) == {f"k{i}": r.invoice_id for i, r in enumerate(receipts)}
-    # A later retry of any of them is a duplicate with the same receipt.
+    # Each receipt was committed with its record, and only those.
+    assert sorted(await announced(database)) == sorted(stored)
+    # A later retry of any of them is a duplicate with the same receipt, and
+    # announces nothing again.
     again = await submit(repository, submission(documents[7], key="k7"))
     assert again.duplicate and again.invoice_id == receipts[7].invoice_id and again.event_id == receipts[7].event_id
+    assert sorted(await announced(database)) == sorted(stored)
 
 
 async def test_same_document_twice_in_a_batch_is_one_invoice(store: tuple[ReceiptRepository, Database]) -> None:
     repository, database = store
-    results = await one_batch(repository, [(submission(b"same"), succeed), (submission(b"same"), succeed)])
+    results = await one_batch(repository, database, [submission(b"same"), submission(b"same")])
     first, second = results
     assert isinstance(first, Receipt) and isinstance(second, Receipt)
     assert not first.duplicate and second.duplicate and second.invoice_id == first.invoice_id
     assert sum(1 for s in (await rows(database)).values() if s[1] == hashlib.sha256(b"same").hexdigest()) == 1
-
-
-async def test_a_failed_send_removes_only_its_own_receipt(store: tuple[ReceiptRepository, Database]) -> None:
-    repository, database = store
-    results = await one_batch(
-        repository,
-        [(submission(b"a", key="ka"), succeed), (submission(b"b", key="kb"), fail), (submission(b"c"), succeed)],
-    )
-    a, b, c = results
-    assert isinstance(a, Receipt) and isinstance(c, Receipt)
-    assert isinstance(b, SendFailed)
-    stored = await rows(database)
-    assert a.invoice_id in stored and c.invoice_id in stored
-    assert hashlib.sha256(b"b").hexdigest() not in {s[1] for s in stored.values()}
-    assert await keys(database) == {"ka": a.invoice_id}
-    # Nothing of the failed submission was kept: its retry is a new invoice.
-    retry = await submit(repository, submission(b"b", key="kb"))
-    assert not retry.duplicate
-
-
-async def test_a_duplicate_of_a_failed_send_is_told_to_retry(store: tuple[ReceiptRepository, Database]) -> None:
-    repository, database = store
-    results = await one_batch(repository, [(submission(b"x"), fail), (submission(b"x"), succeed)])
-    failed, duplicate = results
-    assert isinstance(failed, SendFailed)
-    # Its receipt was the failed one's, which is gone: a transient error
-    # (UNAVAILABLE for the client), never an answer naming a lost invoice.
-    assert isinstance(duplicate, asyncpg.exceptions.SerializationError)
-    assert hashlib.sha256(b"x").hexdigest() not in {s[1] for s in (await rows(database)).values()}
+    assert (await announced(database)).count(first.invoice_id) == 1
 
 
 async def test_a_key_conflict_refuses_only_the_submission_at_fault(store: tuple[ReceiptRepository, Database]) -> None:
@@ -166,11 +151,12 @@ async def test_a_key_conflict_refuses_only_the_submission_at_fault(store: tuple[
     earlier = await submit(repository, submission(b"first", key="k"))
     results = await one_batch(
         repository,
+        database,
         [
-            (submission(b"other", key="k"), succeed),  # key already names another document
-            (submission(b"fine", key="k2"), succeed),
-            (submission(b"new", key="k3"), succeed),
-            (submission(b"also new", key="k3"), succeed),  # same key as the one before, in the same batch
+            submission(b"other", key="k"),  # key already names another document
+            submission(b"fine", key="k2"),
+            submission(b"new", key="k3"),
+            submission(b"also new", key="k3"),  # same key as the one before, in the same batch
         ],
     )
     conflict, fine, new, also_new = results
@@ -181,31 +167,41 @@ async def test_a_key_conflict_refuses_only_the_submission_at_fault(store: tuple[
     assert hashlib.sha256(b"other").hexdigest() not in {s[1] for s in stored.values()}
     assert hashlib.sha256(b"also new").hexdigest() not in {s[1] for s in stored.values()}
     assert await keys(database) == {"k": earlier.invoice_id, "k2": fine.invoice_id, "k3": new.invoice_id}
+    # Nothing announced for the refused ones.
+    assert sorted(await announced(database)) == sorted(stored)
 
 
 async def test_a_submitter_that_gives_up_before_its_turn_leaves_nothing(
     store: tuple[ReceiptRepository, Database],
 ) -> None:
     repository, database = store
-    release = asyncio.Event()
-    entered = asyncio.Event()
-
-    async def hold(_: Receipt) -> None:
-        entered.set()
-        await release.wait()
-
-    holder = asyncio.create_task(submit(repository, submission(b"holder"), hold))
-    await entered.wait()
-    abandoned = asyncio.create_task(submit(repository, submission(b"abandoned")))
-    kept = asyncio.create_task(submit(repository, submission(b"kept")))
-    while repository.queued < 2:
-        await asyncio.sleep(0)
-    abandoned.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await abandoned
-    release.set()
+    blocker = await database.connect()
+    transaction = blocker.transaction()
+    await transaction.start()
+    try:
+        await blocker.execute(
+            "INSERT INTO receipts (invoice_id, submitter, sha256, filename, size_bytes, received_at, event_id)"
+            " VALUES ($1, 'erp', $2, 'f.xml', 1, now(), 'held')",
+            new_receipt(datetime.now(UTC)).invoice_id,
+            hashlib.sha256(b"holder").hexdigest(),
+        )
+        before = repository.batches
+        holder = asyncio.create_task(submit(repository, submission(b"holder")))
+        while repository.batches == before:
+            await asyncio.sleep(0)
+        abandoned = asyncio.create_task(submit(repository, submission(b"abandoned")))
+        kept = asyncio.create_task(submit(repository, submission(b"kept")))
+        while repository.queued < 2:
+            await asyncio.sleep(0)
+        abandoned.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+    finally:
+        await transaction.rollback()
+        await blocker.close()
     await holder
     receipt = await kept
     stored = await rows(database)
     assert receipt.invoice_id in stored
     assert hashlib.sha256(b"abandoned").hexdigest() not in {s[1] for s in stored.values()}
+    assert sorted(await announced(database)) == sorted(stored)

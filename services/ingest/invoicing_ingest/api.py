@@ -19,10 +19,10 @@ from opentelemetry import trace
 
 from invoicing_common import topics
 from invoicing_common.auth.principal import ROLE_SUPPLIER, Principal, current_principal
-from invoicing_common.kafka import ProducerService
 from invoicing_common.kafka.errors import is_transient
-from invoicing_common.telemetry import SUBMISSIONS, current_trace_id, produce_span, record_invoice
-from invoicing_ingest.domain import SubmissionError, check_submission, new_receipt, received_event
+from invoicing_common.kafka.outbox import OutboxMessage
+from invoicing_common.telemetry import SUBMISSIONS, current_trace_id, record_invoice
+from invoicing_ingest.domain import Receipt, SubmissionError, check_submission, new_receipt, received_event
 from invoicing_ingest.repository import ConflictingRetry, ReceiptRepository
 from invoicing_ingest.settings import IngestSettings
 
@@ -47,9 +47,8 @@ class RequestError(Exception):
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, settings: IngestSettings, kafka: ProducerService, receipts: ReceiptRepository) -> None:
+    def __init__(self, settings: IngestSettings, receipts: ReceiptRepository) -> None:
         self._settings = settings
-        self._kafka = kafka
         self._receipts = receipts
 
     async def _submit(
@@ -69,19 +68,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, exc.field, exc.message) from exc
         trace_id = current_trace_id()
         candidate = new_receipt(datetime.now(UTC))
+
+        def announce(receipt: Receipt) -> OutboxMessage:
+            event = received_event(submission, receipt, trace_id)
+            return OutboxMessage(topics.RECEIVED, receipt.invoice_id.encode(), event.SerializeToString())
+
         try:
-            async with self._receipts.reserve(submission, candidate) as receipt:
-                if not receipt.duplicate:
-                    event = received_event(submission, receipt, trace_id)
-                    # Committing the receipt only after the broker acknowledged
-                    # (acks=all) is what makes the answer mean "durable".
-                    with produce_span(topics.RECEIVED, receipt.invoice_id, event.event_id) as headers:
-                        await self._kafka.producer.send_and_wait(
-                            topics.RECEIVED,
-                            value=event.SerializeToString(),
-                            key=receipt.invoice_id.encode(),
-                            headers=headers,
-                        )
+            # Committed with its `received` record (the outbox): the answer
+            # means both are durable.
+            receipt = await self._receipts.store(submission, candidate, announce)
         except ConflictingRetry as exc:
             SUBMISSIONS.add(1, {"outcome": "conflict"})
             # Keys are scoped to the account: the invoice named is its own.
@@ -94,7 +89,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            # Nothing was kept (the receipt rolled back): a retry is safe.
+            # Nothing was kept (the transaction did not commit), or it was
+            # and the retry finds it: a retry with the same key is safe.
             SUBMISSIONS.add(1, {"outcome": "unavailable"})
             log.warning("submission not stored: %s", exc)
             raise RequestError(

@@ -1,35 +1,36 @@
 """Receipts in PostgreSQL (schema ``ingest``), written by group commit.
 
-A receipt is committed only once its ``received`` event is in Kafka, so each
-submission holds a transaction open across the broker's acknowledgement.
-One transaction per submission cost three round trips (BEGIN, INSERT,
-COMMIT) and a commit per invoice. Instead, the submissions that arrive while
-a transaction is busy wait for the next one, and share it: one set-based
-INSERT for all their receipts, every event sent, one COMMIT. Under no load a
-batch is one submission, so nothing waits longer than before.
+A receipt and its ``received`` record (an outbox row, published by the
+relay) are committed in one transaction: the answer "accepted" means both
+are durable, and no transaction waits for Kafka. One transaction per
+submission cost three round trips (BEGIN, INSERT, COMMIT) and a commit per
+invoice. Instead, the submissions that arrive while a transaction is busy
+wait for the next one, and share it: one set-based INSERT for their
+receipts, one for their outbox rows, one COMMIT. Under no load a batch is
+one submission, so nothing waits longer than before.
 
-What each submission sees is unchanged: its receipt (new or the duplicate it
-matches) is committed if and only if its own body (the send) succeeded.
-A failed send removes only its own receipt from the batch. Anything unusual
-in a batch (an idempotency key that conflicts) sends the batch back to the
-one-transaction-per-submission path, which decides it exactly as before.
+What each submission sees is unchanged: its receipt (new, or the one it
+duplicates) once committed. Anything unusual in a batch (an idempotency
+key that conflicts, a statement that fails for one submission's data)
+sends the batch back to the one-transaction-per-submission path, which
+decides each submission as if they had come in turn.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import asyncpg  # type: ignore[import-untyped]
+from opentelemetry import propagate
 from opentelemetry.trace import Link, Span
 
 from invoicing_common.db import Database
+from invoicing_common.kafka import outbox
 from invoicing_common.telemetry import RECEIPT_BATCH_SIZE, tracer
 from invoicing_ingest.domain import Receipt, Submission
 
@@ -37,6 +38,11 @@ log = logging.getLogger(__name__)
 
 # Enough to cover every submission in flight at the bench's concurrency.
 DEFAULT_MAX_BATCH: Final = 64
+
+OUTBOX = outbox.OutboxTable(source="ingest", channel="ingest_outbox")
+
+# Builds the record a new receipt announces.
+Announce = Callable[[Receipt], outbox.OutboxMessage]
 
 
 class ConflictingRetry(Exception):
@@ -65,33 +71,35 @@ def _settle(future: asyncio.Future[Any], value: object) -> None:
         future.set_result(value)
 
 
-def _fail(items: list[_Pending], exc: BaseException) -> None:
-    for item in items:
-        _settle(item.resolved, exc)
-        _settle(item.settled, exc)
-
-
 @dataclass(eq=False)
 class _Pending:
-    """One submission's place in a batch. Futures carry values, not
-    exceptions: a submitter that gave up leaves nothing unretrieved."""
+    """One submission's place in a batch. The future carries a value, not
+    an exception: a submitter that gave up leaves nothing unretrieved."""
 
     submission: Submission
     candidate: Receipt
+    announce: Announce
     span: Span
-    # The receipt, or the exception to raise instead of running the body.
+    # The trace context of "store receipt": the relay's send continues it.
+    carrier: dict[str, str] = field(default_factory=dict)
+    # The committed receipt, or the exception to raise instead.
     resolved: asyncio.Future[Receipt | BaseException] = field(default_factory=_future)
-    # Set by the submitter: True once its body (the send) succeeded.
-    published: asyncio.Future[bool] = field(default_factory=_future)
-    # Set by the batch: None once committed, or the exception to raise.
-    settled: asyncio.Future[BaseException | None] = field(default_factory=_future)
+    # The submitter gave up before its batch formed: it takes no part.
+    abandoned: bool = False
+
+    def message(self, receipt: Receipt) -> outbox.OutboxMessage:
+        return replace(self.announce(receipt), carrier=self.carrier)
 
 
 class ReceiptRepository:
-    def __init__(self, database: Database, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    def __init__(
+        self, database: Database, max_batch: int = DEFAULT_MAX_BATCH, on_commit: Callable[[], None] | None = None
+    ) -> None:
         # The pool exists only once the Database service has started.
         self._database = database
         self._max_batch = max_batch
+        # Wakes this process's outbox relay (NOTIFY wakes the leader anywhere).
+        self._on_commit = on_commit or (lambda: None)
         self._queue: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
         self.batches = 0
@@ -101,42 +109,28 @@ class ReceiptRepository:
         """Submissions waiting for the next batch."""
         return len(self._queue)
 
-    @asynccontextmanager
-    async def reserve(self, submission: Submission, candidate: Receipt) -> AsyncIterator[Receipt]:
-        """Yield the receipt that answers ``submission``.
-
-        For a new submission the receipt row is inserted and committed only if
-        the body of the ``async with`` completes (the event is durable in
-        Kafka); on failure it is removed so a retry starts afresh. A
-        concurrent retry of the same submission waits on the row lock and then
-        sees the committed receipt as a duplicate.
-        """
+    async def store(self, submission: Submission, candidate: Receipt, announce: Announce) -> Receipt:
+        """The committed receipt that answers ``submission``: ``candidate``
+        with the record ``announce`` makes of it, or the receipt of the same
+        document stored before (``duplicate``). Raises ConflictingRetry for
+        an idempotency key already bound to another document."""
         with tracer().start_as_current_span("store receipt") as span:
             span.set_attribute("db.system.name", "postgresql")
-            item = _Pending(submission, candidate, span)
+            item = _Pending(submission, candidate, announce, span)
+            propagate.inject(item.carrier)
             self._queue.append(item)
             self._wake_writer()
             try:
+                # Shielded: a submitter that gives up does not cancel the batch.
                 resolved = await asyncio.shield(item.resolved)
-            except BaseException:
-                # Gave up before its turn (cancelled): the batch must not
-                # wait for a body that will never run.
-                _settle(item.published, False)
+            except asyncio.CancelledError:
+                # Still queued: nothing is written. Already in a batch: it is
+                # stored, and a retry with the same key gets its receipt.
+                item.abandoned = True
                 raise
             if isinstance(resolved, BaseException):
                 raise resolved
-            try:
-                yield resolved
-            except BaseException:
-                _settle(item.published, False)
-                # The receipt is removed before the caller answers "retry".
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(item.settled)
-                raise
-            _settle(item.published, True)
-            failure = await asyncio.shield(item.settled)
-            if failure is not None:
-                raise failure
+            return resolved
 
     def _wake_writer(self) -> None:
         if self._writer is None or self._writer.done():
@@ -149,8 +143,7 @@ class ReceiptRepository:
     async def _write_queue(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
-            # A submitter cancelled before its turn takes no part.
-            batch = [item for item in batch if not item.published.done()]
+            batch = [item for item in batch if not item.abandoned]
             if batch:
                 await self._write(batch)
 
@@ -163,47 +156,44 @@ class ReceiptRepository:
             try:
                 try:
                     async with self._database.pool.acquire() as conn:
-                        await self._write_batch(conn, batch)
+                        receipts = await self._write_batch(conn, batch)
+                    self._on_commit()
+                    for item, receipt in zip(batch, receipts, strict=True):
+                        _settle(item.resolved, receipt)
                     return
                 except (_OneByOne, asyncpg.PostgresError) as exc:
-                    if any(item.resolved.done() for item in batch):
-                        raise  # a body has run: too late to start over
                     # A key conflict, or a statement that failed for one
                     # submission's data: decide each one in turn, so only
-                    # the submission at fault is refused.
+                    # the submission at fault is refused. (Had the batch
+                    # committed after all, each finds its receipt again.)
                     span.set_attribute("invoicing.batch.one_by_one", type(exc).__name__)
                 for item in batch:
                     try:
                         async with self._database.pool.acquire() as conn:
-                            await self._write_one(conn, item)
+                            _settle(item.resolved, await self._write_one(conn, item))
+                        self._on_commit()
                     except Exception as exc:  # noqa: BLE001 - reported to this submission only
-                        _fail([item], exc)
+                        _settle(item.resolved, exc)
             except BaseException as exc:
-                _fail(batch, exc)
+                for item in batch:
+                    _settle(item.resolved, exc)
                 if not isinstance(exc, Exception):
                     raise
                 log.warning("receipt batch of %d not stored: %s", len(batch), exc)
 
-    async def _write_batch(self, conn: asyncpg.Connection, batch: list[_Pending]) -> None:
+    async def _write_batch(self, conn: asyncpg.Connection, batch: list[_Pending]) -> list[Receipt]:
         async with conn.transaction():
             receipts = await self._insert_all(conn, [item.submission for item in batch], [i.candidate for i in batch])
             if await self._bind_keys(conn, [item.submission for item in batch], receipts):
                 raise _OneByOne
-            for item, receipt in zip(batch, receipts, strict=True):
-                _settle(item.resolved, receipt)
-            await asyncio.wait([item.published for item in batch])
-            sent = [item.published.result() for item in batch]
-            # Only receipts this batch inserted can go; a duplicate's receipt
-            # was committed before.
-            removed = {r.invoice_id for r, ok in zip(receipts, sent, strict=True) if not ok and not r.duplicate}
-            if removed:
-                ids = sorted(removed)
-                await conn.execute("DELETE FROM idempotency_keys WHERE invoice_id = ANY($1::uuid[])", ids)
-                await conn.execute("DELETE FROM receipts WHERE invoice_id = ANY($1::uuid[])", ids)
-        for item, receipt, ok in zip(batch, receipts, sent, strict=True):
-            # A duplicate, in this batch, of a submission whose send failed
-            # has lost its receipt: it must retry.
-            _settle(item.settled, _receipt_vanished() if ok and receipt.invoice_id in removed else None)
+            # Only receipts this batch inserted are announced; a duplicate's
+            # record went out with its first receipt.
+            await outbox.insert(
+                conn,
+                OUTBOX,
+                [item.message(r) for item, r in zip(batch, receipts, strict=True) if not r.duplicate],
+            )
+        return receipts
 
     async def _insert_all(
         self, conn: asyncpg.Connection, submissions: list[Submission], candidates: list[Receipt]
@@ -289,7 +279,7 @@ class ReceiptRepository:
             raise _receipt_vanished()  # a key row rolled back between our insert and read
         return [owners[submitter, key] for submitter, key, invoice_id in keyed if owners[submitter, key] != invoice_id]
 
-    async def _write_one(self, conn: asyncpg.Connection, item: _Pending) -> None:
+    async def _write_one(self, conn: asyncpg.Connection, item: _Pending) -> Receipt | BaseException:
         """One submission, one transaction: decides a key conflict for the
         submission it belongs to, as if the submissions had come in turn."""
         try:
@@ -298,15 +288,8 @@ class ReceiptRepository:
                 conflicts = await self._bind_keys(conn, [item.submission], receipts)
                 if conflicts:
                     raise ConflictingRetry(conflicts[0])
-                _settle(item.resolved, receipts[0])
-                if not await asyncio.shield(item.published):
-                    raise _Rollback
+                if not receipts[0].duplicate:
+                    await outbox.insert(conn, OUTBOX, [item.message(receipts[0])])
         except ConflictingRetry as exc:
-            _settle(item.resolved, exc)
-        except _Rollback:
-            pass
-        _settle(item.settled, None)
-
-
-class _Rollback(Exception):
-    """Ends a one-submission transaction whose send failed."""
+            return exc
+        return receipts[0]

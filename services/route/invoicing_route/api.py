@@ -213,7 +213,7 @@ class DirectoryServicer(directory_pb2_grpc.DirectoryServiceServicer):
                 await queue.put(None)
             await writing
             outcome = await job.finish()
-            visible = await self._directory.wait_visible(outcome.offsets, IMPORT_VISIBLE_TIMEOUT)
+            visible = await self._directory.wait_visible(outcome.seqs, IMPORT_VISIBLE_TIMEOUT)
         except Exception as exc:  # noqa: BLE001
             writing.cancel()
             await _abort(context, exc)

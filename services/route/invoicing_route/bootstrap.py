@@ -5,23 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.resources import files
 
+from invoicing_common import topics
 from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
 from invoicing_common.kafka import StreamApp
+from invoicing_common.kafka.outbox import OutboxRelay
 from invoicing_route import agents
 from invoicing_route.api import ACCESS_POLICY, STREAMING_METHODS, DirectoryServicer, registrar
 from invoicing_route.directory import DirectoryIndex
-from invoicing_route.feed import DirectoryFeed, DirectoryPublisher
+from invoicing_route.feed import DirectoryFeed, send_batches
 from invoicing_route.repository import DirectoryRepository
 from invoicing_route.settings import RouteSettings
-from invoicing_route.usecases import Directory
+from invoicing_route.usecases import OUTBOX, Directory
 
 
 @dataclass
 class Route:
     app: StreamApp
     database: Database
-    publisher: DirectoryPublisher
+    relay: OutboxRelay
     feed: DirectoryFeed
     grpc: GrpcServer
 
@@ -33,13 +35,25 @@ def bootstrap(settings: RouteSettings) -> Route:
         migrations=files("invoicing_route") / "migrations",
         command_timeout=settings.database_command_timeout_seconds,
     )
-    publisher = DirectoryPublisher(settings, f"{settings.otel_service_name}-directory", settings.directory_linger_ms)
+    # Publishes directory changes (one leader among the instances) in whole
+    # record batches: a bulk import costs microseconds per record.
+    relay = OutboxRelay(
+        database,
+        OUTBOX,
+        settings,
+        f"{settings.otel_service_name}-directory",
+        batch_size=5000,
+        linger_ms=settings.directory_linger_ms,
+        sender=send_batches,
+        topics=[topics.DIRECTORY],
+        producer_options={"max_batch_size": 1024 * 1024},
+    )
     feed = DirectoryFeed(
         settings,
         DirectoryIndex(),
         client_id=f"{settings.otel_service_name}-directory-feed",
     )
-    directory = Directory(DirectoryRepository(database), publisher, feed, settings.directory_apply_timeout_seconds)
+    directory = Directory(DirectoryRepository(database), relay, feed, settings.directory_apply_timeout_seconds)
     app = StreamApp(settings.otel_service_name, settings)
     agents.register(app, settings, directory)
     server = GrpcServer(
@@ -48,4 +62,4 @@ def bootstrap(settings: RouteSettings) -> Route:
         ACCESS_POLICY,
         limited_streams=STREAMING_METHODS,
     )
-    return Route(app=app, database=database, publisher=publisher, feed=feed, grpc=server)
+    return Route(app=app, database=database, relay=relay, feed=feed, grpc=server)

@@ -1,5 +1,5 @@
-"""The directory topic: publishing changes, and following them into the
-in-memory index.
+"""The directory topic: publishing changes (the outbox relay's sender), and
+following them into the in-memory index.
 
 Every route instance reads every partition of the compacted topic with a
 plain consumer (no consumer group), so each instance holds the whole
@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
@@ -23,7 +23,8 @@ from google.protobuf.message import DecodeError
 from mode import Service
 
 from invoicing_common import topics
-from invoicing_common.kafka import assign_all, read_to_end, require_topics
+from invoicing_common.kafka import PermanentError, assign_all, read_to_end, require_topics
+from invoicing_common.kafka.outbox import Pending, Position, record_headers
 from invoicing_common.settings import KafkaClientSettings
 from invoicing_route.codec import Removal, decode_record
 from invoicing_route.directory import DirectoryError, DirectoryIndex, Entry
@@ -33,72 +34,45 @@ log = logging.getLogger(__name__)
 Offsets = dict[int, int]
 
 
-class DirectoryPublisher(Service):
-    """An idempotent acks=all producer writing whole record batches.
+async def send_batches(producer: AIOKafkaProducer, rows: Sequence[Pending], source: str) -> list[Position]:
+    """The directory outbox's sender: whole record batches per partition.
 
     It picks the partition itself (CRC-32 of the key modulo the partition
     count) and appends records to one batch per partition: a bulk import
     costs a few microseconds per record instead of a full ``send`` each. A
     key always maps to the same partition, which is all compaction and
-    per-entry ordering need; this publisher is the topic's only writer.
+    per-entry ordering need; the route relay is the topic's only writer.
     """
+    partitions = len(await producer.partitions_for(topics.DIRECTORY))
+    open_batches: dict[int, tuple[Any, list[int]]] = {}
+    sent: list[tuple[int, list[int], asyncio.Future[Any]]] = []
 
-    def __init__(self, kafka: KafkaClientSettings, client_id: str, linger_ms: int, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self._kafka = kafka
-        self._client_id = client_id
-        self._linger_ms = linger_ms
-        self._producer: AIOKafkaProducer | None = None
-        self._partitions = 0
+    async def flush(partition: int) -> None:
+        batch, members = open_batches.pop(partition)
+        sent.append((partition, members, await producer.send_batch(batch, topics.DIRECTORY, partition=partition)))
 
-    async def on_start(self) -> None:
-        self._producer = AIOKafkaProducer(
-            **self._kafka.kafka_client_kwargs(),
-            client_id=self._client_id,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=self._linger_ms,
-            max_batch_size=1024 * 1024,
-            max_request_size=topics.MAX_MESSAGE_BYTES,
-        )
-        await self._producer.start()
-
-    async def on_stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
-
-    async def publish(self, records: Iterable[tuple[bytes, bytes | None]]) -> Offsets:
-        """Send every (key, value) record (value None: tombstone) and wait
-        until all are acknowledged; returns the last offset per partition."""
-        producer = self._producer
-        if producer is None:
-            raise RuntimeError("directory publisher not started")
-        if not self._partitions:
-            self._partitions = len(await producer.partitions_for(topics.DIRECTORY))
-        batches: dict[int, Any] = {}
-        sent: list[tuple[int, asyncio.Future[Any]]] = []
-
-        async def flush(partition: int, batch: Any) -> None:
-            count = batch.record_count()
-            sent.append((count, await producer.send_batch(batch, topics.DIRECTORY, partition=partition)))
-
-        for key, value in records:
-            partition = zlib.crc32(key) % self._partitions
-            batch = batches.get(partition)
-            if batch is None:
-                batch = batches[partition] = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full
-                await flush(partition, batch)
-                batch = batches[partition] = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
-        for partition, batch in batches.items():
-            await flush(partition, batch)
-        last: Offsets = {}
-        for (count, _), metadata in zip(sent, await asyncio.gather(*(f for _, f in sent)), strict=True):
-            end = metadata.offset + count - 1
-            last[metadata.partition] = max(last.get(metadata.partition, -1), end)
-        return last
+    for index, row in enumerate(rows):
+        if row.topic != topics.DIRECTORY:
+            raise PermanentError(f"directory outbox row {row.seq} for topic {row.topic}")
+        partition = zlib.crc32(row.key) % partitions
+        headers = record_headers(source, row.seq)
+        for _attempt in range(2):
+            if partition not in open_batches:
+                open_batches[partition] = (producer.create_batch(), [])
+            batch, members = open_batches[partition]
+            if batch.append(key=row.key, value=row.value, timestamp=None, headers=headers) is not None:
+                members.append(index)
+                break
+            await flush(partition)  # full: send it, start another
+        else:
+            raise PermanentError(f"directory outbox row {row.seq} does not fit in a record batch")
+    for partition in list(open_batches):
+        await flush(partition)
+    positions: list[Position] = [(0, 0)] * len(rows)
+    for (partition, members, _), metadata in zip(sent, await asyncio.gather(*(f for _, _, f in sent)), strict=True):
+        for position, index in enumerate(members):
+            positions[index] = (partition, metadata.offset + position)
+    return positions
 
 
 class DirectoryFeed(Service):

@@ -1,22 +1,25 @@
-"""Directory use cases: every change is written to PostgreSQL (current row
-and history) and published on the compacted topic inside one transaction
-that commits only after Kafka acknowledged the records, so the topic never
-misses a committed change. Row locks taken by the write are held until the
-commit, so two writers of one entry publish in the order they commit.
+"""Directory use cases: every change is written to PostgreSQL (current row,
+history, and its record for the compacted topic as an outbox row) in one
+transaction; the outbox relay publishes the records, so the topic never
+misses a committed change and no transaction waits for Kafka. Row locks
+taken by the write are held until the commit, so two writers of one entry
+get outbox rows (and the topic records) in the order they commit.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
-from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
+from invoicing_common import topics
+from invoicing_common.kafka import outbox
 from invoicing_common.kafka.errors import is_transient
+from invoicing_common.kafka.outbox import OutboxMessage, OutboxRelay
 from invoicing_route.codec import entry_change, entry_key, service_change, service_key, timestamp
 from invoicing_route.directory import (
     DirectoryError,
@@ -28,7 +31,7 @@ from invoicing_route.directory import (
     parse_entry_id,
 )
 from invoicing_route.domain import BuyerIdentifiers, Resolution, candidates, resolve
-from invoicing_route.feed import DirectoryFeed, DirectoryPublisher, Offsets
+from invoicing_route.feed import DirectoryFeed, Offsets
 from invoicing_route.repository import DirectoryRepository, EntryFilter, StoredEntry, StoredService
 
 log = logging.getLogger(__name__)
@@ -53,24 +56,29 @@ class BatchOutcome:
     written: int = 0
     unchanged: int = 0
     rejected: list[Rejection] = field(default_factory=list)
-    offsets: Offsets = field(default_factory=dict)
+    # The outbox rows of what was written: visible once published and applied.
+    seqs: list[int] = field(default_factory=list)
 
 
-def merge_offsets(into: Offsets, more: Offsets) -> None:
-    for partition, offset in more.items():
-        into[partition] = max(into.get(partition, -1), offset)
+OUTBOX = outbox.OutboxTable(source="directory", channel="directory_outbox", keep_published=True, positions=True)
+
+Record = tuple[bytes, bytes | None]  # (key, value or None: a tombstone)
+
+
+async def _announce(conn: asyncpg.Connection, records: Sequence[Record]) -> list[int]:
+    return await outbox.insert(conn, OUTBOX, [OutboxMessage(topics.DIRECTORY, k, v) for k, v in records])
 
 
 class Directory:
     def __init__(
         self,
         repository: DirectoryRepository,
-        publisher: DirectoryPublisher,
+        relay: OutboxRelay,
         feed: DirectoryFeed,
         apply_timeout: float,
     ) -> None:
         self._repository = repository
-        self._publisher = publisher
+        self._relay = relay
         self._feed = feed
         self._apply_timeout = apply_timeout
 
@@ -78,25 +86,26 @@ class Directory:
     def index(self) -> DirectoryIndex:
         return self._feed.index
 
-    async def _visible(self, offsets: Offsets, timeout: float | None = None) -> None:
-        """Read-your-writes: return once this instance routes with the change."""
-        if offsets and not await self._feed.wait_applied(offsets, timeout or self._apply_timeout):
-            log.warning("directory change published but not yet applied to the index: %s", offsets)
+    async def _visible(self, seqs: Sequence[int]) -> None:
+        """Read-your-writes: return once this instance routes with the change
+        (or after the apply timeout: the change is durable either way)."""
+        if seqs:
+            self._relay.wake()
+            if not await self.wait_visible(seqs, self._apply_timeout):
+                log.warning("directory change committed but not yet in this instance's index: rows %s", seqs)
 
     # --- entries ---------------------------------------------------------------
 
     async def upsert(self, entry: Entry) -> tuple[StoredEntry, bool]:
         now = datetime.now(UTC)
-        offsets: Offsets = {}
+        seqs: list[int] = []
         async with self._repository.transaction() as conn:
             changed = await self._repository.merge_entries(conn, [entry], now)
             version = changed.get((entry.address, entry.valid_from))
             if version is not None:
                 stored = replace(entry, version=version)
-                offsets = await self._publisher.publish(
-                    [(entry_key(stored.entry_id), entry_change(stored, timestamp(now)))]
-                )
-        await self._visible(offsets)
+                seqs = await _announce(conn, [(entry_key(stored.entry_id), entry_change(stored, timestamp(now)))])
+        await self._visible(seqs)
         current = await self._repository.get_entry(entry.address, entry.valid_from)
         if current is None:  # deleted concurrently
             raise NotFound("entry_id", f"entry {entry.entry_id} was deleted meanwhile")
@@ -104,12 +113,12 @@ class Directory:
 
     async def delete(self, entry_id: str) -> bool:
         address, valid_from = parse_entry_id(entry_id)
-        offsets: Offsets = {}
+        seqs: list[int] = []
         async with self._repository.transaction() as conn:
             deleted = await self._repository.delete_entry(conn, address, valid_from, datetime.now(UTC))
             if deleted is not None:
-                offsets = await self._publisher.publish([(entry_key(deleted.entry_id), None)])
-        await self._visible(offsets)
+                seqs = await _announce(conn, [(entry_key(deleted.entry_id), None)])
+        await self._visible(seqs)
         return deleted is not None
 
     async def get(self, entry_id: str) -> tuple[StoredEntry, list[StoredService]]:
@@ -135,7 +144,7 @@ class Directory:
 
     async def upsert_service(self, service: Service) -> tuple[StoredService, bool]:
         now = datetime.now(UTC)
-        offsets: Offsets = {}
+        seqs: list[int] = []
         async with self._repository.transaction() as conn:
             changed, orphans = await self._repository.merge_services(conn, [service], now)
             if orphans:
@@ -144,31 +153,39 @@ class Directory:
             version = changed.get((service.unit, service.code))
             if version is not None:
                 stored = replace(service, version=version)
-                offsets = await self._publisher.publish(
-                    [(service_key(service.unit, service.code), service_change(stored, timestamp(now)))]
+                seqs = await _announce(
+                    conn, [(service_key(service.unit, service.code), service_change(stored, timestamp(now)))]
                 )
-        await self._visible(offsets)
+        await self._visible(seqs)
         current = await self._repository.get_service(service.unit, service.code)
         if current is None:
             raise NotFound("service_code", f"service {service.code} of {service.unit} was deleted meanwhile")
         return current, version is not None
 
     async def delete_service(self, unit: str, code: str) -> bool:
-        offsets: Offsets = {}
+        seqs: list[int] = []
         async with self._repository.transaction() as conn:
             deleted = await self._repository.delete_service(conn, unit, code, datetime.now(UTC))
             if deleted is not None:
-                offsets = await self._publisher.publish([(service_key(unit, code), None)])
-        await self._visible(offsets)
+                seqs = await _announce(conn, [(service_key(unit, code), None)])
+        await self._visible(seqs)
         return deleted is not None
 
     # --- bulk ------------------------------------------------------------------
 
-    def bulk(self, max_in_flight: int = 3) -> BulkImport:
-        return BulkImport(self._repository, self._publisher, max_in_flight)
+    def bulk(self) -> BulkImport:
+        return BulkImport(self._repository, self._relay)
 
-    async def wait_visible(self, offsets: Offsets, timeout: float) -> bool:
-        return not offsets or await self._feed.wait_applied(offsets, timeout)
+    async def wait_visible(self, seqs: Sequence[int], timeout: float) -> bool:
+        """True once the outbox rows ``seqs`` are published and this
+        instance's index has them; False after ``timeout`` seconds."""
+        if not seqs:
+            return True
+        deadline = time.monotonic() + timeout
+        offsets: Offsets | None = await self._relay.published_offsets(seqs, timeout)
+        if offsets is None:
+            return False
+        return await self._feed.wait_applied(offsets, max(0.0, deadline - time.monotonic()))
 
     # --- resolution ------------------------------------------------------------
 
@@ -190,19 +207,16 @@ class Directory:
 
 class BulkImport:
     """One import, batch by batch. Each batch is one transaction: staged,
-    merged set-wise, published, committed after the broker's ack; a failed
-    batch writes nothing. Merges run one after another, so a batch holds all
-    its row locks before the next asks for any (no deadlock) and a later
-    change to the same entry waits for the earlier commit (same order in
-    the table and on the topic). Publishing and committing overlap with the
-    next batches' merges, up to ``max_in_flight`` batches.
+    merged set-wise, its records written to the outbox, committed; a failed
+    batch writes nothing. Batches run one after another, so a batch holds
+    all its row locks before the next asks for any (no deadlock) and a later
+    change to the same entry gets the later outbox row (same order in the
+    table and on the topic). The relay publishes while later batches merge.
     """
 
-    def __init__(self, repository: DirectoryRepository, publisher: DirectoryPublisher, max_in_flight: int) -> None:
+    def __init__(self, repository: DirectoryRepository, relay: OutboxRelay) -> None:
         self._repository = repository
-        self._publisher = publisher
-        self._slots = asyncio.Semaphore(max_in_flight)
-        self._finishing: set[asyncio.Task[None]] = set()
+        self._relay = relay
         self.outcome = BatchOutcome()
         self.failure: BaseException | None = None
 
@@ -213,17 +227,18 @@ class BulkImport:
         if not latest:
             return
 
-        async def merge(conn: asyncpg.Connection, now: datetime) -> list[tuple[bytes, bytes | None]]:
+        async def merge(conn: asyncpg.Connection, now: datetime) -> list[Record]:
             changed = await self._repository.merge_entries(conn, list(latest.values()), now)
-            self.outcome.written += len(changed)
-            self.outcome.unchanged += len(rows) - len(changed)
             ts = timestamp(now)
             return [
                 (entry_key(entry_id_of(*key)), entry_change(latest[key], ts, version))
                 for key, version in changed.items()
             ]
 
-        await self._run([line for line, _ in rows], merge)
+        written = await self._run([line for line, _ in rows], merge)
+        if written is not None:
+            self.outcome.written += written
+            self.outcome.unchanged += len(rows) - written
 
     async def add_services(self, rows: Sequence[tuple[int, Service]]) -> None:
         latest: dict[tuple[str, str], Service] = {}
@@ -233,87 +248,54 @@ class BulkImport:
             lines.setdefault((service.unit, service.code), []).append(line)
         if not latest:
             return
+        orphaned: list[Rejection] = []
 
-        async def merge(conn: asyncpg.Connection, now: datetime) -> list[tuple[bytes, bytes | None]]:
+        async def merge(conn: asyncpg.Connection, now: datetime) -> list[Record]:
             changed, orphans = await self._repository.merge_services(conn, list(latest.values()), now)
+            orphaned.clear()
             for key in orphans:
                 service = latest[key]
                 what = "siret" if service.parts.siret else "siren"
-                self.outcome.rejected += [
-                    Rejection(line, what, f"no directory entry for {service.unit}") for line in lines[key]
-                ]
-            self.outcome.written += len(changed)
-            self.outcome.unchanged += len(rows) - len(changed) - sum(len(lines[k]) for k in orphans)
+                orphaned.extend(Rejection(line, what, f"no directory entry for {service.unit}") for line in lines[key])
             ts = timestamp(now)
             return [
                 (service_key(s.unit, s.code), service_change(s, ts))
                 for s in (replace(latest[key], version=version) for key, version in changed.items())
             ]
 
-        await self._run([line for line, _ in rows], merge)
+        written = await self._run([line for line, _ in rows], merge)
+        if written is not None:
+            self.outcome.rejected += orphaned
+            self.outcome.written += written
+            self.outcome.unchanged += len(rows) - written - len(orphaned)
 
     async def _run(
-        self,
-        lines: list[int],
-        merge: Callable[[asyncpg.Connection, datetime], Awaitable[list[tuple[bytes, bytes | None]]]],
-    ) -> None:
+        self, lines: list[int], merge: Callable[[asyncpg.Connection, datetime], Awaitable[list[Record]]]
+    ) -> int | None:
+        """One batch in one transaction; the number of changes written, or
+        None when the batch was not written."""
         if self.failure is not None:
             raise self.failure
-        await self._slots.acquire()
-        pool = self._repository.pool
-        conn = await pool.acquire()
-        transaction = conn.transaction()
         try:
-            await transaction.start()
-            records = await merge(conn, datetime.now(UTC))
+            async with self._repository.transaction() as conn:
+                records = await merge(conn, datetime.now(UTC))
+                self.outcome.seqs += await _announce(conn, records)
         except Exception as exc:  # noqa: BLE001 - reported for each row of the batch
-            await self._abandon(pool, conn, transaction)
             self._batch_failed(lines, exc)
-            return
-        except asyncio.CancelledError:
-            await self._abandon(pool, conn, transaction)
-            raise
-        task = asyncio.create_task(self._finish(pool, conn, transaction, records, lines))
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
-
-    async def _finish(
-        self, pool: Any, conn: asyncpg.Connection, transaction: Any, records: list[tuple[bytes, bytes | None]],
-        lines: list[int],
-    ) -> None:  # fmt: skip
-        try:
-            merge_offsets(self.outcome.offsets, await self._publisher.publish(records))
-            await transaction.commit()
-        except Exception as exc:  # noqa: BLE001 - reported for each row of the batch
-            await self._abandon(pool, conn, transaction)
-            self._batch_failed(lines, exc)
-            return
-        except asyncio.CancelledError:
-            await self._abandon(pool, conn, transaction)
-            raise
-        await pool.release(conn)
-        self._slots.release()
-
-    async def _abandon(self, pool: Any, conn: asyncpg.Connection, transaction: Any) -> None:
-        try:
-            await transaction.rollback()
-        except Exception:
-            log.warning("rollback of an import batch failed", exc_info=True)
-        await pool.release(conn)
-        self._slots.release()
+            return None
+        self._relay.wake()
+        return len(records)
 
     def _batch_failed(self, lines: list[int], exc: Exception) -> None:
         if is_transient(exc):
-            # Broker or database gone: stop the import, the client retries.
+            # Database gone: stop the import, the client retries.
             self.failure = self.failure or exc
             return
         log.error("import batch not written: %s", exc)
         self.outcome.rejected += [Rejection(line, "row", f"batch not written: {exc}") for line in lines]
 
     async def finish(self) -> BatchOutcome:
-        """Wait for the batches in flight; raises what stopped the import."""
-        if self._finishing:
-            await asyncio.gather(*self._finishing)
+        """The outcome; raises what stopped the import."""
         if self.failure is not None:
             raise self.failure
         return self.outcome

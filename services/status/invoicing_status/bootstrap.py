@@ -6,15 +6,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 from importlib.resources import files
 
+from invoicing_common import topics
 from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
-from invoicing_common.kafka import ProducerService, StreamApp
+from invoicing_common.kafka import StreamApp
+from invoicing_common.kafka.outbox import OutboxRelay
 from invoicing_status import agents
 from invoicing_status.api import ACCESS_POLICY, WATCH_METHOD, StatusServicer, registrar
 from invoicing_status.backfill import PartiesBackfill
 from invoicing_status.housekeeping import Housekeeping
 from invoicing_status.notifier import ChangeNotifier
-from invoicing_status.outbox import OutboxPublisher
+from invoicing_status.outbox import OUTBOX, sequence_of
 from invoicing_status.queries import StatusQueries
 from invoicing_status.repository import StatusRepository
 from invoicing_status.settings import StatusSettings
@@ -26,8 +28,7 @@ class StatusApp:
     database: Database
     backfill: PartiesBackfill
     housekeeping: Housekeeping
-    kafka: ProducerService
-    publisher: OutboxPublisher
+    relay: OutboxRelay
     notifier: ChangeNotifier
     grpc: GrpcServer
 
@@ -40,15 +41,18 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
         command_timeout=settings.database_command_timeout_seconds,
     )
     repository = StatusRepository(database)
-    kafka = ProducerService(settings, client_id=f"{settings.otel_service_name}-outbox")
-    publisher = OutboxPublisher(
+    relay = OutboxRelay(
         database,
-        repository,
-        kafka,
-        settings.outbox_batch_size,
+        OUTBOX,
+        settings,
+        f"{settings.otel_service_name}-outbox",
+        batch_size=settings.outbox_batch_size,
+        seq_of=sequence_of,
+        published_retention=None,  # Housekeeping prunes: watchers replay these rows
+        topics=[topics.STATUS],
     )
     app = StreamApp(settings.otel_service_name, settings)
-    agents.register(app, repository, publisher.wake, settings.status_batch_size, settings.status_batch_window_ms / 1000)
+    agents.register(app, repository, relay.wake, settings.status_batch_size, settings.status_batch_window_ms / 1000)
     notifier = ChangeNotifier(database)
     server = GrpcServer(
         settings,
@@ -61,8 +65,7 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
         database=database,
         backfill=PartiesBackfill(database),
         housekeeping=Housekeeping(database, timedelta(days=settings.status_retention_days)),
-        kafka=kafka,
-        publisher=publisher,
+        relay=relay,
         notifier=notifier,
         grpc=server,
     )

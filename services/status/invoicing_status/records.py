@@ -70,14 +70,6 @@ class InvoiceView:
     received_at: datetime | None = None
 
 
-@dataclass(frozen=True)
-class PendingEvent:
-    seq: int
-    invoice_id: str
-    payload: bytes
-    headers: dict[str, str]
-
-
 # (current status, id of the invoice already holding the business key) -> changes
 Planner = Callable[[Status | None, str | None], list[Change]]
 # Serialises history appends across writers and instances, so positions

@@ -23,7 +23,6 @@ from invoicing_status.records import (
     HistoryRow,
     InvoiceFacts,
     InvoiceView,
-    PendingEvent,
     Planner,
     facts_args,
     status_event,
@@ -192,15 +191,3 @@ class StatusRepository:
                 for h in history
             ],
         )
-
-    async def pending_events(self, conn: asyncpg.Connection, limit: int) -> list[PendingEvent]:
-        rows = await conn.fetch(
-            "SELECT seq, invoice_id, payload, headers FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
-            limit,
-        )
-        return [
-            PendingEvent(r["seq"], str(r["invoice_id"]), bytes(r["payload"]), json.loads(r["headers"])) for r in rows
-        ]
-
-    async def mark_published(self, conn: asyncpg.Connection, seqs: Sequence[int]) -> None:
-        await conn.execute("UPDATE outbox SET published_at = now() WHERE seq = ANY($1::bigint[])", list(seqs))

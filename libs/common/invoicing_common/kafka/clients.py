@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
@@ -16,7 +17,7 @@ from invoicing_common.settings import KafkaClientSettings
 log = logging.getLogger(__name__)
 
 
-def producer(kafka: KafkaClientSettings, client_id: str, linger_ms: int = 5) -> AIOKafkaProducer:
+def producer(kafka: KafkaClientSettings, client_id: str, linger_ms: int = 5, **options: Any) -> AIOKafkaProducer:
     """A producer whose acknowledged sends survive a broker crash.
 
     acks=all plus idempotence: a retried send never duplicates a record.
@@ -31,6 +32,7 @@ def producer(kafka: KafkaClientSettings, client_id: str, linger_ms: int = 5) -> 
         # before they are sent (OutTopic), not refused by the broker.
         max_request_size=topics.DLQ_MAX_MESSAGE_BYTES,
         linger_ms=linger_ms,
+        **options,
     )
 
 

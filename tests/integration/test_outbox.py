@@ -1,0 +1,144 @@
+"""The transactional outbox on the real broker and database: rows are
+published in order with their row in a header, once each, by one leader;
+a new leader finds what a dead one published but did not mark, and does
+not publish it again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from importlib.resources import files
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
+
+from invoicing_common.db import Database
+from invoicing_common.kafka import ensure_topics
+from invoicing_common.kafka.outbox import (
+    OUTBOX_HEADER,
+    OutboxMessage,
+    OutboxRelay,
+    OutboxTable,
+    insert,
+    record_headers,
+)
+from invoicing_common.settings import KafkaClientSettings
+from tests.support import Stack
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+async def database(stack: Stack) -> AsyncIterator[Database]:
+    # The route service's migrations give a fresh schema an outbox table of
+    # the shared shape (with positions).
+    schema = f"outbox_{uuid.uuid4().hex[:8]}"
+    db = Database(stack.database_url, schema=schema, migrations=files("invoicing_route") / "migrations")
+    await db.start()
+    try:
+        yield db
+    finally:
+        async with db.pool.acquire() as conn:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await db.stop()
+
+
+async def _topic(kafka: KafkaClientSettings) -> str:
+    name = f"test.outbox.{uuid.uuid4().hex[:10]}"
+    await ensure_topics(kafka, 1, [name])
+    return name
+
+
+async def _read(kafka: KafkaClientSettings, topic: str) -> list[tuple[bytes, dict[str, bytes]]]:
+    consumer = AIOKafkaConsumer(**kafka.kafka_client_kwargs(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        consumer.seek(tp, 0)
+        out: list[tuple[bytes, dict[str, bytes]]] = []
+        while await consumer.position(tp) < end:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                out += [(r.value, dict(r.headers)) for r in records]
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def _until(condition: Callable[[], object], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():  # type: ignore[misc]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)  # polling a condition, bounded by the deadline
+
+
+def _table(source: str) -> OutboxTable:
+    return OutboxTable(source=source, channel=f"test_{source}", keep_published=True, positions=True)
+
+
+async def _write(database: Database, table: OutboxTable, topic: str, values: list[bytes]) -> list[int]:
+    async with database.pool.acquire() as conn, conn.transaction():
+        return await insert(conn, table, [OutboxMessage(topic, b"k", v) for v in values])
+
+
+async def _pending(database: Database) -> int:
+    return int(await database.pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+
+
+async def test_rows_are_published_once_in_order_by_one_leader(stack: Stack, database: Database) -> None:
+    topic = await _topic(stack.kafka)
+    table = _table(f"t{uuid.uuid4().hex[:8]}")
+    relays = [OutboxRelay(database, table, stack.kafka, f"test-relay-{i}", batch_size=7) for i in range(2)]
+    for relay in relays:
+        await relay.start()
+    try:
+        seqs: list[int] = []
+        for chunk in range(5):
+            seqs += await _write(database, table, topic, [f"v{chunk}-{i}".encode() for i in range(10)])
+
+        async def all_published() -> bool:
+            return await _pending(database) == 0
+
+        await _until(all_published, "every row published")
+        offsets = await relays[0].published_offsets(seqs, timeout=10)
+    finally:
+        for relay in relays:
+            await relay.stop()
+    records = await _read(stack.kafka, topic)
+    assert [v for v, _ in records] == [f"v{c}-{i}".encode() for c in range(5) for i in range(10)]
+    assert [h[OUTBOX_HEADER] for _, h in records] == [f"{table.source}:{s}".encode() for s in seqs]
+    assert offsets == {0: 49}
+    # One leader at a time: the other published nothing.
+    assert sorted(r.published for r in relays) == [0, 50]
+
+
+async def test_a_new_leader_marks_what_the_dead_one_published_and_sends_it_again_never(
+    stack: Stack, database: Database
+) -> None:
+    topic = await _topic(stack.kafka)
+    table = _table(f"t{uuid.uuid4().hex[:8]}")
+    seqs = await _write(database, table, topic, [b"a", b"b", b"c", b"d"])
+    # A leader that died between the broker's acknowledgement and marking
+    # the rows: a and b are on the topic, their rows still pending.
+    producer = AIOKafkaProducer(**stack.kafka.kafka_client_kwargs(), acks="all")
+    await producer.start()
+    try:
+        for seq, value in zip(seqs[:2], [b"a", b"b"], strict=True):
+            await producer.send_and_wait(topic, value=value, key=b"k", headers=record_headers(table.source, seq))
+    finally:
+        await producer.stop()
+    relay = OutboxRelay(database, table, stack.kafka, "test-relay")
+    await relay.start()
+    try:
+
+        async def all_published() -> bool:
+            return await _pending(database) == 0
+
+        await _until(all_published, "every row published")
+    finally:
+        await relay.stop()
+    assert [v for v, _ in await _read(stack.kafka, topic)] == [b"a", b"b", b"c", b"d"]
+    assert relay.published == 2
