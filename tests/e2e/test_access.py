@@ -347,3 +347,47 @@ def test_the_accounts_command_refuses_bad_input_and_non_admins() -> None:
     # And accounts delete removes accounts only, not the realm's own clients.
     kept = invoicectl("accounts", "delete", "admin-cli")
     assert kept.returncode == 2 and "not an account" in kept.stderr
+
+
+async def _watched(caller: Caller, address: str, flt: status_pb2.InvoiceFilter, invoice_id: str) -> list[int]:
+    """The status codes a watch from the first position shows ``caller`` for
+    ``invoice_id``, up to its final status."""
+    seen: list[int] = []
+    async with caller.channel(address) as channel:
+        call = status_pb2_grpc.StatusServiceStub(channel).WatchInvoices(
+            status_pb2.WatchInvoicesRequest(filter=flt, from_position=1)
+        )
+
+        async def until_final() -> None:
+            async for reply in call:
+                if reply.event.invoice_id == invoice_id:
+                    seen.append(reply.event.status_code)
+                    if reply.event.status_code in (203, 213):
+                        call.cancel()
+                        return
+
+        await asyncio.wait_for(until_final(), 60)
+    return seen
+
+
+async def test_what_a_party_watches_does_not_depend_on_when_it_watches(stack: Stack, status_follower: object) -> None:
+    # Two accounts of the seller's company; the second did not submit the
+    # invoice: it learns of it from the validated document. A watch skips
+    # what it may not see, so what it sees must not change with time: a
+    # watch opened while the invoice is processed and one opened after show
+    # the same, and the deposit (200) is the submitter's alone.
+    siren = fresh_siren()
+    submitter = new_account(roles=("supplier",), sirens=(siren,))
+    seller = new_account(roles=("supplier",), sirens=(siren,))
+    flt = status_pb2.InvoiceFilter()
+    flt.received_from.FromDatetime(datetime.now(UTC))
+    doc, _ = invoice_from(siren)
+    reply = await submit(stack.ingest, doc, "party-watch.xml", metadata=submitter.metadata())
+    during = await _watched(seller, stack.status, flt, reply.invoice_id)
+    assert await _final(status_follower, reply.invoice_id) == 203
+    after = await _watched(seller, stack.status, flt, reply.invoice_id)
+    assert during == after == [203]
+    assert await _watched(submitter, stack.status, flt, reply.invoice_id) == [200, 203]
+    # GetInvoice, a read of the moment, shows the seller the whole history.
+    got = await get_invoice(stack.status, reply.invoice_id, seller)
+    assert [h.status_code for h in got.history] == [200, 203]

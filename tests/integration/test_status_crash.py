@@ -19,12 +19,12 @@ from invoicectl.kafka_follow import StatusFollower
 from invoicectl.reconcile import reconcile
 from tests.support import (
     ROOT,
+    Caller,
     Stack,
     anonymous_channel,
     collect_until_final,
-    demo_channel,
+    new_account,
     run_stack,
-    submitter,
     unique_invoice,
 )
 
@@ -39,12 +39,14 @@ def _status_pid() -> int:
 
 
 async def _watch(
-    stack: Stack, since: datetime, from_position: int, count: int
+    stack: Stack, caller: Caller, since: datetime, from_position: int, count: int
 ) -> list[status_pb2.WatchInvoicesResponse]:
     flt = status_pb2.InvoiceFilter()
     flt.received_from.FromDatetime(since)
     got: list[status_pb2.WatchInvoicesResponse] = []
-    async with demo_channel(stack.status) as channel:
+    # As the submitter, which sees every event of its invoices (a party
+    # other than the submitter does not see the deposit, 200).
+    async with caller.channel(stack.status) as channel:
         call = status_pb2_grpc.StatusServiceStub(channel).WatchInvoices(
             status_pb2.WatchInvoicesRequest(filter=flt, from_position=from_position)
         )
@@ -58,6 +60,7 @@ async def _watch(
 
 async def test_sigkill_mid_batch_loses_and_doubles_nothing(stack: Stack) -> None:
     since = datetime.now(UTC)
+    account = new_account()
     follower = StatusFollower(stack.kafka)
     await follower.start()
     try:
@@ -69,7 +72,7 @@ async def test_sigkill_mid_batch_loses_and_doubles_nothing(stack: Stack) -> None
 
         async with anonymous_channel(stack.ingest) as channel:
             stub = ingest_pb2_grpc.IngestServiceStub(channel)
-            replies = [r async for r in stub.SubmitInvoices(requests(), metadata=submitter(), timeout=300)]
+            replies = [r async for r in stub.SubmitInvoices(requests(), metadata=account.metadata(), timeout=300)]
         ids = [r.invoice_id for r in replies]
         assert len(set(ids)) == BATCH
 
@@ -85,7 +88,7 @@ async def test_sigkill_mid_batch_loses_and_doubles_nothing(stack: Stack) -> None
                 if seen >= BATCH // 2:
                     break
         # A watcher that got part of the stream before the crash...
-        before = await asyncio.wait_for(_watch(stack, since, 1, 50), 60)
+        before = await asyncio.wait_for(_watch(stack, account, since, 1, 50), 60)
         pid = _status_pid()
         os.kill(pid, signal.SIGKILL)
 
@@ -104,7 +107,7 @@ async def test_sigkill_mid_batch_loses_and_doubles_nothing(stack: Stack) -> None
 
     # ...resumes after the restart from its last position and gets exactly
     # the rest: every transition once, none skipped.
-    after = await asyncio.wait_for(_watch(stack, since, before[-1].position, 2 * BATCH - 50), 60)
+    after = await asyncio.wait_for(_watch(stack, account, since, before[-1].position, 2 * BATCH - 50), 60)
     positions = [r.position for r in before + after]
     assert positions == sorted(positions) and len(set(positions)) == 2 * BATCH
     per_invoice: dict[str, list[int]] = {}

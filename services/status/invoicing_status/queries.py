@@ -42,7 +42,7 @@ class Cursor:
     invoice_id: str
 
 
-def _filter_sql(f: Filter, viewer: Viewer, args: list[Any], status_column: str) -> str:
+def _filter_sql(f: Filter, viewer: Viewer, args: list[Any], status_column: str, events: bool = False) -> str:
     clauses = []
 
     def arg(value: Any) -> str:
@@ -52,10 +52,16 @@ def _filter_sql(f: Filter, viewer: Viewer, args: list[Any], status_column: str) 
     if not viewer.everything:
         # The rule of access.can_see, as SQL (GIN indexes on both arrays).
         sirens = arg(list(viewer.sirens))
-        clauses.append(
-            f"(i.submitter = {arg(viewer.subject)} OR i.seller_sirens && {sirens}::text[]"
-            f" OR i.buyer_sirens && {sirens}::text[])"
-        )
+        parties = f"(i.seller_sirens && {sirens}::text[] OR i.buyer_sirens && {sirens}::text[])"
+        if events:
+            # A watch skips the positions it may not see, so an event's
+            # visibility must not change once written. The parties are
+            # learnt from the validated document, after the 200 SUBMITTED
+            # row and in the same transaction as every later row: 200 is
+            # the submitter's event only (GetInvoice still shows it to the
+            # parties), so that what a watcher skipped stays skipped.
+            parties = f"({status_column} <> {int(Status.SUBMITTED.value)} AND {parties})"
+        clauses.append(f"(i.submitter = {arg(viewer.subject)} OR {parties})")
 
     if f.seller_id:
         clauses.append(f"{arg(f.seller_id)} = ANY(i.seller_ids)")
@@ -119,7 +125,7 @@ class StatusQueries:
         """(position, StatusEvent bytes) of the history rows after ``position``
         that ``viewer`` may see."""
         args: list[Any] = [position]
-        where = _filter_sql(f, viewer, args, "h.status_code")
+        where = _filter_sql(f, viewer, args, "h.status_code", events=True)
         args.append(limit)
         rows = await self._database.pool.fetch(
             "SELECT h.seq, o.payload FROM status_history h JOIN outbox o ON o.seq = h.seq"
