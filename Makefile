@@ -7,7 +7,7 @@ PACKAGES := libs/proto libs/common services/ingest services/validate services/ro
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard proto/invoicing/v1/*.proto)
 
-.PHONY: install run up down status test test-unit lint proto proto-check clean bench
+.PHONY: install run up down status test test-unit lint proto proto-check clean bench chaos
 
 install: $(STAMP)
 	@$(BIN)/python scripts/fetch_artefacts.py
@@ -63,6 +63,13 @@ bench: install
 	. $${STACK_RUN_DIR:-.run}/env && $(BIN)/invoicectl directory import samples/directory.csv \
 		&& $(BIN)/invoicectl directory import-services samples/directory-services.csv \
 		&& $(BIN)/invoicectl bench $(BENCH_ARGS)
+
+## Fault injection: starts the stack when needed, then every scenario of
+## scripts/chaos.py (at most 20 minutes); results in docs/reliability.md.
+CHAOS_ARGS ?=
+chaos: install
+	$(BIN)/python deploy/local/stack.py up
+	. $${STACK_RUN_DIR:-.run}/env && $(BIN)/python scripts/chaos.py $(CHAOS_ARGS)
 
 clean: down
 	@# PostgreSQL data may live outside .run when the postgres account cannot enter the repo.

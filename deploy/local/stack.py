@@ -64,6 +64,12 @@ KAFKA_CONTROLLER_PORT = int(os.environ.get("KAFKA_CONTROLLER_PORT", "19093"))
 KAFKA_TLS_PORT = int(os.environ.get("KAFKA_TLS_PORT", "19094"))
 # Principals that authenticate to Kafka with a client certificate.
 KAFKA_CERT_PRINCIPALS = ("operator",)
+# KAFKA_BROKERS=3: a three-node KRaft cluster (each node broker and
+# controller; node i listens on the ports above + 100 * (i - 1)), topics
+# with replication factor 3 and min.insync.replicas 2. The default: one.
+KAFKA_BROKERS = int(os.environ.get("KAFKA_BROKERS", "1"))
+if KAFKA_BROKERS not in (1, 3):
+    raise SystemExit(f"KAFKA_BROKERS={KAFKA_BROKERS}: 1 (the default) or 3")
 PG_PORT = int(os.environ.get("PG_PORT", "15432"))
 KEYCLOAK_PORT = int(os.environ.get("KEYCLOAK_PORT", "18443"))
 KEYCLOAK_MANAGEMENT_PORT = int(os.environ.get("KEYCLOAK_MANAGEMENT_PORT", "18444"))
@@ -167,30 +173,43 @@ GROUP_STOPPED = {"keycloak"}
 
 
 def stop(name: str, timeout: float = 45.0) -> None:
-    pid = running_pid(name)
-    if pid is None:
-        return
-    say(f"stopping {name} (pid {pid})")
+    stop_together([name], timeout)
 
-    def signal_it(sig: signal.Signals) -> None:
+
+def stop_together(names: list[str], timeout: float = 45.0) -> None:
+    """SIGTERM to each at once, then wait for all (SIGKILL past ``timeout``).
+    The nodes of a Kafka cluster stop together: one left alone waits for a
+    controller quorum that has gone."""
+    running = {name: pid for name in names if (pid := running_pid(name)) is not None}
+
+    def signal_it(name: str, sig: signal.Signals) -> None:
+        pid = running[name]
         with contextlib.suppress(ProcessLookupError):
             if name in GROUP_STOPPED:
                 os.killpg(pid, sig)  # the group spawn() created for this pid
             else:
                 os.kill(pid, sig)
 
-    signal_it(signal.SIGTERM)
+    def stopped(name: str) -> bool:
+        pid = running[name]
+        return _reap(pid) and not (name in GROUP_STOPPED and _group_alive(pid))
+
+    for name, pid in running.items():
+        say(f"stopping {name} (pid {pid})")
+        signal_it(name, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _reap(pid) and not (name in GROUP_STOPPED and _group_alive(pid)):
-            break
-        time.sleep(0.1)
-    else:
-        say(f"{name} did not stop within {timeout:.0f}s; sending SIGKILL")
-        signal_it(signal.SIGKILL)
-        while not _reap(pid) or (name in GROUP_STOPPED and _group_alive(pid)):
+    waiting = set(running)
+    while waiting and time.monotonic() < deadline:
+        waiting = {name for name in waiting if not stopped(name)}
+        if waiting:
             time.sleep(0.1)
-    _pid_file(name).unlink(missing_ok=True)
+    for name in sorted(waiting):
+        say(f"{name} did not stop within {timeout:.0f}s; sending SIGKILL")
+        signal_it(name, signal.SIGKILL)
+        while not stopped(name):
+            time.sleep(0.1)
+    for name in running:
+        _pid_file(name).unlink(missing_ok=True)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -270,16 +289,92 @@ def _kafka_passwords() -> dict[str, str]:
     return {name: SECRETS.get(f"kafka-{name}") for name in kafka_security.load_principals()}
 
 
+@dataclass(frozen=True)
+class KafkaNode:
+    number: int  # node.id, from 1
+
+    @property
+    def name(self) -> str:
+        return "kafka" if self.number == 1 else f"kafka-{self.number}"
+
+    def _port(self, first: int) -> int:
+        return first + 100 * (self.number - 1)
+
+    @property
+    def port(self) -> int:
+        return self._port(KAFKA_PORT)
+
+    @property
+    def controller_port(self) -> int:
+        return self._port(KAFKA_CONTROLLER_PORT)
+
+    @property
+    def tls_port(self) -> int:
+        return self._port(KAFKA_TLS_PORT)
+
+    @property
+    def data(self) -> Path:
+        return RUN / "kafka" / ("data" if self.number == 1 else f"data-{self.number}")
+
+    @property
+    def properties(self) -> Path:
+        return RUN / "kafka" / ("server.properties" if self.number == 1 else f"server-{self.number}.properties")
+
+
+def kafka_nodes() -> list[KafkaNode]:
+    """The nodes of the local cluster: as many as it was formatted with
+    (so `make down` stops them all), or KAFKA_BROKERS for a new one."""
+    formatted = RUN / "kafka" / "brokers"
+    if formatted.exists():
+        count = int(formatted.read_text())
+    elif (KafkaNode(1).data / "meta.properties").exists():
+        count = 1  # made before the three-broker option
+    else:
+        count = KAFKA_BROKERS
+    return [KafkaNode(i) for i in range(1, count + 1)]
+
+
+def kafka_bootstrap() -> str:
+    return ",".join(f"127.0.0.1:{node.port}" for node in kafka_nodes())
+
+
+def kafka_replication(brokers: int | None = None) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) of the local cluster."""
+    return (3, 2) if (brokers or len(kafka_nodes())) >= 3 else (1, 1)
+
+
 def start_kafka(tls: pki.TlsFiles) -> None:
-    if running_pid("kafka") is not None:
-        say(f"kafka already running on 127.0.0.1:{KAFKA_PORT}")
-        return
-    for port, name in ((KAFKA_PORT, "KAFKA_PORT"), (KAFKA_TLS_PORT, "KAFKA_TLS_PORT")):
+    home = RUN / "kafka"
+    formatted = home / "brokers"
+    nodes = kafka_nodes()
+    if len(nodes) != KAFKA_BROKERS and "KAFKA_BROKERS" in os.environ:
+        raise SystemExit(
+            f"the local Kafka cluster was made with {len(nodes)} broker(s), not "
+            f"KAFKA_BROKERS={KAFKA_BROKERS}; `make clean` removes it (and every local invoice)"
+        )
+    home.mkdir(parents=True, exist_ok=True)
+    # Written first: each node's settings (voters, replication) follow it.
+    formatted.write_text(f"{len(nodes)}\n")
+    cluster_id = ""
+    for node in nodes:
+        cluster_id = start_kafka_node(tls, node, nodes, cluster_id)
+
+
+def start_kafka_node(tls: pki.TlsFiles, node: KafkaNode, nodes: list[KafkaNode], cluster_id: str) -> str:
+    """Start one node (formatting its storage first, with ``cluster_id``
+    or a new one); returns the cluster id."""
+    home = RUN / "kafka"
+    id_file = home / "cluster-id"
+    if id_file.exists():
+        cluster_id = id_file.read_text().strip()
+    if running_pid(node.name) is not None:
+        say(f"{node.name} already running on 127.0.0.1:{node.port}")
+        return cluster_id
+    for port, name in ((node.port, "KAFKA_PORT"), (node.tls_port, "KAFKA_TLS_PORT")):
         if port_open(port):
             raise SystemExit(f"port {port} is taken by another process; set {name}")
     classpath = kafka_classpath()
-    home = RUN / "kafka"
-    data = home / "data"
+    data = node.data
     home.mkdir(parents=True, exist_ok=True)
     if (data / "meta.properties").exists() and not (home / "sasl").exists():
         raise SystemExit(
@@ -287,18 +382,20 @@ def start_kafka(tls: pki.TlsFiles) -> None:
             "`make clean` removes it (and every local invoice)"
         )
     admin_password = SECRETS.get("kafka-admin")
-    props = home / "server.properties"
+    props = node.properties
+    replication, min_isr = kafka_replication(len(nodes))
+    voters = ",".join(f"{n.number}@127.0.0.1:{n.controller_port}" for n in nodes)
     write_private(
         props,
         "\n".join(
             [
                 "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.voters=1@127.0.0.1:{KAFKA_CONTROLLER_PORT}",
+                f"node.id={node.number}",
+                f"controller.quorum.voters={voters}",
                 *kafka_security.server_properties(
-                    KAFKA_PORT,
-                    KAFKA_CONTROLLER_PORT,
-                    KAFKA_TLS_PORT,
+                    node.port,
+                    node.controller_port,
+                    node.tls_port,
                     admin_password,
                     tls.server_bundle,
                     tls.ca_cert,
@@ -306,10 +403,15 @@ def start_kafka(tls: pki.TlsFiles) -> None:
                 ),
                 f"log.dirs={data}",
                 f"num.partitions={TOPIC_PARTITIONS}",
-                "offsets.topic.replication.factor=1",
+                f"default.replication.factor={replication}",
+                f"min.insync.replicas={min_isr}",
+                f"offsets.topic.replication.factor={replication}",
                 "offsets.topic.num.partitions=6",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
+                f"transaction.state.log.replication.factor={replication}",
+                f"transaction.state.log.min.isr={min_isr}",
+                # With several nodes, a dead one is fenced (its partitions
+                # led elsewhere) after 3 s rather than 9 s: loopback only.
+                *(["broker.session.timeout.ms=3000", "broker.heartbeat.interval.ms=500"] if len(nodes) > 1 else []),
                 "group.initial.rebalance.delay.ms=0",
                 # Invoices travel inline; room for a 5 MiB document and more.
                 "message.max.bytes=33554432",
@@ -328,10 +430,12 @@ def start_kafka(tls: pki.TlsFiles) -> None:
     )
     java_cp = f"{classpath}/*"
     if not (data / "meta.properties").exists():
-        cluster_id = subprocess.run(
-            ["java", "-cp", java_cp, "kafka.tools.StorageTool", "random-uuid"],
-            check=True, capture_output=True, text=True,
-        ).stdout.strip().splitlines()[-1]  # fmt: skip
+        if not cluster_id:
+            cluster_id = subprocess.run(
+                ["java", "-cp", java_cp, "kafka.tools.StorageTool", "random-uuid"],
+                check=True, capture_output=True, text=True,
+            ).stdout.strip().splitlines()[-1]  # fmt: skip
+            id_file.write_text(cluster_id + "\n")
         # The super user's SCRAM credential must exist before the broker
         # starts (its own connections use it); the other principals are
         # added through the Admin API once it runs (kafka_security.provision).
@@ -343,13 +447,14 @@ def start_kafka(tls: pki.TlsFiles) -> None:
             check=True, capture_output=True,
         )  # fmt: skip
         (home / "sasl").touch()
-    say(f"starting kafka {KAFKA_VERSION} on 127.0.0.1:{KAFKA_PORT} (SASL/SCRAM, ACLs)")
+    say(f"starting {node.name} {KAFKA_VERSION} on 127.0.0.1:{node.port} (SASL/SCRAM, ACLs)")
     spawn(
-        "kafka",
+        node.name,
         ["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={log4j}",
          "-cp", java_cp, "kafka.Kafka", str(props)],
         env=server_environment(),
     )  # fmt: skip
+    return cluster_id
 
 
 def kafka_admin_settings(bootstrap: str) -> Any:
@@ -381,9 +486,10 @@ def kafka_ready(settings: Any) -> bool:
             with contextlib.suppress(Exception):
                 await admin.close()
 
-    host, _, port = settings.kafka_bootstrap_servers.split(",")[0].rpartition(":")
-    if not port_open(int(port), host or "127.0.0.1"):
-        return False
+    for address in settings.kafka_bootstrap_servers.split(","):
+        host, _, port = address.rpartition(":")
+        if not port_open(int(port), host or "127.0.0.1"):
+            return False
     return asyncio.run(probe())
 
 
@@ -496,7 +602,8 @@ def postgres_ready(url: str, password: str | None = None) -> bool:
 
 
 def pgpass_line(user: str, password: str) -> str:
-    return f"127.0.0.1:{PG_PORT}:{PG_DATABASE}:{user}:{password}\n"
+    # Any port of loopback: the fault-injection suite's latency proxy too.
+    return f"127.0.0.1:*:{PG_DATABASE}:{user}:{password}\n"
 
 
 def provision_database() -> None:
@@ -623,7 +730,10 @@ def service_environment(spec: ServiceSpec, values: dict[str, str]) -> dict[str, 
         "KAFKA_SASL_PASSWORD_FILE": str(SECRETS.path(f"kafka-{spec.name}")),
     }
     if spec.schema is not None:
-        env["DATABASE_URL"] = f"postgresql://{spec.name}@127.0.0.1:{PG_PORT}/{PG_DATABASE}"
+        # The fault-injection suite puts a latency proxy in front of the
+        # database by pointing the services at another port.
+        port = os.environ.get("STACK_SERVICE_DATABASE_PORT", str(PG_PORT))
+        env["DATABASE_URL"] = f"postgresql://{spec.name}@127.0.0.1:{port}/{PG_DATABASE}"
         env["PGPASSFILE"] = str(SECRETS.folder / f"pgpass-{spec.name}")
     return env
 
@@ -658,7 +768,7 @@ def endpoints() -> dict[str, str]:
     values = {
         "KAFKA_BOOTSTRAP_SERVERS": os.environ.get("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{KAFKA_PORT}")
         if external
-        else f"127.0.0.1:{KAFKA_PORT}",
+        else kafka_bootstrap(),
         "DATABASE_URL": os.environ.get("DATABASE_URL", "")
         if external
         else f"postgresql://{PG_ADMIN}@127.0.0.1:{PG_PORT}/{PG_DATABASE}",
@@ -682,6 +792,9 @@ def endpoints() -> dict[str, str]:
             "KAFKA_SASL_MECHANISM": kafka_security.MECHANISM,
             "KAFKA_SASL_USERNAME": "operator",
             "KAFKA_SASL_PASSWORD_FILE": str(SECRETS.path("kafka-operator")),
+            # `invoicectl dlq replay`, which writes the pipeline's topics.
+            "KAFKA_REPLAY_SASL_USERNAME": "replayer",
+            "KAFKA_REPLAY_SASL_PASSWORD_FILE": str(SECRETS.path("kafka-replayer")),
             # The cluster's super user: tests and provisioning only.
             "KAFKA_ADMIN_USERNAME": kafka_security.ADMIN,
             "KAFKA_ADMIN_PASSWORD_FILE": str(SECRETS.path("kafka-admin")),
@@ -699,23 +812,24 @@ def write_env(values: dict[str, str]) -> None:
     write_private(RUN / "env", "\n".join(lines) + "\n")
 
 
-ALL_PARTS = ("kafka", "postgres", "keycloak", *(s.name for s in SERVICES))
+def all_parts() -> tuple[str, ...]:
+    return (*(n.name for n in kafka_nodes()), "postgres", "keycloak", *(s.name for s in SERVICES))
 
 
 def up() -> list[str]:
     """Start what is not running; returns the names started by this call.
     If start-up fails, what this call started is stopped again: a failed
     `make up` or `make test` leaves no process behind."""
-    before = {name for name in ALL_PARTS if running_pid(name)}
+    before = {name for name in all_parts() if running_pid(name)}
     try:
         _up()
     except BaseException:
-        started = [name for name in ALL_PARTS if name not in before and running_pid(name)]
+        started = [name for name in all_parts() if name not in before and running_pid(name)]
         if started:
             say(f"start-up failed; stopping what it started: {', '.join(started)}")
             down(started)
         raise
-    after = {name for name in ALL_PARTS if running_pid(name)}
+    after = {name for name in all_parts() if running_pid(name)}
     return sorted(after - before)
 
 
@@ -756,7 +870,13 @@ def _up() -> None:
             kafka_security.kcat_properties(f"127.0.0.1:{KAFKA_TLS_PORT}", tls.ca_cert, operator.cert, operator.key),
         )
     # The services create no topic: they are provisioned from deploy/kafka/topics.toml.
-    steps = asyncio.run(topic_admin.apply(kafka_admin, topic_admin.load(partitions=TOPIC_PARTITIONS)))
+    replication, min_isr = (1, 1) if values["STACK_EXTERNAL_INFRA"] == "1" else kafka_replication()
+    specs = topic_admin.load(
+        partitions=TOPIC_PARTITIONS,
+        replication_factor=replication if replication > 1 else None,
+        min_insync_replicas=min_isr if min_isr > 1 else None,
+    )
+    steps = asyncio.run(topic_admin.apply(kafka_admin, specs))
     for step in steps:
         if step.action != "unchanged":
             say(f"topic {step.topic}: {step.action} {step.detail}".rstrip())
@@ -775,10 +895,11 @@ def _up() -> None:
 
 
 def down(names: list[str] | None = None) -> None:
-    order = [*(s.name for s in reversed(SERVICES)), "keycloak", "kafka", "postgres"]
-    for name in order:
-        if names is None or name in names:
-            stop(name)
+    steps = [*([s.name] for s in reversed(SERVICES)), ["keycloak"], [n.name for n in kafka_nodes()], ["postgres"]]
+    for step in steps:
+        chosen = [name for name in step if names is None or name in names]
+        if chosen:
+            stop_together(chosen)
     if names is None:
         (RUN / "env").unlink(missing_ok=True)
 
@@ -792,7 +913,7 @@ def restart_services() -> None:
 
 
 def status() -> int:
-    for name in ALL_PARTS:
+    for name in all_parts():
         pid = running_pid(name)
         say(f"{name:9} {'running, pid ' + str(pid) if pid else 'stopped'}")
     return 0

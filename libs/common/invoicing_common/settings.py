@@ -77,6 +77,8 @@ class ServiceSettings(KafkaClientSettings):
     database_url: str = Field(default="postgresql://invoicing@127.0.0.1:15432/invoicing")
     # One statement's limit: past it, it fails (and is retried) rather than hang.
     database_command_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # Health turns NOT_SERVING once the database has not answered this long.
+    health_database_grace_seconds: float = Field(default=15.0, gt=0, le=3600)
     log_level: str = "INFO"
     # Seconds in-flight RPCs get to finish after SIGTERM.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)

@@ -51,6 +51,9 @@ RECEIPT_BATCH_SIZE = _meter.create_histogram(
 DLQ_RECORDS = _meter.create_counter(
     "invoicing.dlq.records", unit="{record}", description="Records sent to the dead-letter topic, by source"
 )
+HOLDS = _meter.create_counter(
+    "invoicing.status.holds", unit="{invoice}", description="Invoices held by a dead letter of one of their events"
+)
 
 
 def tracer() -> trace.Tracer:

@@ -13,7 +13,10 @@ PIPELINE_TOPICS: tuple[str, ...] = (RECEIVED, VALIDATED, ROUTED, STATUS, DLQ)
 # The buyer directory: compacted, the latest record per key is the current
 # state of a directory entry or service (see proto/invoicing/v1/directory.proto).
 DIRECTORY = "invoicing.directory.entries.v1"
-COMPACTED_TOPICS: tuple[str, ...] = (DIRECTORY,)
+# Dead letters put back on their source topic (`invoicectl dlq replay`),
+# keyed by the letter's position on the DLQ.
+DLQ_REPLAYS = "invoicing.invoice.dlq-replays.v1"
+COMPACTED_TOPICS: tuple[str, ...] = (DIRECTORY, DLQ_REPLAYS)
 ALL_TOPICS: tuple[str, ...] = (*PIPELINE_TOPICS, *COMPACTED_TOPICS)
 
 # Documents travel inline in the received/validated events, so every hop must

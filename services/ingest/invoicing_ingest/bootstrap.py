@@ -8,6 +8,7 @@ from importlib.resources import files
 from invoicing_common import topics
 from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
+from invoicing_common.health import HealthMonitor, database_reachable
 from invoicing_common.kafka.outbox import OutboxRelay
 from invoicing_ingest.api import ACCESS_POLICY, STREAMING_METHODS, IngestServicer, registrar
 from invoicing_ingest.repository import OUTBOX, ReceiptRepository
@@ -19,6 +20,7 @@ class Ingest:
     database: Database
     relay: OutboxRelay
     grpc: GrpcServer
+    health: HealthMonitor
 
 
 def bootstrap(settings: IngestSettings) -> Ingest:
@@ -35,4 +37,5 @@ def bootstrap(settings: IngestSettings) -> Ingest:
     )
     servicer = IngestServicer(settings, ReceiptRepository(database, on_commit=relay.wake))
     server = GrpcServer(settings, registrar(servicer), ACCESS_POLICY, limited_streams=STREAMING_METHODS)
-    return Ingest(database=database, relay=relay, grpc=server)
+    health = HealthMonitor(server, [database_reachable(database, settings.health_database_grace_seconds)])
+    return Ingest(database=database, relay=relay, grpc=server, health=health)

@@ -17,7 +17,7 @@ def main() -> None:
         run(
             settings.otel_service_name,
             settings.log_level,
-            [route.database, route.relay, route.feed, route.app, route.grpc],
+            [route.database, route.relay, route.feed, route.app, route.grpc, route.health],
             on_ready=route.grpc.mark_serving,
         )
     finally:

@@ -8,6 +8,7 @@ from importlib.resources import files
 from invoicing_common import topics
 from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
+from invoicing_common.health import HealthMonitor, database_reachable, stream_alive
 from invoicing_common.kafka import StreamApp
 from invoicing_common.kafka.outbox import OutboxRelay
 from invoicing_route import agents
@@ -26,6 +27,7 @@ class Route:
     relay: OutboxRelay
     feed: DirectoryFeed
     grpc: GrpcServer
+    health: HealthMonitor
 
 
 def bootstrap(settings: RouteSettings) -> Route:
@@ -62,4 +64,7 @@ def bootstrap(settings: RouteSettings) -> Route:
         ACCESS_POLICY,
         limited_streams=STREAMING_METHODS,
     )
-    return Route(app=app, database=database, relay=relay, feed=feed, grpc=server)
+    health = HealthMonitor(
+        server, [database_reachable(database, settings.health_database_grace_seconds), stream_alive(app)]
+    )
+    return Route(app=app, database=database, relay=relay, feed=feed, grpc=server, health=health)

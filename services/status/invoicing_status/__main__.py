@@ -25,6 +25,7 @@ def main() -> None:
                 status.notifier,
                 status.app,
                 status.grpc,
+                status.health,
             ],
             on_ready=status.grpc.mark_serving,
         )

@@ -13,10 +13,11 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, Span
 
 from invoicing_common import topics
-from invoicing_common.kafka import PermanentError, Record, StreamApp, register_lag_gauge
+from invoicing_common.kafka import PermanentError, Record, StreamApp, is_transient, register_lag_gauge
 from invoicing_common.parties import seller_sirens
-from invoicing_common.telemetry import record_invoice, tracer
+from invoicing_common.telemetry import HOLDS, record_invoice, tracer
 from invoicing_status.domain import Change, Outcome, Submitted, business_key, plan
+from invoicing_status.holds import RANK, hold_of
 from invoicing_status.lifecycle import Reason, Status
 from invoicing_status.observability import observe_changes
 from invoicing_status.records import InvoiceFacts, Planner
@@ -140,7 +141,35 @@ def register(
 
         return _Prepared(record, apply, event_id, facts, planner)
 
+    async def hold(letters: list[Record]) -> None:
+        holds = []
+        for record in letters:
+            try:
+                found = hold_of(record)
+            except Exception:
+                log.exception("unreadable dead letter at %s, not holding anything", record.where)
+                continue
+            if found is not None:
+                holds.append(found)
+        held = await repository.hold_many(holds)
+        for h in held:
+            HOLDS.add(1, {"stage": h.stage})
+        if held:
+            log.warning("invoice(s) held: %s", ", ".join(f"{h.invoice_id} at {h.stage}" for h in held))
+
     async def handle_batch(records: list[Record]) -> None:
+        letters = [r for r in records if r.topic == topics.DLQ]
+        if letters:
+            try:
+                await hold(letters)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                # A dead letter is never dead-lettered again: that could loop.
+                log.exception("holds of %d dead letter(s) not recorded", len(letters))
+            records = [r for r in records if r.topic != topics.DLQ]
+            if not records:
+                return
         now = datetime.now(UTC)
         items: list[_Prepared] = []
         try:
@@ -149,7 +178,10 @@ def register(
             links = [Link(item.apply.get_span_context()) for item in items]
             with tracer().start_as_current_span("apply status batch", links=links) as batch_span:
                 batch_span.set_attribute("invoicing.batch.size", len(items))
-                results = await repository.apply_many([(i.event_id, i.facts, i.planner) for i in items])
+                results = await repository.apply_many(
+                    [(i.event_id, i.facts, i.planner) for i in items],
+                    [(i.facts.invoice_id, RANK[i.record.topic]) for i in items],
+                )
         except BaseException:
             for item in items:
                 item.apply.end()
@@ -170,10 +202,12 @@ def register(
 
     # Batches: one transaction (one commit) per batch; events of one
     # partition keep their order inside it. Offsets are committed after it.
+    # The DLQ too: a dead letter of an invoice's event holds the invoice.
     app.consume_batches(
         topics.RECEIVED,
         topics.VALIDATED,
         topics.ROUTED,
+        topics.DLQ,
         handler=handle_batch,
         batch_size=batch_size,
         batch_window=batch_window,

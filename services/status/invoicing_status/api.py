@@ -26,6 +26,7 @@ from invoicing_common.kafka import headers_to_carrier
 from invoicing_common.telemetry import current_trace_id, inject_headers
 from invoicing_status.access import NotYourPart, Viewer, acting_role, can_see
 from invoicing_status.domain import Change, TransitionError, check_update
+from invoicing_status.holds import HELD_TECH
 from invoicing_status.lifecycle import Reason, Status
 from invoicing_status.notifier import ChangeNotifier
 from invoicing_status.observability import observe_changes
@@ -154,6 +155,12 @@ def invoice_response(view: InvoiceView) -> status_pb2.GetInvoiceResponse:
         response.reason.code, response.reason.text = view.reason_code, view.reason_text
     if view.received_at is not None:
         response.received_at.CopyFrom(_ts(view.received_at))
+    if view.hold is not None:
+        response.hold.stage = view.hold.stage
+        response.hold.code = HELD_TECH
+        response.hold.message = view.hold.message
+        response.hold.since.CopyFrom(_ts(view.hold.held_at))
+        response.hold.dead_letter = view.hold.dead_letter
     if view.routing:
         r = view.routing
         response.routing.outcome = events_pb2.RoutingOutcome.Value(r.get("outcome") or "ROUTING_OUTCOME_UNSPECIFIED")

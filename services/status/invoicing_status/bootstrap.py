@@ -9,6 +9,7 @@ from importlib.resources import files
 from invoicing_common import topics
 from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
+from invoicing_common.health import HealthMonitor, database_reachable, stream_alive
 from invoicing_common.kafka import StreamApp
 from invoicing_common.kafka.outbox import OutboxRelay
 from invoicing_status import agents
@@ -31,6 +32,7 @@ class StatusApp:
     relay: OutboxRelay
     notifier: ChangeNotifier
     grpc: GrpcServer
+    health: HealthMonitor
 
 
 def bootstrap(settings: StatusSettings) -> StatusApp:
@@ -68,4 +70,7 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
         relay=relay,
         notifier=notifier,
         grpc=server,
+        health=HealthMonitor(
+            server, [database_reachable(database, settings.health_database_grace_seconds), stream_alive(app)]
+        ),
     )

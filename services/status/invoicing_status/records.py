@@ -15,6 +15,7 @@ from invoicing.v1 import common_pb2, events_pb2
 from invoicing_common.ids import stage_event_id
 from invoicing_common.parties import buyer_sirens, seller_sirens
 from invoicing_status.domain import Change
+from invoicing_status.holds import Hold
 from invoicing_status.lifecycle import CHORUS_PRO, FRENCH_NAMES, UNCL4343, Status
 
 OUTBOX_CHANNEL = "status_outbox"
@@ -68,6 +69,7 @@ class InvoiceView:
     routing: dict[str, Any] | None
     history: list[HistoryRow]
     received_at: datetime | None = None
+    hold: Hold | None = None
 
 
 # (current status, id of the invoice already holding the business key) -> changes

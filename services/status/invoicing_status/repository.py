@@ -13,6 +13,7 @@ from invoicing.v1 import common_pb2
 from invoicing_common.db import Database
 from invoicing_status.batch import BatchApply, NeedsSequential
 from invoicing_status.domain import Change
+from invoicing_status.holds import Hold
 from invoicing_status.lifecycle import FINAL, Status
 from invoicing_status.records import (
     HISTORY_LOCK,
@@ -44,7 +45,9 @@ class StatusRepository:
                 await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
             return changes
 
-    async def apply_many(self, items: Sequence[tuple[str, InvoiceFacts, Planner]]) -> list[list[Change]]:
+    async def apply_many(
+        self, items: Sequence[tuple[str, InvoiceFacts, Planner]], releases: Sequence[tuple[str, int]] = ()
+    ) -> list[list[Change]]:
         """Apply several events in one transaction, in order, with the effect
         of applying them one by one: all or nothing, one commit per batch.
 
@@ -53,10 +56,15 @@ class StatusRepository:
         set-based form cannot reproduce exactly (a business key released and
         claimed again inside the batch, an unexpected history conflict) roll
         it back and apply the batch one event at a time instead.
+
+        ``releases``: (invoice id, rank of the event's topic) for each event,
+        ending the holds the events move past (holds.py), in the same
+        transaction.
         """
         try:
             async with self._database.pool.acquire() as conn, conn.transaction():
                 results = await BatchApply(conn, items).run()
+                await self._release(conn, releases)
                 if any(results):
                     await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
                 return results
@@ -64,9 +72,54 @@ class StatusRepository:
             log.info("status batch of %d event(s) applied one by one: %s", len(items), why)
         async with self._database.pool.acquire() as conn, conn.transaction():
             results = [await self._apply_in(conn, event_id, facts, planner) for event_id, facts, planner in items]
+            await self._release(conn, releases)
             if any(results):
                 await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
             return results
+
+    async def _release(self, conn: asyncpg.Connection, releases: Sequence[tuple[str, int]]) -> None:
+        if releases:
+            await conn.execute(
+                "DELETE FROM holds h USING unnest($1::uuid[], $2::int[]) AS r (invoice_id, rank)"
+                " WHERE h.invoice_id = r.invoice_id AND h.clears_from_rank <= r.rank",
+                [i for i, _ in releases],
+                [r for _, r in releases],
+            )
+
+    async def hold_many(self, holds: Sequence[Hold]) -> list[Hold]:
+        """Record the holds of dead letters; a letter the invoice has moved
+        past (an event that would end its hold is applied) holds nothing.
+        Returns the holds recorded."""
+        if not holds:
+            return []
+        async with self._database.pool.acquire() as conn, conn.transaction():
+            done = {
+                r["event_id"]
+                for r in await conn.fetch(
+                    "SELECT event_id FROM processed_events WHERE event_id = ANY($1::text[])",
+                    [e for h in holds for e in h.clearing_event_ids()],
+                )
+            }
+            live = [h for h in holds if not done.intersection(h.clearing_event_ids())]
+            if live:
+                await conn.execute(
+                    "INSERT INTO holds (invoice_id, stage, dead_letter, source_topic, error_type, clears_from_rank,"
+                    " held_at) SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],"
+                    " $6::smallint[], $7::timestamptz[])"
+                    " ON CONFLICT (invoice_id) DO UPDATE SET stage = EXCLUDED.stage,"
+                    " dead_letter = EXCLUDED.dead_letter,"
+                    " source_topic = EXCLUDED.source_topic, error_type = EXCLUDED.error_type,"
+                    " clears_from_rank = EXCLUDED.clears_from_rank, held_at = EXCLUDED.held_at"
+                    " WHERE holds.held_at <= EXCLUDED.held_at",
+                    [h.invoice_id for h in live],
+                    [h.stage for h in live],
+                    [h.dead_letter for h in live],
+                    [h.source_topic for h in live],
+                    [h.error_type for h in live],
+                    [h.clears_from_rank for h in live],
+                    [h.held_at for h in live],
+                )
+            return live
 
     async def _apply_in(
         self, conn: asyncpg.Connection, event_id: str, facts: InvoiceFacts, planner: Planner
@@ -163,6 +216,7 @@ class StatusRepository:
             if row is None:
                 return None
             history = await conn.fetch("SELECT * FROM status_history WHERE invoice_id = $1 ORDER BY seq", invoice_id)
+            hold = await conn.fetchrow("SELECT * FROM holds WHERE invoice_id = $1", invoice_id)
         return InvoiceView(
             invoice_id=str(row["invoice_id"]),
             status=Status(row["status_code"]),
@@ -176,6 +230,17 @@ class StatusRepository:
             findings=json.loads(row["findings"]) if row["findings"] else [],
             routing=json.loads(row["routing"]) if row["routing"] else None,
             received_at=row["received_at"],
+            hold=None
+            if hold is None
+            else Hold(
+                invoice_id=str(hold["invoice_id"]),
+                stage=hold["stage"],
+                dead_letter=hold["dead_letter"],
+                source_topic=hold["source_topic"],
+                error_type=hold["error_type"],
+                clears_from_rank=hold["clears_from_rank"],
+                held_at=hold["held_at"],
+            ),
             history=[
                 HistoryRow(
                     seq=h["seq"],

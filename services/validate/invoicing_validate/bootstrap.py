@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from mode import Service
-
 from invoicing_common.grpc_server import GrpcServer
+from invoicing_common.health import Check, HealthMonitor, stream_alive
 from invoicing_common.kafka import StreamApp
 from invoicing_validate import agents, checks
 from invoicing_validate.settings import ValidateSettings
@@ -16,30 +15,21 @@ from invoicing_validate.workers import WorkerPool
 log = logging.getLogger(__name__)
 
 
-class PoolHealth(Service):
-    """Health follows the workers: NOT_SERVING while none can take a
-    document (all dead and not yet replaced), SERVING again once one can."""
+def workers_alive(pool: WorkerPool) -> Check:
+    """At least one validation worker can take a document (all dead and not
+    yet replaced: NOT_SERVING until one is back)."""
 
-    def __init__(self, pool: WorkerPool, server: GrpcServer, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self._pool = pool
-        self._server = server
-        self._serving = True
+    async def probe() -> bool:
+        return pool.alive > 0
 
-    @Service.timer(1.0)
-    async def _check(self) -> None:
-        serving = self._pool.alive > 0
-        if serving != self._serving and self._server.ready:
-            self._serving = serving
-            await self._server.set_serving(serving)
-            log.warning("validation workers alive: %d of %d", self._pool.alive, self._pool.size)
+    return Check("validation workers", probe)
 
 
 @dataclass
 class Validate:
     app: StreamApp
     pool: WorkerPool
-    health: PoolHealth
+    health: HealthMonitor
     grpc: GrpcServer
 
 
@@ -51,4 +41,5 @@ def bootstrap(settings: ValidateSettings) -> Validate:
     )
     # Health and reflection only: no method needs a policy.
     server = GrpcServer(settings, lambda _server: [], policy={})
-    return Validate(app=app, pool=pool, health=PoolHealth(pool, server), grpc=server)
+    health = HealthMonitor(server, [workers_alive(pool), stream_alive(app)])
+    return Validate(app=app, pool=pool, health=health, grpc=server)

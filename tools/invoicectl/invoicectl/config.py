@@ -7,7 +7,8 @@ INVOICING_CA_FILE, or the system's roots) with an OAuth2 access token
 obtained by client credentials (INVOICING_CLIENT_ID and
 INVOICING_CLIENT_SECRET at INVOICING_TOKEN_URL), cached and renewed before
 it expires. Kafka readers use the KAFKA_* settings (in .run/env: the
-read-only `operator` principal).
+read-only `operator` principal); `dlq replay` the KAFKA_REPLAY_* ones
+(the `replayer` principal).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import grpc
 
-from invoicing_common.auth.client import ClientConfig, TokenSource, secure_channel
+from invoicing_common.auth.client import ClientConfig, ConfigError, TokenSource, secure_channel
 from invoicing_common.settings import KafkaClientSettings
 
 GRPC_OPTIONS = [
@@ -49,6 +51,19 @@ class Endpoints:
 @cache
 def kafka_settings() -> KafkaClientSettings:
     return KafkaClientSettings()
+
+
+def replay_kafka_settings() -> KafkaClientSettings:
+    """The Kafka client of `invoicectl dlq replay`: the principal named by
+    KAFKA_REPLAY_SASL_USERNAME (with KAFKA_REPLAY_SASL_PASSWORD_FILE) when
+    set, which may write the pipeline's topics; otherwise the usual one."""
+    username = os.environ.get("KAFKA_REPLAY_SASL_USERNAME", "")
+    if not username:
+        return kafka_settings()
+    password_file = os.environ.get("KAFKA_REPLAY_SASL_PASSWORD_FILE", "")
+    if not password_file:
+        raise ConfigError("KAFKA_REPLAY_SASL_USERNAME is set but KAFKA_REPLAY_SASL_PASSWORD_FILE is not")
+    return KafkaClientSettings(kafka_sasl_username=username, kafka_sasl_password_file=Path(password_file))
 
 
 @cache

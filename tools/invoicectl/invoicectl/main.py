@@ -26,6 +26,7 @@ from invoicectl.accounts_cmd import accounts_app, token
 from invoicectl.bench.cli import bench
 from invoicectl.config import Endpoints, channel
 from invoicectl.directory_cmd import directory_app
+from invoicectl.dlq_cmd import dlq_app
 from invoicectl.kafka_follow import StatusFollower
 from invoicectl.render import (
     invoice_json,
@@ -49,6 +50,7 @@ app.command()(token)
 app.add_typer(directory_app, name="directory")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(topics_app, name="topics")
+app.add_typer(dlq_app, name="dlq")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -202,6 +204,9 @@ def status(
         return
     reason = f"  ({data['reason_code']}: {data['reason']})" if data["reason_code"] else ""
     out.print(f"{data['invoice_id']}  {data['status_code']} {data['status']}{reason}")
+    if data["hold"]:
+        hold = data["hold"]
+        out.print(f"  HELD      since {hold['since']} at {hold['stage']} ({hold['code']}): {hold['message']}")
     if data["filename"]:
         out.print(f"  file      {data['filename']}")
     if data["trace_id"]:

@@ -44,6 +44,17 @@ def invoice_json(reply: status_pb2.GetInvoiceResponse) -> dict[str, Any]:
             {"rule": f.rule, "severity": severity(f.severity), "location": f.location, "message": f.message}
             for f in reply.findings
         ],
+        "hold": hold_json(reply.hold) if reply.HasField("hold") else None,
+    }
+
+
+def hold_json(hold: status_pb2.InvoiceHold) -> dict[str, Any]:
+    return {
+        "stage": hold.stage,
+        "code": hold.code,
+        "message": hold.message,
+        "since": iso(hold.since),
+        "dead_letter": hold.dead_letter,
     }
 
 

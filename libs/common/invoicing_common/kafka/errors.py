@@ -58,10 +58,14 @@ _KAFKA_HOLD: tuple[type[BaseException], ...] = (
 
 # PostgreSQL conditions that pass: the server restarting (class 57), the
 # connection lost (08), resources short (53), a transaction that lost a
-# race (40: serialization failure, deadlock).
+# race (40: serialization failure, deadlock); and asyncpg's client-side
+# errors of a connection the server cut ("connection is closed", a
+# protocol state broken mid-operation), which a new connection cures.
 _DATABASE_TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.TransactionRollbackError,

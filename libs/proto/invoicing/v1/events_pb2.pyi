@@ -342,3 +342,50 @@ class DeadLetter(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeadLetter: _TypeAlias = DeadLetter  # noqa: Y015
+
+@_typing.final
+class DeadLetterReplay(_message.Message):
+    """Topic invoicing.invoice.dlq-replays.v1 (compacted, key = the dead
+    letter's position "<partition>:<offset>" on the DLQ): a dead letter that
+    `invoicectl dlq replay` put back on its source topic. A dead letter with
+    a replay record is not replayed again.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTER_FIELD_NUMBER: _builtins.int
+    DEAD_LETTER_EVENT_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_TOPIC_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    REPLAYED_BY_FIELD_NUMBER: _builtins.int
+    REPLAYED_AT_FIELD_NUMBER: _builtins.int
+    dead_letter: _builtins.str
+    """"<partition>:<offset>" of the dead letter on invoicing.invoice.dlq.v1."""
+    dead_letter_event_id: _builtins.str
+    source_topic: _builtins.str
+    partition: _builtins.int
+    """Where the source record was published again."""
+    offset: _builtins.int
+    replayed_by: _builtins.str
+    """Who replayed it (the Kafka principal, or the operator's name) and when."""
+    @_builtins.property
+    def replayed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        dead_letter: _builtins.str = ...,
+        dead_letter_event_id: _builtins.str = ...,
+        source_topic: _builtins.str = ...,
+        partition: _builtins.int = ...,
+        offset: _builtins.int = ...,
+        replayed_by: _builtins.str = ...,
+        replayed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["replayed_at", b"replayed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter", b"dead_letter", "dead_letter_event_id", b"dead_letter_event_id", "offset", b"offset", "partition", b"partition", "replayed_at", b"replayed_at", "replayed_by", b"replayed_by", "source_topic", b"source_topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeadLetterReplay: _TypeAlias = DeadLetterReplay  # noqa: Y015

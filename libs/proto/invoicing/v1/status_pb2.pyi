@@ -114,6 +114,7 @@ class GetInvoiceResponse(_message.Message):
     TRACE_ID_FIELD_NUMBER: _builtins.int
     ROUTING_FIELD_NUMBER: _builtins.int
     RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    HOLD_FIELD_NUMBER: _builtins.int
     invoice_id: _builtins.str
     status_code: _builtins.int
     status: _builtins.str
@@ -133,6 +134,13 @@ class GetInvoiceResponse(_message.Message):
     def routing(self) -> Global___RoutingDecision: ...
     @_builtins.property
     def received_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def hold(self) -> Global___InvoiceHold:
+        """Set while the invoice's processing is held: a stage could not process
+        one of its events, which waits on the dead-letter topic for an
+        operator. Cleared when the invoice's processing moves on.
+        """
+
     def __init__(
         self,
         *,
@@ -147,14 +155,52 @@ class GetInvoiceResponse(_message.Message):
         trace_id: _builtins.str = ...,
         routing: Global___RoutingDecision | None = ...,
         received_at: _timestamp_pb2.Timestamp | None = ...,
+        hold: Global___InvoiceHold | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "received_at", b"received_at", "routing", b"routing", "summary", b"summary"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold", "reason", b"reason", "received_at", b"received_at", "routing", b"routing", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "findings", b"findings", "history", b"history", "invoice_id", b"invoice_id", "reason", b"reason", "received_at", b"received_at", "routing", b"routing", "status", b"status", "status_code", b"status_code", "summary", b"summary", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "findings", b"findings", "history", b"history", "hold", b"hold", "invoice_id", b"invoice_id", "reason", b"reason", "received_at", b"received_at", "routing", b"routing", "status", b"status", "status_code", b"status_code", "summary", b"summary", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetInvoiceResponse: _TypeAlias = GetInvoiceResponse  # noqa: Y015
+
+@_typing.final
+class InvoiceHold(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    DEAD_LETTER_FIELD_NUMBER: _builtins.int
+    stage: _builtins.str
+    """The stage that could not go on: "validate", "route" or "status"."""
+    code: _builtins.str
+    """HELD_TECH: a technical fault, not a finding about the document."""
+    message: _builtins.str
+    dead_letter: _builtins.str
+    """The dead letter's position on invoicing.invoice.dlq.v1, "<partition>:<offset>"
+    (`invoicectl dlq show`).
+    """
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        stage: _builtins.str = ...,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        dead_letter: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "dead_letter", b"dead_letter", "message", b"message", "since", b"since", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvoiceHold: _TypeAlias = InvoiceHold  # noqa: Y015
 
 @_typing.final
 class InvoiceFilter(_message.Message):

@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -77,6 +77,26 @@ def _generate(generator: Generator, count: int, invalid_share: float, progress: 
     return documents
 
 
+@contextmanager
+def _ids_writer(path: Path | None) -> Iterator[Callable[[str], None]]:
+    """Each acknowledged id, written and flushed as it comes: a run that is
+    interrupted still leaves the ids `invoicectl reconcile` needs."""
+    if path is None:
+        yield lambda _id: None
+        return
+    try:
+        handle = path.open("w")
+    except OSError as exc:
+        raise BenchError(f"cannot write {path}: {exc.strerror}") from exc
+    with handle:
+
+        def write(invoice_id: str) -> None:
+            handle.write(invoice_id + "\n")
+            handle.flush()
+
+        yield write
+
+
 class SellerAccounts:
     """One supplier account per seller of the run, made in the identity
     provider before the load and deleted after it: the pipeline sees many
@@ -135,6 +155,14 @@ def bench(
     ] = os.cpu_count() or 1,
     partitions: Annotated[int, typer.Option(min=1, help="Partitions of the Kafka baseline's topic.")] = 6,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the report to this file.")] = None,
+    ids_file: Annotated[
+        Path | None,
+        typer.Option("--ids-file", help="Write each acknowledged invoice id to this file, one per line, as it comes."),
+    ] = None,
+    retry_for: Annotated[
+        float,
+        typer.Option(min=0.0, help="Send a submission refused for a transient reason again, for up to this long."),
+    ] = 0.0,
 ) -> None:
     """Load the running pipeline with generated invoices; report throughput,
     latencies, losses and the same-run ceilings. Exit 1 if an invoice is lost
@@ -171,6 +199,7 @@ def bench(
         with (
             _step(progress, "submitted (acknowledged)", count) as on_ack,
             _step(progress, "final status", count) as on_final,
+            _ids_writer(ids_file) as on_id,
         ):
             pipeline = await run_pipeline(
                 endpoints,
@@ -182,6 +211,9 @@ def bench(
                 idle_timeout=idle_timeout,
                 on_ack=on_ack,
                 on_final=on_final,
+                run_id=run_id,
+                retry_for=retry_for,
+                on_id=on_id,
             )
         ceilings = Baselines()
         if baselines:

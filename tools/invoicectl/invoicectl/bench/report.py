@@ -94,6 +94,8 @@ class PipelineFigures:
     valid_rejected: int
     invalid_accepted: int
     lost_invoice_ids: list[str] = field(default_factory=list)
+    # Submissions sent again after a transient refusal (--retry-for).
+    retried_submissions: int = 0
 
 
 @dataclass
@@ -221,6 +223,8 @@ def render(report: BenchReport, console: Console) -> None:
     table.add_row("end-to-end invoices/s", f"{p.e2e_invoices_per_s:.1f} (steady {p.e2e_invoices_per_s_steady:.1f})")
     table.add_row("final statuses", ", ".join(f"{k}: {v}" for k, v in sorted(p.finals.items())) or "-")
     table.add_row("lost", f"[{'green' if p.lost == 0 else 'red'}]{p.lost}[/]")
+    if p.retried_submissions:
+        table.add_row("submissions sent again", str(p.retried_submissions))
     if p.failed_submissions:
         table.add_row("refused submissions", ", ".join(f"{k}: {v}" for k, v in p.failed_submissions.items()))
     if p.valid_rejected or p.invalid_accepted:

@@ -71,28 +71,66 @@ async def wait_ready(channel: grpc.aio.Channel, address: str) -> None:
         raise BenchError(f"cannot connect to {address} within {CONNECT_TIMEOUT_SECONDS:.0f}s") from None
 
 
+# Answers an ERP retries, with the same idempotency key: the service was
+# away (restarting, unreachable) or busy.
+RETRIABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
+
+
 class Submitter:
     """SubmitInvoice calls on one channel (HTTP/2 multiplexes them), each
-    as the account of its document's seller."""
+    as the account of its document's seller. Each document carries an
+    idempotency key; with ``retry_for`` > 0, a submission refused for a
+    transient reason is sent again (same key) until acknowledged or the
+    time is up, as an ERP integration would."""
 
-    def __init__(self, stub: ingest_pb2_grpc.IngestServiceStub, authorize: Authorize, on_ack: Tick) -> None:
+    def __init__(
+        self,
+        stub: ingest_pb2_grpc.IngestServiceStub,
+        authorize: Authorize,
+        on_ack: Tick,
+        *,
+        run_id: str = "",
+        retry_for: float = 0.0,
+        on_id: Callable[[str], None] = lambda _id: None,
+    ) -> None:
         self._stub = stub
         self._authorize = authorize
         self._on_ack = on_ack
+        self._run_id = run_id
+        self._retry_for = retry_for
+        self._on_id = on_id
+        self.retries = 0
 
     async def send(self, document: BenchDocument, start: float) -> Sent:
         sent = Sent(document, start)
-        request = ingest_pb2.SubmitInvoiceRequest(document=document.data, filename=document.filename)
-        try:
-            reply = await self._stub.SubmitInvoice(
-                request, metadata=self._authorize(document), timeout=SUBMIT_TIMEOUT_SECONDS
-            )
-        except grpc.aio.AioRpcError as exc:
-            sent.error = exc.code().name
-        else:
-            sent.acked = time.perf_counter()
-            sent.invoice_id = reply.invoice_id
-            sent.duplicate = reply.duplicate
+        request = ingest_pb2.SubmitInvoiceRequest(
+            document=document.data,
+            filename=document.filename,
+            idempotency_key=f"bench-{self._run_id}-{document.index}" if self._run_id else "",
+        )
+        give_up = time.perf_counter() + self._retry_for
+        wait = 0.2
+        while True:
+            try:
+                reply = await self._stub.SubmitInvoice(
+                    request, metadata=self._authorize(document), timeout=SUBMIT_TIMEOUT_SECONDS
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in RETRIABLE and time.perf_counter() + wait < give_up:
+                    self.retries += 1
+                    # Backing off, as a client should: not synchronisation.
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, 2.0)
+                    continue
+                sent.error = exc.code().name
+            else:
+                sent.acked = time.perf_counter()
+                sent.invoice_id = reply.invoice_id
+                sent.duplicate = reply.duplicate
+                self._on_id(reply.invoice_id)
+            break
         self._on_ack()
         return sent
 
@@ -174,6 +212,9 @@ async def run_pipeline(
     idle_timeout: float,
     on_ack: Tick,
     on_final: Tick,
+    run_id: str = "",
+    retry_for: float = 0.0,
+    on_id: Callable[[str], None] = lambda _id: None,
 ) -> PipelineFigures:
     follower = StatusFollower(endpoints.kafka)
     try:
@@ -187,7 +228,14 @@ async def run_pipeline(
         # Tokens go per call (each seller's own), not as channel credentials.
         async with secure_channel(endpoints.ingest, None, client_config().ca_file, GRPC_OPTIONS) as channel:
             await wait_ready(channel, endpoints.ingest)
-            client = Submitter(ingest_pb2_grpc.IngestServiceStub(channel), authorize, on_ack)
+            client = Submitter(
+                ingest_pb2_grpc.IngestServiceStub(channel),
+                authorize,
+                on_ack,
+                run_id=run_id,
+                retry_for=retry_for,
+                on_id=on_id,
+            )
             t0 = time.perf_counter()
             if mode is Mode.CLOSED:
                 sent = await client.closed_loop(documents, concurrency)
@@ -203,7 +251,9 @@ async def run_pipeline(
         with contextlib.suppress(asyncio.CancelledError):
             await following
         await follower.stop()
-    return figures(sent, tracker.finals, missing, t0, submitted_at, mode, concurrency, per_second)
+    result = figures(sent, tracker.finals, missing, t0, submitted_at, mode, concurrency, per_second)
+    result.retried_submissions = client.retries
+    return result
 
 
 def figures(
