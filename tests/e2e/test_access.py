@@ -195,10 +195,13 @@ async def test_each_party_sets_only_its_own_statuses(stack: Stack, status_follow
     invoice_id = (await submit(stack.ingest, doc, "parties.xml", metadata=supplier.metadata())).invoice_id
     assert await _final(status_follower, invoice_id) == 203
 
-    async def update(caller: Caller, code: int) -> status_pb2.UpdateStatusResponse:
+    async def update(caller: Caller, code: int, paid: bool = False) -> status_pb2.UpdateStatusResponse:
+        request = status_pb2.UpdateStatusRequest(invoice_id=invoice_id, status_code=code)
+        if paid:  # 211 and 212 carry the payment
+            request.payment.amount, request.payment.paid_on = "828.00", datetime.now(UTC).date().isoformat()
         async with caller.channel(stack.status) as channel:
             reply: status_pb2.UpdateStatusResponse = await status_pb2_grpc.StatusServiceStub(channel).UpdateStatus(
-                status_pb2.UpdateStatusRequest(invoice_id=invoice_id, status_code=code), timeout=30
+                request, timeout=30
             )
             return reply
 
@@ -211,11 +214,11 @@ async def test_each_party_sets_only_its_own_statuses(stack: Stack, status_follow
     # A supplier setting a buyer status, a buyer setting a supplier status.
     assert "buyer" in await refused(supplier, 204)
     assert (await update(buyer, 204)).status_code == 204
-    assert (await update(buyer, 211)).status_code == 211
+    assert (await update(buyer, 211, paid=True)).status_code == 211
     assert "supplier" in await refused(buyer, 212)
     history = [h.status_code for h in (await get_invoice(stack.status, invoice_id, supplier)).history]
     assert history == [200, 203, 204, 211]
-    assert (await update(supplier, 212)).status_code == 212
+    assert (await update(supplier, 212, paid=True)).status_code == 212
     # The buyer sees the invoice (it is addressed to its company) and who did what.
     final = await get_invoice(stack.status, invoice_id, buyer)
     assert [h.actor.split(":")[0] for h in final.history[-3:]] == ["buyer", "buyer", "supplier"]

@@ -75,11 +75,13 @@ async def test_update_status_follows_the_lifecycle_and_names_what_is_allowed(
         stub = _stub(channel)
 
         async def update(
-            code: int, reason: tuple[str, str] | None = None, request_id: str = ""
+            code: int, reason: tuple[str, str] | None = None, request_id: str = "", paid: bool = False
         ) -> status_pb2.UpdateStatusResponse:
             request = status_pb2.UpdateStatusRequest(invoice_id=invoice_id, status_code=code, request_id=request_id)
             if reason:
                 request.reason.code, request.reason.text = reason
+            if paid:  # 211 and 212 carry the payment
+                request.payment.amount, request.payment.paid_on = "828.00", datetime.now(UTC).date().isoformat()
             reply: status_pb2.UpdateStatusResponse = await stub.UpdateStatus(request, timeout=30)
             return reply
 
@@ -107,8 +109,8 @@ async def test_update_status_follows_the_lifecycle_and_names_what_is_allowed(
         await update(208, ("MISSING_PO", "purchase order number missing"))
         await update(209)
         await update(205)
-        await update(211)
-        paid = await update(212)
+        await update(211, paid=True)
+        paid = await update(212, paid=True)
         assert paid.status_code == 212
         with pytest.raises(grpc.aio.AioRpcError) as final:
             await update(204)

@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -25,13 +25,13 @@ from invoicing_common.auth.principal import ROLE_BUYER, ROLE_SUPPLIER, current_p
 from invoicing_common.kafka import headers_to_carrier
 from invoicing_common.telemetry import current_trace_id, inject_headers
 from invoicing_status.access import NotYourPart, Viewer, acting_role, can_see
-from invoicing_status.domain import Change, TransitionError, check_update
+from invoicing_status.domain import Change, TransitionError, check_payment, check_update
 from invoicing_status.holds import HELD_TECH
 from invoicing_status.lifecycle import Reason, Status
 from invoicing_status.notifier import ChangeNotifier
 from invoicing_status.observability import observe_changes
 from invoicing_status.queries import Cursor, Filter, ListItem, StatusQueries
-from invoicing_status.records import InvoiceFacts, InvoiceView
+from invoicing_status.records import InvoiceFacts, InvoiceView, payment_proto
 from invoicing_status.repository import StatusRepository
 
 MAX_PAGE_SIZE = 500
@@ -79,6 +79,14 @@ def to_filter(f: status_pb2.InvoiceFilter) -> Filter:
     for code in f.status_codes:
         if code not in {s.value for s in Status}:
             raise BadRequest("filter.status_codes", f"{code} is not a lifecycle status (200-213)")
+    due_before = None
+    if f.due_before:
+        try:
+            due_before = date.fromisoformat(f.due_before) if len(f.due_before) == 10 else None
+        except ValueError:
+            due_before = None
+        if due_before is None:
+            raise BadRequest("filter.due_before", f"{f.due_before[:40]!r} is not a date (YYYY-MM-DD)")
     received_from = f.received_from.ToDatetime(tzinfo=UTC) if f.HasField("received_from") else None
     received_to = f.received_to.ToDatetime(tzinfo=UTC) if f.HasField("received_to") else None
     if received_from and received_to and received_to <= received_from:
@@ -89,6 +97,8 @@ def to_filter(f: status_pb2.InvoiceFilter) -> Filter:
         status_codes=tuple(sorted(set(f.status_codes))),
         received_from=received_from,
         received_to=received_to,
+        due_before=due_before,
+        unpaid=f.unpaid,
     )
 
 
@@ -126,6 +136,7 @@ def list_item(item: ListItem) -> status_pb2.InvoiceListItem:
         seller_id=item.seller_ids[0] if item.seller_ids else "",
         buyer_id=item.buyer_ids[0] if item.buyer_ids else "",
         filename=item.filename,
+        due_date=item.due_date.isoformat() if item.due_date is not None else "",
     )
     if item.reason_code or item.reason_text:
         out.reason.code, out.reason.text = item.reason_code, item.reason_text
@@ -182,6 +193,8 @@ def invoice_response(view: InvoiceView) -> status_pb2.GetInvoiceResponse:
         )
         if row.reason_code or row.reason_text:
             change.reason.code, change.reason.text = row.reason_code, row.reason_text
+        if row.payment is not None:
+            payment_proto(row.payment, change.payment)
     return response
 
 
@@ -234,6 +247,9 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
             f = to_filter(request.filter)
             if request.from_position < 0:
                 raise BadRequest("from_position", "must be 0 (from now) or a position received earlier")
+            if f.due_before is not None or f.unpaid:
+                field_name = "filter.due_before" if f.due_before is not None else "filter.unpaid"
+                raise BadRequest(field_name, "filters ListInvoices only, not a watch")
         except BadRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         principal = current_principal()
@@ -290,6 +306,8 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
         except NotYourPart as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"status_code: {exc}")
         reason = Reason(request.reason.code, request.reason.text) if request.HasField("reason") else None
+        p = request.payment
+        invoice_currency = await self._queries.currency(invoice_id) if p.amount and not p.currency else ""
         request_id = request.request_id or str(uuid.uuid4())
         # Request ids are the caller's: two accounts' ids never collide.
         dedup_key = f"update:{invoice_id}:{principal.subject}:{request_id}"
@@ -300,7 +318,8 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
             if current is None:
                 raise InvoiceNotFound(invoice_id)
             new = check_update(current, request.status_code, reason)
-            return [Change(new, actor, now, dedup_key, reason)]
+            payment = check_payment(new.value, p.amount, p.currency, p.paid_on, invoice_currency, now.date())
+            return [Change(new, actor, now, dedup_key, reason, payment)]
 
         try:
             facts = InvoiceFacts(

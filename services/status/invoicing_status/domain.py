@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 
 from invoicing_status.lifecycle import (
     FINAL,
@@ -16,12 +18,29 @@ from invoicing_status.lifecycle import (
 
 
 @dataclass(frozen=True)
+class Payment:
+    """A payment reported with 211 PAYMENT_SENT or 212 CASHED."""
+
+    amount: str  # decimal, two places: "1250.00"
+    currency: str  # ISO 4217
+    paid_on: date
+
+    def as_json(self) -> dict[str, str]:
+        return {"amount": self.amount, "currency": self.currency, "paid_on": self.paid_on.isoformat()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, str]) -> Payment:
+        return cls(data["amount"], data["currency"], date.fromisoformat(data["paid_on"]))
+
+
+@dataclass(frozen=True)
 class Change:
     status: Status
     actor: str
     occurred_at: datetime
     source_event_id: str
     reason: Reason | None = None
+    payment: Payment | None = None
 
 
 @dataclass(frozen=True)
@@ -143,3 +162,50 @@ def check_update(current: Status, new_code: int, reason: Reason | None) -> Statu
     if new in REASON_REQUIRED and (reason is None or not reason.code or not reason.text):
         raise TransitionError("reason", f"status {new.value} {new.name} requires a reason code and text", False)
     return new
+
+
+PAYMENT_STATUSES = frozenset({Status.PAYMENT_SENT, Status.CASHED})
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_MAX_AMOUNT = Decimal("1e15")
+
+
+def check_payment(
+    status_code: int, amount: str, currency: str, paid_on: str, invoice_currency: str, today: date
+) -> Payment | None:
+    """The payment of an UpdateStatus request: required with 211 and 212,
+    refused with any other status (all fields empty: no payment given).
+    ``currency`` defaults to the invoice's (BT-5)."""
+    given = bool(amount or currency or paid_on)
+    if status_code not in PAYMENT_STATUSES:
+        if given:
+            raise TransitionError(
+                "payment", "a payment goes with 211 PAYMENT_SENT or 212 CASHED only, not with this status", False
+            )
+        return None
+    name = Status(status_code).name
+    if not amount or not paid_on:
+        raise TransitionError(
+            "payment", f"status {status_code} {name} requires a payment: payment.amount and payment.paid_on", False
+        )
+    try:
+        value = Decimal(amount.strip())
+    except InvalidOperation:
+        raise TransitionError("payment.amount", f"{amount[:40]!r} is not a decimal number", False) from None
+    exponent = value.as_tuple().exponent
+    if not value.is_finite() or value <= 0 or value >= _MAX_AMOUNT:
+        raise TransitionError("payment.amount", "must be more than 0 and less than 10^15", False)
+    if not isinstance(exponent, int) or exponent < -2:
+        raise TransitionError("payment.amount", "has more than 2 decimals", False)
+    currency = currency.strip() or invoice_currency
+    if not _CURRENCY.fullmatch(currency):
+        raise TransitionError("payment.currency", "must be an ISO 4217 code such as EUR", False)
+    try:
+        paid = date.fromisoformat(paid_on.strip()) if len(paid_on.strip()) == 10 else None
+    except ValueError:
+        paid = None
+    if paid is None:
+        raise TransitionError("payment.paid_on", f"{paid_on[:40]!r} is not a date (YYYY-MM-DD)", False)
+    # A day of slack: the caller's today may be ahead of UTC.
+    if paid > today + timedelta(days=1):
+        raise TransitionError("payment.paid_on", f"{paid.isoformat()} is in the future", False)
+    return Payment(str(value.quantize(Decimal("0.01"))), currency, paid)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
+
+from invoicing.v1 import common_pb2
 
 from invoicing_common.db import Database
 from invoicing_status.access import Parties, Viewer
@@ -18,6 +20,15 @@ class Filter:
     status_codes: tuple[int, ...] = ()
     received_from: datetime | None = None
     received_to: datetime | None = None
+    due_before: date | None = None
+    # Made available (203) or later, and neither cashed, refused nor rejected.
+    unpaid: bool = False
+
+
+# Statuses of an invoice still owed (Filter.unpaid).
+UNPAID = tuple(
+    s.value for s in Status if s >= Status.MADE_AVAILABLE and s not in (Status.CASHED, Status.REFUSED, Status.REJECTED)
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,7 @@ class ListItem:
     filename: str
     reason_code: str
     reason_text: str
+    due_date: date | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,10 @@ def _filter_sql(f: Filter, viewer: Viewer, args: list[Any], status_column: str, 
         clauses.append(f"i.received_at >= {arg(f.received_from)}")
     if f.received_to is not None:
         clauses.append(f"i.received_at < {arg(f.received_to)}")
+    if f.due_before is not None:
+        clauses.append(f"i.due_date < {arg(f.due_before)}")
+    if f.unpaid:
+        clauses.append(f"i.status_code = ANY({arg(list(UNPAID))}::smallint[])")
     return " AND ".join(clauses) if clauses else "true"
 
 
@@ -91,7 +107,7 @@ class StatusQueries:
         args.append(limit)
         rows = await self._database.pool.fetch(
             "SELECT i.invoice_id, i.status_code, i.received_at, i.updated_at, i.invoice_number, i.seller_ids,"
-            " i.buyer_ids, i.filename, i.reason_code, i.reason_text FROM invoices i"
+            " i.buyer_ids, i.filename, i.reason_code, i.reason_text, i.due_date FROM invoices i"
             f" WHERE i.received_at IS NOT NULL AND {where}"
             f" ORDER BY i.received_at DESC, i.invoice_id DESC LIMIT ${len(args)}",
             *args,
@@ -108,6 +124,7 @@ class StatusQueries:
                 filename=r["filename"],
                 reason_code=r["reason_code"] or "",
                 reason_text=r["reason_text"] or "",
+                due_date=r["due_date"],
             )
             for r in rows
         ]
@@ -134,6 +151,11 @@ class StatusQueries:
             *args,
         )
         return [(int(r["seq"]), bytes(r["payload"])) for r in rows]
+
+    async def currency(self, invoice_id: str) -> str:
+        """The invoice's currency (BT-5), "" when not known yet."""
+        raw = await self._database.pool.fetchval("SELECT summary FROM invoices WHERE invoice_id = $1", invoice_id)
+        return common_pb2.InvoiceSummary.FromString(raw).currency if raw else ""
 
     async def current(self, invoice_id: str) -> tuple[Status, int] | None:
         row = await self._database.pool.fetchrow(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -14,7 +14,7 @@ from invoicing.v1 import common_pb2, events_pb2
 
 from invoicing_common.ids import stage_event_id
 from invoicing_common.parties import buyer_sirens, seller_sirens
-from invoicing_status.domain import Change
+from invoicing_status.domain import Change, Payment
 from invoicing_status.holds import Hold
 from invoicing_status.lifecycle import CHORUS_PRO, FRENCH_NAMES, UNCL4343, Status
 
@@ -54,6 +54,7 @@ class HistoryRow:
     occurred_at: datetime
     source_event_id: str
     trace_id: str
+    payment: Payment | None = None
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ RECORD_FACTS = (
     " seller_ids = CASE WHEN cardinality($10::text[]) > 0 THEN $10 ELSE seller_ids END,"
     " buyer_ids = CASE WHEN cardinality($11::text[]) > 0 THEN $11 ELSE buyer_ids END,"
     " seller_sirens = COALESCE($12::text[], seller_sirens),"
-    " buyer_sirens = COALESCE($13::text[], buyer_sirens)"
+    " buyer_sirens = COALESCE($13::text[], buyer_sirens),"
+    " due_date = COALESCE($14::date, due_date)"
     " WHERE invoice_id = $1"
 )
 SET_STATUS = (
@@ -118,7 +120,17 @@ def facts_args(facts: InvoiceFacts) -> tuple[Any, ...]:
         _id_values(summary.buyer_ids, summary.buyer_vat_id) if summary is not None else [],
         sorted(seller_sirens(summary)) if summary is not None and facts.parties_checked else None,
         sorted(buyer_sirens(summary)) if summary is not None and facts.parties_checked else None,
+        _date(summary.due_date) if summary is not None else None,
     )
+
+
+def _date(value: str) -> date | None:
+    """An ISO date, or None (validation checks BT-9's form; anything else
+    is not a due date to filter on)."""
+    try:
+        return date.fromisoformat(value) if len(value) == 10 else None
+    except ValueError:
+        return None
 
 
 def _ts(value: datetime) -> Timestamp:
@@ -161,8 +173,14 @@ def status_event(
     )
     if change.reason is not None:
         event.reason.code, event.reason.text = change.reason.code, change.reason.text
+    if change.payment is not None:
+        payment_proto(change.payment, event.payment)
     if summary is not None:
         event.seller_id = _first_id(summary.seller_ids)
         event.buyer_id = _first_id(summary.buyer_ids)
         event.invoice_number = summary.invoice_number
     return event
+
+
+def payment_proto(payment: Payment, out: common_pb2.Payment) -> None:
+    out.amount, out.currency, out.paid_on = payment.amount, payment.currency, payment.paid_on.isoformat()

@@ -12,7 +12,7 @@ from invoicing.v1 import common_pb2
 
 from invoicing_common.db import Database
 from invoicing_status.batch import BatchApply, NeedsSequential
-from invoicing_status.domain import Change
+from invoicing_status.domain import Change, Payment
 from invoicing_status.holds import Hold
 from invoicing_status.lifecycle import FINAL, Status
 from invoicing_status.records import (
@@ -192,7 +192,7 @@ class StatusRepository:
         reason_text = change.reason.text if change.reason else None
         seq = await conn.fetchval(
             "INSERT INTO status_history (invoice_id, status_code, previous_code, reason_code, reason_text, actor,"
-            " occurred_at, source_event_id, trace_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            " occurred_at, source_event_id, trace_id, payment) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)"
             " ON CONFLICT DO NOTHING RETURNING seq",
             facts.invoice_id,
             change.status.value,
@@ -203,6 +203,7 @@ class StatusRepository:
             change.occurred_at,
             change.source_event_id,
             trace_id,
+            json.dumps(change.payment.as_json()) if change.payment is not None else None,
         )
         if seq is None:
             return  # this exact transition is already recorded
@@ -252,6 +253,7 @@ class StatusRepository:
                     occurred_at=h["occurred_at"],
                     source_event_id=h["source_event_id"],
                     trace_id=h["trace_id"],
+                    payment=Payment.from_json(json.loads(h["payment"])) if h["payment"] else None,
                 )
                 for h in history
             ],

@@ -49,7 +49,7 @@ _SUMMARY_TEXT_FIELDS = (
     "invoice_number", "type_code", "issue_date", "currency", "seller_name", "seller_vat_id", "buyer_name",
     "buyer_vat_id", "buyer_reference", "purchase_order_reference", "line_total", "allowance_total",
     "charge_total", "tax_exclusive_total", "tax_total", "tax_total_accounting", "tax_inclusive_total",
-    "prepaid_total", "rounding_amount", "payable_amount",
+    "prepaid_total", "rounding_amount", "payable_amount", "due_date",
 )  # fmt: skip
 
 

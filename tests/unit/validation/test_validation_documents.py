@@ -61,6 +61,7 @@ def test_ubl_summary(validator: Validator, read_sample: ReadSample) -> None:
         "2025-03-14",
         "EUR",
     )
+    assert s.due_date == "2025-04-13"  # BT-9
     assert s.seller_name == "Atelier Lumière SAS"
     assert s.seller_ids == [("842109373", "0002")]
     assert s.seller_vat_id == "FR88842109373"
@@ -85,6 +86,7 @@ def test_ubl_summary(validator: Validator, read_sample: ReadSample) -> None:
 def test_cii_summary_converts_dates(validator: Validator, read_sample: ReadSample) -> None:
     s = validator.validate(read_sample("cii-invoice-valid.xml")).summary
     assert s.issue_date == "2025-03-14"
+    assert s.due_date == "2025-04-13"  # BT-9, format 102
     assert s.invoice_number == "FA-2025-0043"
     assert s.seller_ids == [("842109373", "0002")]
     assert s.buyer_ids == [("51234567900017", "0009")]

@@ -211,6 +211,8 @@ def status(
         out.print(f"  file      {data['filename']}")
     if data["trace_id"]:
         out.print(f"  trace_id  {data['trace_id']}")
+    if data["due_date"]:
+        out.print(f"  due       {data['due_date']}")
     if data["routing"]:
         r = data["routing"]
         where = r["destination_platform"] or "-"
@@ -218,6 +220,9 @@ def status(
         out.print(f"  routing   {r['outcome']} -> {where}{'  (this platform)' if r['local_delivery'] else ''}{why}")
     for h in data["history"]:
         why = f"  {h['reason_code']}: {h['reason']}" if h["reason_code"] else ""
+        paid = h["payment"]
+        if paid:
+            why += f"  {paid['amount']} {paid['currency']} on {paid['paid_on']}"
         out.print(f"  {h['at']}  {h['status_code']} {h['status']:<15} by {h['actor']}{why}")
     for f in data["findings"]:
         out.print(f"  [{f['severity']}] {f['rule']}  {f['location']}  {f['message']}")
@@ -254,11 +259,18 @@ def list_invoices(
     until: UntilOpt = None,
     limit: Annotated[int, typer.Option(help="Invoices to show (0: all).")] = 50,
     page_size: Annotated[int, typer.Option(help="Invoices per request (1-500).")] = 100,
+    unpaid: Annotated[
+        bool, typer.Option("--unpaid", help="Only invoices still owed: 203 or later, not 210, 212 or 213.")
+    ] = False,
+    due_before: Annotated[
+        str, typer.Option("--due-before", help="Only invoices due (BT-9) before this date (YYYY-MM-DD).")
+    ] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array.")] = False,
 ) -> None:
     """List invoices, newest first, following the pages."""
     endpoints = Endpoints.from_env()
     f = _filter(seller, buyer, status_codes, since, until)
+    f.unpaid, f.due_before = unpaid, due_before
 
     async def fetch() -> list[status_pb2.InvoiceListItem]:
         items: list[status_pb2.InvoiceListItem] = []
@@ -284,7 +296,10 @@ def list_invoices(
         return
     for i in items:
         reason = f"  {i.reason.code}" if i.reason.code else ""
-        out.print(f"{i.invoice_id}  {iso(i.received_at)}  {i.status_code} {i.status:<18} {i.invoice_number}{reason}")
+        due = f"  due {i.due_date}" if i.due_date else ""
+        out.print(
+            f"{i.invoice_id}  {iso(i.received_at)}  {i.status_code} {i.status:<18} {i.invoice_number}{due}{reason}"
+        )
 
 
 @app.command()
@@ -296,17 +311,23 @@ def update(
     role: Annotated[str, typer.Option(hidden=True, help="Ignored (the account's role decides).")] = "",
     actor: Annotated[str, typer.Option(hidden=True, help="Ignored (the history records the account).")] = "",
     request_id: Annotated[str, typer.Option(help="Retry key: the same id applies once.")] = "",
+    amount: Annotated[str, typer.Option(help="Amount paid (211) or received (212), e.g. 828.00.")] = "",
+    currency: Annotated[str, typer.Option(help="Currency of --amount (default: the invoice's).")] = "",
+    paid_on: Annotated[str, typer.Option(help="Date paid (211) or received (212), YYYY-MM-DD.")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
 ) -> None:
     """Move an invoice on in its lifecycle: buyer statuses (204-208, 210, 211)
     need an account acting for the buyer, supplier statuses (209, 212) one
-    acting for the seller."""
+    acting for the seller; 211 and 212 carry the payment (--amount,
+    --paid-on)."""
     if role or actor:
         err.print("[yellow]warning:[/yellow] --role and --actor are ignored: the account's token decides who acts")
     endpoints = Endpoints.from_env()
     request = status_pb2.UpdateStatusRequest(invoice_id=invoice_id, status_code=status_code, request_id=request_id)
     if reason_code or reason:
         request.reason.code, request.reason.text = reason_code, reason
+    if amount or currency or paid_on:
+        request.payment.amount, request.payment.currency, request.payment.paid_on = amount, currency, paid_on
 
     async def call() -> status_pb2.UpdateStatusResponse:
         async with channel(endpoints.status) as status_channel:

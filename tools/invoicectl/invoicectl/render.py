@@ -35,6 +35,7 @@ def invoice_json(reply: status_pb2.GetInvoiceResponse) -> dict[str, Any]:
                 "reason_code": h.reason.code,
                 "reason": h.reason.text,
                 "actor": h.actor,
+                "payment": payment_json(h.payment) if h.HasField("payment") else None,
             }
             for h in reply.history
         ],
@@ -45,7 +46,12 @@ def invoice_json(reply: status_pb2.GetInvoiceResponse) -> dict[str, Any]:
             for f in reply.findings
         ],
         "hold": hold_json(reply.hold) if reply.HasField("hold") else None,
+        "due_date": reply.summary.due_date,
     }
+
+
+def payment_json(payment: common_pb2.Payment) -> dict[str, Any]:
+    return {"amount": payment.amount, "currency": payment.currency, "paid_on": payment.paid_on}
 
 
 def hold_json(hold: status_pb2.InvoiceHold) -> dict[str, Any]:
@@ -82,6 +88,7 @@ def list_item_json(item: status_pb2.InvoiceListItem) -> dict[str, Any]:
         "filename": item.filename,
         "reason_code": item.reason.code,
         "reason": item.reason.text,
+        "due_date": item.due_date,
     }
 
 
@@ -103,6 +110,7 @@ def status_event_json(event: events_pb2.StatusEvent, position: int | None = None
         "sequence": event.sequence,
         "chorus_pro_status": event.chorus_pro_status,
         "uncl4343_code": event.uncl4343_code,
+        "payment": payment_json(event.payment) if event.HasField("payment") else None,
     }
 
 

@@ -174,6 +174,7 @@ class InvoiceSummary(_message.Message):
     PREPAID_TOTAL_FIELD_NUMBER: _builtins.int
     ROUNDING_AMOUNT_FIELD_NUMBER: _builtins.int
     PAYABLE_AMOUNT_FIELD_NUMBER: _builtins.int
+    DUE_DATE_FIELD_NUMBER: _builtins.int
     format: Global___DocumentFormat.ValueType
     profile: _builtins.str
     """BT-24 / customization id"""
@@ -220,6 +221,8 @@ class InvoiceSummary(_message.Message):
     """BT-114"""
     payable_amount: _builtins.str
     """BT-115"""
+    due_date: _builtins.str
+    """BT-9, ISO 8601 date; empty when the invoice has none"""
     @_builtins.property
     def seller_ids(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartyIdentifier]:
         """BT-29 / BT-30"""
@@ -261,14 +264,47 @@ class InvoiceSummary(_message.Message):
         prepaid_total: _builtins.str = ...,
         rounding_amount: _builtins.str = ...,
         payable_amount: _builtins.str = ...,
+        due_date: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["buyer_endpoint", b"buyer_endpoint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowance_total", b"allowance_total", "buyer_endpoint", b"buyer_endpoint", "buyer_ids", b"buyer_ids", "buyer_name", b"buyer_name", "buyer_reference", b"buyer_reference", "buyer_vat_id", b"buyer_vat_id", "charge_total", b"charge_total", "currency", b"currency", "format", b"format", "invoice_number", b"invoice_number", "issue_date", b"issue_date", "line_count", b"line_count", "line_total", b"line_total", "payable_amount", b"payable_amount", "prepaid_total", b"prepaid_total", "profile", b"profile", "purchase_order_reference", b"purchase_order_reference", "rounding_amount", b"rounding_amount", "seller_ids", b"seller_ids", "seller_name", b"seller_name", "seller_vat_id", b"seller_vat_id", "tax_exclusive_total", b"tax_exclusive_total", "tax_inclusive_total", b"tax_inclusive_total", "tax_total", b"tax_total", "tax_total_accounting", b"tax_total_accounting", "type_code", b"type_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowance_total", b"allowance_total", "buyer_endpoint", b"buyer_endpoint", "buyer_ids", b"buyer_ids", "buyer_name", b"buyer_name", "buyer_reference", b"buyer_reference", "buyer_vat_id", b"buyer_vat_id", "charge_total", b"charge_total", "currency", b"currency", "due_date", b"due_date", "format", b"format", "invoice_number", b"invoice_number", "issue_date", b"issue_date", "line_count", b"line_count", "line_total", b"line_total", "payable_amount", b"payable_amount", "prepaid_total", b"prepaid_total", "profile", b"profile", "purchase_order_reference", b"purchase_order_reference", "rounding_amount", b"rounding_amount", "seller_ids", b"seller_ids", "seller_name", b"seller_name", "seller_vat_id", b"seller_vat_id", "tax_exclusive_total", b"tax_exclusive_total", "tax_inclusive_total", b"tax_inclusive_total", "tax_total", b"tax_total", "tax_total_accounting", b"tax_total_accounting", "type_code", b"type_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InvoiceSummary: _TypeAlias = InvoiceSummary  # noqa: Y015
+
+@_typing.final
+class Payment(_message.Message):
+    """A payment, as the buyer (211 PAYMENT_SENT) or the supplier (212 CASHED)
+    reports it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    PAID_ON_FIELD_NUMBER: _builtins.int
+    amount: _builtins.str
+    """Decimal string, more than 0, at most 2 decimals ("1250.00")."""
+    currency: _builtins.str
+    """ISO 4217; the invoice's currency (BT-5) when empty."""
+    paid_on: _builtins.str
+    """ISO 8601 date the amount was paid (211) or received (212)."""
+    def __init__(
+        self,
+        *,
+        amount: _builtins.str = ...,
+        currency: _builtins.str = ...,
+        paid_on: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "currency", b"currency", "paid_on", b"paid_on"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Payment: _TypeAlias = Payment  # noqa: Y015
 
 @_typing.final
 class StatusChange(_message.Message):
@@ -283,6 +319,7 @@ class StatusChange(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     SOURCE_EVENT_ID_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_FIELD_NUMBER: _builtins.int
     status_code: _builtins.int
     status: _builtins.str
     actor: _builtins.str
@@ -294,6 +331,10 @@ class StatusChange(_message.Message):
     def at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def reason(self) -> Global___Reason: ...
+    @_builtins.property
+    def payment(self) -> Global___Payment:
+        """211 and 212 only."""
+
     def __init__(
         self,
         *,
@@ -304,10 +345,11 @@ class StatusChange(_message.Message):
         actor: _builtins.str = ...,
         source_event_id: _builtins.str = ...,
         trace_id: _builtins.str = ...,
+        payment: Global___Payment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "reason", b"reason"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "payment", b"payment", "reason", b"reason"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "reason", b"reason", "source_event_id", b"source_event_id", "status", b"status", "status_code", b"status_code", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "payment", b"payment", "reason", b"reason", "source_event_id", b"source_event_id", "status", b"status", "status_code", b"status_code", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -243,6 +243,7 @@ class StatusEvent(_message.Message):
     CHORUS_PRO_STATUS_FIELD_NUMBER: _builtins.int
     UNCL4343_CODE_FIELD_NUMBER: _builtins.int
     STATUS_LABEL_FR_FIELD_NUMBER: _builtins.int
+    PAYMENT_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     invoice_id: _builtins.str
     status_code: _builtins.int
@@ -264,6 +265,10 @@ class StatusEvent(_message.Message):
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def reason(self) -> _common_pb2.Reason: ...
+    @_builtins.property
+    def payment(self) -> _common_pb2.Payment:
+        """211 PAYMENT_SENT and 212 CASHED: the amount and date paid."""
+
     def __init__(
         self,
         *,
@@ -283,10 +288,11 @@ class StatusEvent(_message.Message):
         chorus_pro_status: _builtins.str = ...,
         uncl4343_code: _builtins.str = ...,
         status_label_fr: _builtins.str = ...,
+        payment: _common_pb2.Payment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "reason", b"reason"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "payment", b"payment", "reason", b"reason"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "buyer_id", b"buyer_id", "chorus_pro_status", b"chorus_pro_status", "event_id", b"event_id", "invoice_id", b"invoice_id", "invoice_number", b"invoice_number", "occurred_at", b"occurred_at", "previous_status_code", b"previous_status_code", "reason", b"reason", "seller_id", b"seller_id", "sequence", b"sequence", "status", b"status", "status_code", b"status_code", "status_label_fr", b"status_label_fr", "trace_id", b"trace_id", "uncl4343_code", b"uncl4343_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "buyer_id", b"buyer_id", "chorus_pro_status", b"chorus_pro_status", "event_id", b"event_id", "invoice_id", b"invoice_id", "invoice_number", b"invoice_number", "occurred_at", b"occurred_at", "payment", b"payment", "previous_status_code", b"previous_status_code", "reason", b"reason", "seller_id", b"seller_id", "sequence", b"sequence", "status", b"status", "status_code", b"status_code", "status_label_fr", b"status_label_fr", "trace_id", b"trace_id", "uncl4343_code", b"uncl4343_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

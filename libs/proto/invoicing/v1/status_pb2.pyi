@@ -213,9 +213,17 @@ class InvoiceFilter(_message.Message):
     STATUS_CODES_FIELD_NUMBER: _builtins.int
     RECEIVED_FROM_FIELD_NUMBER: _builtins.int
     RECEIVED_TO_FIELD_NUMBER: _builtins.int
+    DUE_BEFORE_FIELD_NUMBER: _builtins.int
+    UNPAID_FIELD_NUMBER: _builtins.int
     seller_id: _builtins.str
     """Matches any seller identifier value (SIREN, SIRET, ...)."""
     buyer_id: _builtins.str
+    due_before: _builtins.str
+    """ISO 8601 date: invoices whose payment due date (BT-9) is before it."""
+    unpaid: _builtins.bool
+    """Invoices still owed: made available (203) or later, not cashed (212),
+    refused (210) or rejected (213).
+    """
     @_builtins.property
     def status_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -232,10 +240,12 @@ class InvoiceFilter(_message.Message):
         status_codes: _abc.Iterable[_builtins.int] | None = ...,
         received_from: _timestamp_pb2.Timestamp | None = ...,
         received_to: _timestamp_pb2.Timestamp | None = ...,
+        due_before: _builtins.str = ...,
+        unpaid: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["received_from", b"received_from", "received_to", b"received_to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buyer_id", b"buyer_id", "received_from", b"received_from", "received_to", b"received_to", "seller_id", b"seller_id", "status_codes", b"status_codes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buyer_id", b"buyer_id", "due_before", b"due_before", "received_from", b"received_from", "received_to", b"received_to", "seller_id", b"seller_id", "status_codes", b"status_codes", "unpaid", b"unpaid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -282,6 +292,7 @@ class InvoiceListItem(_message.Message):
     BUYER_ID_FIELD_NUMBER: _builtins.int
     FILENAME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    DUE_DATE_FIELD_NUMBER: _builtins.int
     invoice_id: _builtins.str
     status_code: _builtins.int
     status: _builtins.str
@@ -289,6 +300,8 @@ class InvoiceListItem(_message.Message):
     seller_id: _builtins.str
     buyer_id: _builtins.str
     filename: _builtins.str
+    due_date: _builtins.str
+    """BT-9, ISO 8601 date; empty when the invoice has none."""
     @_builtins.property
     def received_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -308,10 +321,11 @@ class InvoiceListItem(_message.Message):
         buyer_id: _builtins.str = ...,
         filename: _builtins.str = ...,
         reason: _common_pb2.Reason | None = ...,
+        due_date: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "received_at", b"received_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buyer_id", b"buyer_id", "filename", b"filename", "invoice_id", b"invoice_id", "invoice_number", b"invoice_number", "reason", b"reason", "received_at", b"received_at", "seller_id", b"seller_id", "status", b"status", "status_code", b"status_code", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buyer_id", b"buyer_id", "due_date", b"due_date", "filename", b"filename", "invoice_id", b"invoice_id", "invoice_number", b"invoice_number", "reason", b"reason", "received_at", b"received_at", "seller_id", b"seller_id", "status", b"status", "status_code", b"status_code", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -404,6 +418,7 @@ class UpdateStatusRequest(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_FIELD_NUMBER: _builtins.int
     invoice_id: _builtins.str
     status_code: _builtins.int
     @_builtins.property
@@ -430,6 +445,10 @@ class UpdateStatusRequest(_message.Message):
     """Client-chosen id; a retry with the same id applies once."""
     @_builtins.property
     def reason(self) -> _common_pb2.Reason: ...
+    @_builtins.property
+    def payment(self) -> _common_pb2.Payment:
+        """Required with 211 PAYMENT_SENT and 212 CASHED, refused with any other."""
+
     def __init__(
         self,
         *,
@@ -439,10 +458,11 @@ class UpdateStatusRequest(_message.Message):
         role: Global___ActorRole.ValueType = ...,
         actor: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        payment: _common_pb2.Payment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payment", b"payment", "reason", b"reason"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "invoice_id", b"invoice_id", "reason", b"reason", "request_id", b"request_id", "role", b"role", "status_code", b"status_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "invoice_id", b"invoice_id", "payment", b"payment", "reason", b"reason", "request_id", b"request_id", "role", b"role", "status_code", b"status_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -66,6 +66,7 @@ class Summary:
     prepaid_total: str = ""  # BT-113
     rounding_amount: str = ""  # BT-114
     payable_amount: str = ""  # BT-115
+    due_date: str = ""  # BT-9, ISO YYYY-MM-DD
 
 
 @dataclass

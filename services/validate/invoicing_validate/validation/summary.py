@@ -127,6 +127,8 @@ def _ubl(root: etree._Element, summary: Summary) -> list[PartyIdentifier]:
     summary.invoice_number = _text(root, "cbc:ID")
     summary.type_code = _text(root, "cbc:InvoiceTypeCode|cbc:CreditNoteTypeCode")
     summary.issue_date = _text(root, "cbc:IssueDate")
+    # BT-9: an invoice's DueDate; a credit note has it under PaymentMeans.
+    summary.due_date = _text(root, "cbc:DueDate") or _text(root, "cac:PaymentMeans/cbc:PaymentDueDate")
     summary.currency = _text(root, "cbc:DocumentCurrencyCode")
     tax_currency = _text(root, "cbc:TaxCurrencyCode")
     seller = _first(root, "cac:AccountingSupplierParty/cac:Party")
@@ -189,6 +191,10 @@ def _cii(root: etree._Element, summary: Summary) -> list[PartyIdentifier]:
     agreement = None if trade is None else _first(trade, "ram:ApplicableHeaderTradeAgreement")
     settlement = None if trade is None else _first(trade, "ram:ApplicableHeaderTradeSettlement")
     summary.currency = _text(settlement, "ram:InvoiceCurrencyCode")
+    due_path = "ram:SpecifiedTradePaymentTerms/ram:DueDateDateTime/udt:DateTimeString"
+    due_el = None if settlement is None else _first(settlement, due_path)
+    if due_el is not None:
+        summary.due_date = iso_date_from_cii((due_el.text or "").strip(), (due_el.get("format") or "").strip())
     tax_currency = _text(settlement, "ram:TaxCurrencyCode")
     seller = None if agreement is None else _first(agreement, "ram:SellerTradeParty")
     buyer = None if agreement is None else _first(agreement, "ram:BuyerTradeParty")
