@@ -13,6 +13,8 @@ read-only `operator` principal); `dlq replay` the KAFKA_REPLAY_* ones
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -76,6 +78,16 @@ def client_config() -> ClientConfig:
 def token_source() -> TokenSource:
     config = client_config()
     return TokenSource(config.token_url, config.client_id, config.client_secret, config.ca_file)
+
+
+def account_sirens() -> list[str]:
+    """The companies (SIRENs) the account acts for, as its access token
+    says (claim OIDC_SIRENS_CLAIM, default "sirens"). Read, not verified:
+    it only chooses what to ask for; the services decide what is shown."""
+    payload = token_source().token().split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    value = claims.get(os.environ.get("OIDC_SIRENS_CLAIM", "sirens"), [])
+    return sorted({str(v) for v in value} if isinstance(value, list) else {str(value)})
 
 
 def channel(address: str) -> grpc.aio.Channel:

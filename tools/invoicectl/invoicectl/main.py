@@ -24,10 +24,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from invoicectl.accounts_cmd import accounts_app, token
 from invoicectl.bench.cli import bench
-from invoicectl.config import Endpoints, channel
+from invoicectl.config import Endpoints, account_sirens, channel
 from invoicectl.directory_cmd import directory_app
 from invoicectl.dlq_cmd import dlq_app
 from invoicectl.kafka_follow import StatusFollower
+from invoicectl.listing import fetch_list
 from invoicectl.render import (
     invoice_json,
     is_pipeline_final,
@@ -272,25 +273,58 @@ def list_invoices(
     f = _filter(seller, buyer, status_codes, since, until)
     f.unpaid, f.due_before = unpaid, due_before
 
+    try:
+        items = asyncio.run(fetch_list(endpoints.status, f, limit, page_size))
+    except grpc.aio.AioRpcError as exc:
+        raise _rpc_failed(exc) from exc
+    print_list(items, as_json)
+
+
+# A buyer's inbox: what was made available to it on this platform (203) and
+# on; 201 went to another platform, 213 never reached the buyer.
+INBOX_STATUSES = list(range(203, 213))
+
+
+@app.command()
+def inbox(
+    buyers: Annotated[
+        list[str] | None,
+        typer.Option("--buyer", help="Buyer SIREN; repeat for several (default: every company of the account)."),
+    ] = None,
+    since: SinceOpt = None,
+    limit: Annotated[int, typer.Option(help="Invoices to show (0: all).")] = 50,
+    page_size: Annotated[int, typer.Option(help="Invoices per request (1-500).")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array.")] = False,
+) -> None:
+    """The invoices addressed to the account's companies as buyer and made
+    available to them (203 or later), newest first."""
+    endpoints = Endpoints.from_env()
+    try:
+        chosen = buyers or account_sirens()
+    except (ConfigError, TokenError) as exc:
+        raise _fail(str(exc), 2) from exc
+    if not chosen:
+        raise _fail("this account acts for no company (no SIREN in its token): give --buyer SIREN", 2)
+
     async def fetch() -> list[status_pb2.InvoiceListItem]:
-        items: list[status_pb2.InvoiceListItem] = []
-        token = ""
-        async with channel(endpoints.status) as status_channel:
-            stub = status_pb2_grpc.StatusServiceStub(status_channel)
-            while True:
-                size = min(page_size, limit - len(items)) if limit else page_size
-                reply = await stub.ListInvoices(
-                    status_pb2.ListInvoicesRequest(filter=f, page_size=size, page_token=token), timeout=30
-                )
-                items.extend(reply.invoices)
-                token = reply.next_page_token
-                if not token or (limit and len(items) >= limit):
-                    return items
+        found: dict[str, status_pb2.InvoiceListItem] = {}
+        for siren in chosen:
+            f = _filter("", siren, INBOX_STATUSES, since, None)
+            for item in await fetch_list(endpoints.status, f, limit, page_size):
+                found[item.invoice_id] = item
+        newest = sorted(
+            found.values(), key=lambda i: (i.received_at.seconds, i.received_at.nanos, i.invoice_id), reverse=True
+        )
+        return newest[:limit] if limit else newest
 
     try:
         items = asyncio.run(fetch())
     except grpc.aio.AioRpcError as exc:
         raise _rpc_failed(exc) from exc
+    print_list(items, as_json)
+
+
+def print_list(items: list[status_pb2.InvoiceListItem], as_json: bool) -> None:
     if as_json:
         out.print(json.dumps([list_item_json(i) for i in items], indent=2, ensure_ascii=False))
         return
