@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -25,7 +25,7 @@ from invoicing_common.auth.principal import ROLE_BUYER, ROLE_SUPPLIER, current_p
 from invoicing_common.kafka import headers_to_carrier
 from invoicing_common.telemetry import current_trace_id, inject_headers
 from invoicing_status.access import NotYourPart, Viewer, acting_role, can_see
-from invoicing_status.domain import Change, TransitionError, check_payment, check_update
+from invoicing_status.domain import Change, TransitionError, check_payment, check_update, iso_date
 from invoicing_status.holds import HELD_TECH
 from invoicing_status.lifecycle import Reason, Status
 from invoicing_status.notifier import ChangeNotifier
@@ -79,14 +79,9 @@ def to_filter(f: status_pb2.InvoiceFilter) -> Filter:
     for code in f.status_codes:
         if code not in {s.value for s in Status}:
             raise BadRequest("filter.status_codes", f"{code} is not a lifecycle status (200-213)")
-    due_before = None
-    if f.due_before:
-        try:
-            due_before = date.fromisoformat(f.due_before) if len(f.due_before) == 10 else None
-        except ValueError:
-            due_before = None
-        if due_before is None:
-            raise BadRequest("filter.due_before", f"{f.due_before[:40]!r} is not a date (YYYY-MM-DD)")
+    due_before = iso_date(f.due_before) if f.due_before else None
+    if f.due_before and due_before is None:
+        raise BadRequest("filter.due_before", f"{f.due_before[:40]!r} is not a date (YYYY-MM-DD)")
     received_from = f.received_from.ToDatetime(tzinfo=UTC) if f.HasField("received_from") else None
     received_to = f.received_to.ToDatetime(tzinfo=UTC) if f.HasField("received_to") else None
     if received_from and received_to and received_to <= received_from:

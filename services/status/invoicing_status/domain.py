@@ -164,6 +164,15 @@ def check_update(current: Status, new_code: int, reason: Reason | None) -> Statu
     return new
 
 
+def iso_date(value: str) -> date | None:
+    """A YYYY-MM-DD date, or None for anything else."""
+    value = value.strip()
+    try:
+        return date.fromisoformat(value) if len(value) == 10 else None
+    except ValueError:
+        return None
+
+
 PAYMENT_STATUSES = frozenset({Status.PAYMENT_SENT, Status.CASHED})
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _MAX_AMOUNT = Decimal("1e15")
@@ -199,10 +208,7 @@ def check_payment(
     currency = currency.strip() or invoice_currency
     if not _CURRENCY.fullmatch(currency):
         raise TransitionError("payment.currency", "must be an ISO 4217 code such as EUR", False)
-    try:
-        paid = date.fromisoformat(paid_on.strip()) if len(paid_on.strip()) == 10 else None
-    except ValueError:
-        paid = None
+    paid = iso_date(paid_on)
     if paid is None:
         raise TransitionError("payment.paid_on", f"{paid_on[:40]!r} is not a date (YYYY-MM-DD)", False)
     # A day of slack: the caller's today may be ahead of UTC.

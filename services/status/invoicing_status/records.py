@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -14,7 +14,7 @@ from invoicing.v1 import common_pb2, events_pb2
 
 from invoicing_common.ids import stage_event_id
 from invoicing_common.parties import buyer_sirens, seller_sirens
-from invoicing_status.domain import Change, Payment
+from invoicing_status.domain import Change, Payment, iso_date
 from invoicing_status.holds import Hold
 from invoicing_status.lifecycle import CHORUS_PRO, FRENCH_NAMES, UNCL4343, Status
 
@@ -120,17 +120,9 @@ def facts_args(facts: InvoiceFacts) -> tuple[Any, ...]:
         _id_values(summary.buyer_ids, summary.buyer_vat_id) if summary is not None else [],
         sorted(seller_sirens(summary)) if summary is not None and facts.parties_checked else None,
         sorted(buyer_sirens(summary)) if summary is not None and facts.parties_checked else None,
-        _date(summary.due_date) if summary is not None else None,
+        # Validation checks BT-9's form; anything else is no date to filter on.
+        iso_date(summary.due_date) if summary is not None else None,
     )
-
-
-def _date(value: str) -> date | None:
-    """An ISO date, or None (validation checks BT-9's form; anything else
-    is not a due date to filter on)."""
-    try:
-        return date.fromisoformat(value) if len(value) == 10 else None
-    except ValueError:
-        return None
 
 
 def _ts(value: datetime) -> Timestamp:
