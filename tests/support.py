@@ -9,17 +9,17 @@ administrator (DATABASE_URL with PGPASSFILE)."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ from lxml import etree
 
 from invoicectl.accounts import AccountsAdmin
 from invoicectl.kafka_follow import StatusFollower
-from invoicing_common.auth.client import ClientConfig, TokenSource, secure_channel
+from invoicing_common.auth.client import ClientConfig, TokenSource, secure_channel, unverified_claims
+from invoicing_common.db import Database
 from invoicing_common.kafka import assign_all, read_to_end
 from invoicing_common.settings import KafkaClientSettings
 
@@ -79,9 +80,7 @@ class Caller:
 
     def subject(self) -> str:
         """The account's subject (its token's ``sub``), read without verifying."""
-        payload = self.token().split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return str(claims["sub"])
+        return str(unverified_claims(self.token())["sub"])
 
     def metadata(self, *extra: tuple[str, str]) -> Metadata:
         return (("authorization", f"Bearer {self.token()}"), *extra)
@@ -276,6 +275,21 @@ async def records_for_key(kafka: KafkaClientSettings, topic: str, key: str) -> l
         return found
     finally:
         await consumer.stop()
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(database_url: str, prefix: str, package: str) -> AsyncIterator[Database]:
+    """A Database on a throw-away schema migrated with ``package``'s
+    migrations (e.g. "invoicing_status"), dropped afterwards."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    db = Database(database_url, schema=schema, migrations=files(package) / "migrations")
+    await db.start()
+    try:
+        yield db
+    finally:
+        async with db.pool.acquire() as conn:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await db.stop()
 
 
 def free_port() -> int:

@@ -7,14 +7,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from importlib.resources import files
 
 import pytest
 
 from invoicing_common.db import Database
 from invoicing_status.housekeeping import BATCH, Housekeeping
 from invoicing_status.queries import StatusQueries
-from tests.support import Stack
+from tests.support import Stack, scratch_database
 
 pytestmark = pytest.mark.stack
 
@@ -24,15 +23,8 @@ OLD = NOW - timedelta(days=40)
 
 @pytest.fixture
 async def database(stack: Stack) -> AsyncIterator[Database]:
-    schema = f"status_hk_{uuid.uuid4().hex[:8]}"
-    db = Database(stack.database_url, schema=schema, migrations=files("invoicing_status") / "migrations")
-    await db.start()
-    try:
+    async with scratch_database(stack.database_url, "status_hk", "invoicing_status") as db:
         yield db
-    finally:
-        async with db.pool.acquire() as conn:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await db.stop()
 
 
 async def _history(db: Database, published: list[datetime | None]) -> list[int]:

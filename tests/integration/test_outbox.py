@@ -9,7 +9,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from importlib.resources import files
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
@@ -25,7 +24,7 @@ from invoicing_common.kafka.outbox import (
     record_headers,
 )
 from invoicing_common.settings import KafkaClientSettings
-from tests.support import Stack
+from tests.support import Stack, scratch_database
 
 pytestmark = pytest.mark.stack
 
@@ -34,15 +33,8 @@ pytestmark = pytest.mark.stack
 async def database(stack: Stack) -> AsyncIterator[Database]:
     # The route service's migrations give a fresh schema an outbox table of
     # the shared shape (with positions).
-    schema = f"outbox_{uuid.uuid4().hex[:8]}"
-    db = Database(stack.database_url, schema=schema, migrations=files("invoicing_route") / "migrations")
-    await db.start()
-    try:
+    async with scratch_database(stack.database_url, "outbox", "invoicing_route") as db:
         yield db
-    finally:
-        async with db.pool.acquire() as conn:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await db.stop()
 
 
 async def _topic(kafka: KafkaClientSettings) -> str:

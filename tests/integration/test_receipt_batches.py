@@ -13,7 +13,6 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from importlib.resources import files
 
 import pytest
 
@@ -22,7 +21,7 @@ from invoicing_common.db import Database
 from invoicing_common.kafka.outbox import OutboxMessage
 from invoicing_ingest.domain import Receipt, Submission, new_receipt
 from invoicing_ingest.repository import ConflictingRetry, ReceiptRepository
-from tests.support import Stack
+from tests.support import Stack, scratch_database
 
 pytestmark = pytest.mark.stack
 
@@ -43,15 +42,8 @@ def announce(receipt: Receipt) -> OutboxMessage:
 
 @pytest.fixture
 async def store(stack: Stack) -> AsyncIterator[tuple[ReceiptRepository, Database]]:
-    schema = f"ingest_batch_{uuid.uuid4().hex[:8]}"
-    database = Database(stack.database_url, schema=schema, migrations=files("invoicing_ingest") / "migrations")
-    await database.start()
-    try:
+    async with scratch_database(stack.database_url, "ingest_batch", "invoicing_ingest") as database:
         yield ReceiptRepository(database), database
-    finally:
-        async with database.pool.acquire() as conn:
-            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await database.stop()
 
 
 async def submit(repository: ReceiptRepository, sub: Submission) -> Receipt:

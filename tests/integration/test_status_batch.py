@@ -9,7 +9,6 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from importlib.resources import files
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from invoicing_status.domain import Change, Outcome, Submitted, plan
 from invoicing_status.lifecycle import Reason, Status
 from invoicing_status.records import InvoiceFacts, Planner
 from invoicing_status.repository import StatusRepository
-from tests.support import Stack
+from tests.support import Stack, scratch_database
 
 pytestmark = pytest.mark.stack
 
@@ -80,19 +79,11 @@ class Invoice:
 
 @pytest.fixture
 async def stores(stack: Stack) -> AsyncIterator[tuple[StatusRepository, StatusRepository, Database, Database]]:
-    suffix = uuid.uuid4().hex[:8]
-    migrations = files("invoicing_status") / "migrations"
-    schemas = [f"status_eq_{suffix}_{side}" for side in ("batch", "single")]
-    dbs = [Database(stack.database_url, schema=schema, migrations=migrations) for schema in schemas]
-    for db in dbs:
-        await db.start()
-    try:
-        yield StatusRepository(dbs[0]), StatusRepository(dbs[1]), dbs[0], dbs[1]
-    finally:
-        for db, schema in zip(dbs, schemas, strict=True):
-            async with db.pool.acquire() as conn:
-                await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-            await db.stop()
+    async with (
+        scratch_database(stack.database_url, "status_eq_batch", "invoicing_status") as batch,
+        scratch_database(stack.database_url, "status_eq_single", "invoicing_status") as single,
+    ):
+        yield StatusRepository(batch), StatusRepository(single), batch, single
 
 
 async def _dump(db: Database) -> dict[str, list[tuple[Any, ...]]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import socket
 import threading
 import urllib.parse
@@ -22,6 +23,7 @@ from invoicing_common.auth.client import (
     TokenSource,
     secure_channel,
     secure_channel_sync,
+    unverified_claims,
 )
 from invoicing_common.auth.interceptor import AuthInterceptor
 from invoicing_common.auth.principal import current_principal
@@ -322,3 +324,10 @@ async def test_a_channel_without_tokens_is_unauthenticated(pki: Pki, grpc_addres
 def test_an_unreadable_ca_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=f"INVOICING_CA_FILE: cannot read {tmp_path}/missing.pem"):
         secure_channel("127.0.0.1:1", None, str(tmp_path / "missing.pem"))
+
+
+def test_a_client_reads_its_own_token_claims_and_nothing_from_a_non_jwt() -> None:
+    body = base64.urlsafe_b64encode(json.dumps({"sub": "s-1", "sirens": ["842109373"]}).encode()).rstrip(b"=")
+    assert unverified_claims(f"h.{body.decode()}.sig") == {"sub": "s-1", "sirens": ["842109373"]}
+    assert unverified_claims("not a token") == {}
+    assert unverified_claims("h.%%%.sig") == {}

@@ -11,7 +11,6 @@ in the realm the stack imports) can do it; Keycloak enforces that.
 
 from __future__ import annotations
 
-import base64
 import json
 import ssl
 import uuid
@@ -22,7 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 from stdnum.fr import siren as fr_siren
 
-from invoicing_common.auth.client import TokenSource
+from invoicing_common.auth.client import TokenSource, unverified_claims
 from invoicing_common.auth.principal import ROLE_DIRECTORY_ADMIN, ROLES
 
 SIRENS_CLAIM = "sirens"
@@ -78,12 +77,7 @@ def check_sirens(sirens: Iterable[str]) -> tuple[str, ...]:
 def token_roles(token: str) -> set[str]:
     """The roles a token claims, read without verification: only to give
     a clear message before the identity provider refuses."""
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
-        return set()
-    roles = claims.get("roles", [])
+    roles = unverified_claims(token).get("roles", [])
     return {r for r in roles if isinstance(r, str)} if isinstance(roles, list) else set()
 
 

@@ -13,8 +13,6 @@ read-only `operator` principal); `dlq replay` the KAFKA_REPLAY_* ones
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -22,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from invoicing_common.auth.client import ClientConfig, ConfigError, TokenSource, secure_channel
+from invoicing_common.auth.client import ClientConfig, ConfigError, TokenSource, secure_channel, unverified_claims
 from invoicing_common.settings import KafkaClientSettings
 
 GRPC_OPTIONS = [
@@ -84,9 +82,7 @@ def account_sirens() -> list[str]:
     """The companies (SIRENs) the account acts for, as its access token
     says (claim OIDC_SIRENS_CLAIM, default "sirens"). Read, not verified:
     it only chooses what to ask for; the services decide what is shown."""
-    payload = token_source().token().split(".")[1]
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    value = claims.get(os.environ.get("OIDC_SIRENS_CLAIM", "sirens"), [])
+    value = unverified_claims(token_source().token()).get(os.environ.get("OIDC_SIRENS_CLAIM", "sirens"), [])
     return sorted({str(v) for v in value} if isinstance(value, list) else {str(value)})
 
 

@@ -8,6 +8,8 @@ reaches a message, a log line or a repr.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import os
 import ssl
@@ -161,6 +163,18 @@ class TokenSource:
         if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in > 0:
             return token, float(expires_in)
         return token, _DEFAULT_LIFETIME_SECONDS
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """A JWT's claims, read without checking its signature: for a client
+    to know what its own token says (the services verify every token).
+    {} when it is not a JWT."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
 
 
 def _verify(ca_file: str | None) -> ssl.SSLContext | bool:
