@@ -25,7 +25,11 @@ run: install
 	$(BIN)/python deploy/local/stack.py up
 	. .run/env && $(BIN)/invoicectl directory import samples/directory.csv \
 		&& $(BIN)/invoicectl directory import-services samples/directory-services.csv \
-		&& $(BIN)/invoicectl submit --follow samples/*.xml samples/*.txt
+		&& $(BIN)/invoicectl submit --follow samples/*.xml samples/*.txt \
+		&& $(BIN)/invoicectl submit --follow samples/facturx-invoice-valid.pdf \
+			--attach samples/attachments/delivery-note.pdf --attach samples/attachments/timesheet.csv \
+		&& $(BIN)/python scripts/download_samples.py ubl-invoice-valid.xml ubl-creditnote-valid.xml \
+			cii-invoice-valid.xml ubl-invoice-with-attachment.xml facturx-invoice-valid.pdf
 	@echo "The stack stays up: 'source .run/env' to use it, 'make down' to stop it."
 
 up: install

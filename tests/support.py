@@ -224,6 +224,60 @@ async def submit(
         return reply
 
 
+@dataclass(frozen=True)
+class UploadFile:
+    filename: str
+    data: bytes
+    media_type: str = ""
+
+
+def upload_requests(
+    files: Sequence[UploadFile], key: str = "", chunk: int = 1024 * 1024
+) -> AsyncIterator[ingest_pb2.UploadInvoiceRequest]:
+    """An UploadInvoice stream: each file's header, then its chunks."""
+
+    async def messages() -> AsyncIterator[ingest_pb2.UploadInvoiceRequest]:
+        for index, f in enumerate(files):
+            header = ingest_pb2.UploadFile(filename=f.filename, media_type=f.media_type)
+            yield ingest_pb2.UploadInvoiceRequest(file=header, idempotency_key=key if index == 0 else "")
+            for start in range(0, len(f.data), chunk):
+                yield ingest_pb2.UploadInvoiceRequest(chunk=f.data[start : start + chunk])
+
+    return messages()
+
+
+async def upload(
+    ingest_addr: str,
+    files: Sequence[UploadFile] | AsyncIterator[ingest_pb2.UploadInvoiceRequest],
+    caller: Caller | None = None,
+    key: str = "",
+) -> ingest_pb2.SubmitInvoiceResponse:
+    """UploadInvoice as ``caller`` (the demo account by default)."""
+    requests = files if not isinstance(files, Sequence) else upload_requests(files, key)
+    async with (caller or demo()).channel(ingest_addr) as ingest:
+        stub = ingest_pb2_grpc.IngestServiceStub(ingest)
+        reply: ingest_pb2.SubmitInvoiceResponse = await stub.UploadInvoice(requests, timeout=300)
+        return reply
+
+
+async def download(
+    ingest_addr: str, invoice_id: str, attachment: str = "", caller: Caller | None = None
+) -> tuple[Any, bytes]:
+    """GetInvoiceDocument: the file's reference and its bytes."""
+    async with (caller or demo()).channel(ingest_addr) as ingest:
+        stub = ingest_pb2_grpc.DocumentServiceStub(ingest)
+        call = stub.GetInvoiceDocument(
+            ingest_pb2.GetInvoiceDocumentRequest(invoice_id=invoice_id, attachment=attachment), timeout=120
+        )
+        ref, parts = None, []
+        async for message in call:
+            if message.HasField("document"):
+                ref = message.document
+            else:
+                parts.append(message.chunk)
+        return ref, b"".join(parts)
+
+
 async def get_invoice(status_addr: str, invoice_id: str, caller: Caller | None = None) -> status_pb2.GetInvoiceResponse:
     async with (caller or demo()).channel(status_addr) as status:
         stub = status_pb2_grpc.StatusServiceStub(status)

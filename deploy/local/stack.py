@@ -97,7 +97,9 @@ class ServiceSpec:
 
 SERVICES = (
     ServiceSpec("ingest", "invoicing_ingest", int(os.environ.get("INGEST_PORT", "17001")), "INGEST_ADDR", "ingest"),
-    ServiceSpec("validate", "invoicing_validate", int(os.environ.get("VALIDATE_PORT", "17002")), "VALIDATE_ADDR", None),
+    ServiceSpec(
+        "validate", "invoicing_validate", int(os.environ.get("VALIDATE_PORT", "17002")), "VALIDATE_ADDR", "validate"
+    ),
     ServiceSpec("route", "invoicing_route", int(os.environ.get("ROUTE_PORT", "17003")), "ROUTE_ADDR", "directory"),
     ServiceSpec("status", "invoicing_status", int(os.environ.get("STATUS_PORT", "17004")), "STATUS_ADDR", "status"),
 )
@@ -606,6 +608,20 @@ def pgpass_line(user: str, password: str) -> str:
     return f"127.0.0.1:*:{PG_DATABASE}:{user}:{password}\n"
 
 
+async def provision_archive(conn: Any) -> None:
+    """The document archive's schema: ingest owns it (and creates its tables
+    by migration); validate reads documents and adds the attachments it
+    extracts. Default privileges cover the tables ingest creates later;
+    the GRANT ON ALL covers those it created before (docs/archive.md)."""
+    await conn.execute('CREATE SCHEMA IF NOT EXISTS archive AUTHORIZATION "ingest"')
+    await conn.execute('GRANT USAGE ON SCHEMA archive TO "validate"')
+    defaults = 'ALTER DEFAULT PRIVILEGES FOR ROLE "ingest" IN SCHEMA archive'
+    await conn.execute(f'{defaults} GRANT SELECT, INSERT, UPDATE ON TABLES TO "validate"')
+    await conn.execute(f'{defaults} GRANT USAGE ON SEQUENCES TO "validate"')
+    await conn.execute('GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA archive TO "validate"')
+    await conn.execute('GRANT USAGE ON ALL SEQUENCES IN SCHEMA archive TO "validate"')
+
+
 def provision_database() -> None:
     """The `invoicing` database and one login role per service, owning its
     own schema and nothing else. Nobody else may connect (no PUBLIC grant).
@@ -643,6 +659,7 @@ def provision_database() -> None:
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{spec.schema}" AUTHORIZATION "{role}"')
                 await conn.execute(f'ALTER SCHEMA "{spec.schema}" OWNER TO "{role}"')
                 write_private(SECRETS.folder / f"pgpass-{spec.name}", pgpass_line(role, password))
+            await provision_archive(conn)
         finally:
             await conn.close()
         write_private(SECRETS.folder / "pgpass-admin", pgpass_line(PG_ADMIN, admin_password))
@@ -715,6 +732,11 @@ def service_environment(spec: ServiceSpec, values: dict[str, str]) -> dict[str, 
         "OIDC_AUDIENCE": keycloak.AUDIENCE,
         "OIDC_CA_FILE": values["INVOICING_CA_FILE"],
     }
+    if spec.name == "ingest":
+        # Downloads ask status who may read an invoice (with the caller's token).
+        status = next(s for s in SERVICES if s.name == "status")
+        env["STATUS_ADDRESS"] = f"127.0.0.1:{status.port}"
+        env["STATUS_CA_FILE"] = values["INVOICING_CA_FILE"]
     if values["STACK_EXTERNAL_INFRA"] == "1":
         # An external cluster and database: the caller's settings, shared.
         env["DATABASE_URL"] = values["DATABASE_URL"]

@@ -120,8 +120,11 @@ def test_psql_without_a_password_is_refused(stack: Stack) -> None:
     ("role", "own", "others"),
     [
         ("ingest", "ingest.receipts", ("status.invoices", "directory.entries")),
-        ("route", "directory.entries", ("status.invoices", "ingest.receipts")),
-        ("status", "status.invoices", ("ingest.receipts", "directory.entries")),
+        # Validate reads documents from the archive ingest owns, and nothing else.
+        ("validate", "archive.documents", ("ingest.receipts", "status.invoices", "directory.entries")),
+        # Route and status never touch document bytes.
+        ("route", "directory.entries", ("status.invoices", "ingest.receipts", "archive.chunks")),
+        ("status", "status.invoices", ("ingest.receipts", "directory.entries", "archive.chunks")),
     ],
 )
 async def test_each_service_role_reaches_its_own_schema_only(

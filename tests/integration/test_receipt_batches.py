@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import pytest
 
 from invoicing_common import topics
+from invoicing_common.archive.postgres import PostgresArchive
 from invoicing_common.db import Database
 from invoicing_common.kafka.outbox import OutboxMessage
 from invoicing_ingest.domain import Receipt, Submission, new_receipt
@@ -43,7 +44,7 @@ def announce(receipt: Receipt) -> OutboxMessage:
 @pytest.fixture
 async def store(stack: Stack) -> AsyncIterator[tuple[ReceiptRepository, Database]]:
     async with scratch_database(stack.database_url, "ingest_batch", "invoicing_ingest") as database:
-        yield ReceiptRepository(database), database
+        yield ReceiptRepository(database, PostgresArchive(database)), database
 
 
 async def submit(repository: ReceiptRepository, sub: Submission) -> Receipt:

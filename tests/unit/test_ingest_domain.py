@@ -46,7 +46,10 @@ def test_received_event_carries_what_later_stages_need() -> None:
     event = received_event(sub, receipt, trace_id="ab" * 16)
     assert event.event_id == receipt.event_id == event.invoice.received_event_id
     assert event.invoice.invoice_id == receipt.invoice_id
-    assert event.document == b"<Invoice/>" and event.idempotency_key == "k1"
+    # The claim check: a reference to the archived document, not its bytes.
+    assert not event.document and event.idempotency_key == "k1"
+    assert (event.original.sha256, event.original.size_bytes) == (hashlib.sha256(b"<Invoice/>").hexdigest(), 10)
+    assert (event.original.media_type, event.original.filename) == ("application/xml", "a.xml")
     assert event.invoice.submitter == "erp" and event.invoice.trace_id == "ab" * 16
     assert list(event.submitter_sirens) == ["512345679", "842109373"]
 

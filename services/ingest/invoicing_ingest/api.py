@@ -18,24 +18,45 @@ from invoicing.v1 import ingest_pb2, ingest_pb2_grpc
 from opentelemetry import trace
 
 from invoicing_common import topics
-from invoicing_common.auth.principal import ROLE_SUPPLIER, Principal, current_principal
+from invoicing_common.auth.principal import (
+    ROLE_BUYER,
+    ROLE_OPERATOR,
+    ROLE_SUPPLIER,
+    Principal,
+    current_principal,
+)
 from invoicing_common.kafka.errors import is_transient
 from invoicing_common.kafka.outbox import OutboxMessage
 from invoicing_common.telemetry import SUBMISSIONS, current_trace_id, record_invoice
-from invoicing_ingest.domain import Receipt, SubmissionError, check_submission, new_receipt, received_event
+from invoicing_ingest.documents import DocumentServicer
+from invoicing_ingest.domain import (
+    Receipt,
+    Submission,
+    SubmissionError,
+    check_submission,
+    new_receipt,
+    received_event,
+)
 from invoicing_ingest.repository import ConflictingRetry, ReceiptRepository
 from invoicing_ingest.settings import IngestSettings
+from invoicing_ingest.uploads import Uploader, UploadRefused
 
 log = logging.getLogger(__name__)
 
 _SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
-# Who may call what (enforced by the server's auth interceptor).
+_DOCUMENTS = ingest_pb2.DESCRIPTOR.services_by_name["DocumentService"].full_name
+# Who may call what (enforced by the server's auth interceptor). Which
+# invoices' files a caller may read is decided per invoice (documents.py).
 ACCESS_POLICY: dict[str, frozenset[str]] = {
     f"/{_SERVICE}/SubmitInvoice": frozenset({ROLE_SUPPLIER}),
     f"/{_SERVICE}/SubmitInvoices": frozenset({ROLE_SUPPLIER}),
+    f"/{_SERVICE}/UploadInvoice": frozenset({ROLE_SUPPLIER}),
+    f"/{_DOCUMENTS}/GetInvoiceDocument": frozenset({ROLE_SUPPLIER, ROLE_BUYER, ROLE_OPERATOR}),
 }
 # Counted against the account's concurrent streams (QUOTA_STREAMS).
-STREAMING_METHODS = frozenset({f"/{_SERVICE}/SubmitInvoices"})
+STREAMING_METHODS = frozenset(
+    {f"/{_SERVICE}/SubmitInvoices", f"/{_SERVICE}/UploadInvoice", f"/{_DOCUMENTS}/GetInvoiceDocument"}
+)
 
 
 class RequestError(Exception):
@@ -46,10 +67,19 @@ class RequestError(Exception):
         self.message = message
 
 
+def _announcer(submission: Submission, trace_id: str) -> Callable[[Receipt], OutboxMessage]:
+    def announce(receipt: Receipt) -> OutboxMessage:
+        event = received_event(submission, receipt, trace_id)
+        return OutboxMessage(topics.RECEIVED, receipt.invoice_id.encode(), event.SerializeToString())
+
+    return announce
+
+
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, settings: IngestSettings, receipts: ReceiptRepository) -> None:
+    def __init__(self, settings: IngestSettings, receipts: ReceiptRepository, uploader: Uploader) -> None:
         self._settings = settings
         self._receipts = receipts
+        self._uploader = uploader
 
     async def _submit(
         self, request: ingest_pb2.SubmitInvoiceRequest, submitter: Principal
@@ -66,17 +96,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         except SubmissionError as exc:
             SUBMISSIONS.add(1, {"outcome": "invalid"})
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, exc.field, exc.message) from exc
-        trace_id = current_trace_id()
         candidate = new_receipt(datetime.now(UTC))
-
-        def announce(receipt: Receipt) -> OutboxMessage:
-            event = received_event(submission, receipt, trace_id)
-            return OutboxMessage(topics.RECEIVED, receipt.invoice_id.encode(), event.SerializeToString())
-
         try:
-            # Committed with its `received` record (the outbox): the answer
-            # means both are durable.
-            receipt = await self._receipts.store(submission, candidate, announce)
+            # Committed with its document and its `received` record (the
+            # outbox): the answer means all are durable.
+            receipt = await self._receipts.store(submission, candidate, _announcer(submission, current_trace_id()))
         except ConflictingRetry as exc:
             SUBMISSIONS.add(1, {"outcome": "conflict"})
             # Keys are scoped to the account: the invoice named is its own.
@@ -96,6 +120,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             raise RequestError(
                 grpc.StatusCode.UNAVAILABLE, "", f"storage unavailable ({type(exc).__name__}); retry with the same key"
             ) from exc
+        return self._answer(receipt, submission)
+
+    def _answer(self, receipt: Receipt, submission: Submission) -> ingest_pb2.SubmitInvoiceResponse:
         outcome = "duplicate" if receipt.duplicate else "accepted"
         SUBMISSIONS.add(1, {"outcome": outcome})
         span = trace.get_current_span()
@@ -105,8 +132,41 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         received_at = Timestamp()
         received_at.FromDatetime(receipt.received_at)
         return ingest_pb2.SubmitInvoiceResponse(
-            invoice_id=receipt.invoice_id, received_at=received_at, duplicate=receipt.duplicate
+            invoice_id=receipt.invoice_id,
+            received_at=received_at,
+            duplicate=receipt.duplicate,
+            document=submission.original.to_proto(),
+            attachments=[ref.to_proto() for ref in submission.attachments],
         )
+
+    async def UploadInvoice(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[ingest_pb2.UploadInvoiceRequest], context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.SubmitInvoiceResponse:
+        submitter = current_principal()
+        trace_id = current_trace_id()
+        try:
+            uploaded = await self._uploader.upload(
+                request_iterator, submitter, lambda submission: _announcer(submission, trace_id)
+            )
+        except UploadRefused as exc:
+            SUBMISSIONS.add(1, {"outcome": "invalid"})
+            await context.abort(exc.code, f"{exc.field}: {exc.message}" if exc.field else exc.message)
+        except ConflictingRetry as exc:
+            SUBMISSIONS.add(1, {"outcome": "conflict"})
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"idempotency_key: already used for invoice {exc.invoice_id} with a different document",
+            )
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            SUBMISSIONS.add(1, {"outcome": "unavailable"})
+            log.warning("upload not stored: %s", exc)
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"storage unavailable ({type(exc).__name__}); nothing was stored, upload again with the same key",
+            )
+        return self._answer(uploaded.receipt, uploaded.submission)
 
     async def SubmitInvoice(  # noqa: N802 - gRPC method name
         self, request: ingest_pb2.SubmitInvoiceRequest, context: grpc.aio.ServicerContext
@@ -131,9 +191,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 )
 
 
-def registrar(servicer: IngestServicer) -> Callable[[grpc.aio.Server], list[str]]:
+def registrar(servicer: IngestServicer, documents: DocumentServicer) -> Callable[[grpc.aio.Server], list[str]]:
     def register(server: grpc.aio.Server) -> list[str]:
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
-        return [ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name]
+        ingest_pb2_grpc.add_DocumentServiceServicer_to_server(documents, server)
+        return [_SERVICE, _DOCUMENTS]
 
     return register

@@ -3,21 +3,43 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from importlib.resources import files
 
+from mode import Service
+
 from invoicing_common import topics
+from invoicing_common.archive import postgres as archive_store
 from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
 from invoicing_common.health import HealthMonitor, database_reachable
 from invoicing_common.kafka.outbox import OutboxRelay
 from invoicing_ingest.api import ACCESS_POLICY, STREAMING_METHODS, IngestServicer, registrar
+from invoicing_ingest.documents import DocumentServicer
 from invoicing_ingest.repository import OUTBOX, ReceiptRepository
 from invoicing_ingest.settings import IngestSettings
+from invoicing_ingest.uploads import Uploader
+
+
+class ArchiveMigrations(Service):
+    """Ingest owns the archive's tables (validate reads and adds to them)."""
+
+    def __init__(self, database: Database, documents: DocumentServicer) -> None:
+        super().__init__()
+        self._database = database
+        self._documents = documents
+
+    async def on_start(self) -> None:
+        await archive_store.migrate(self._database)
+
+    async def on_stop(self) -> None:
+        await self._documents.close()
 
 
 @dataclass
 class Ingest:
     database: Database
+    archive: ArchiveMigrations
     relay: OutboxRelay
     grpc: GrpcServer
     health: HealthMonitor
@@ -30,12 +52,19 @@ def bootstrap(settings: IngestSettings) -> Ingest:
         migrations=files("invoicing_ingest") / "migrations",
         command_timeout=settings.database_command_timeout_seconds,
     )
+    archive = archive_store.PostgresArchive(database, timedelta(days=settings.archive_retention_days))
     # Publishes the receipts' `received` records (one leader among the
     # instances); the API answers once a receipt and its record are committed.
     relay = OutboxRelay(
         database, OUTBOX, settings, f"{settings.otel_service_name}-outbox", topics=[topics.RECEIVED], linger_ms=5
     )
-    servicer = IngestServicer(settings, ReceiptRepository(database, on_commit=relay.wake))
-    server = GrpcServer(settings, registrar(servicer), ACCESS_POLICY, limited_streams=STREAMING_METHODS)
+    receipts = ReceiptRepository(database, archive, on_commit=relay.wake)
+    servicer = IngestServicer(settings, receipts, Uploader(settings, database, archive, receipts))
+    documents = DocumentServicer(
+        archive, settings.status_address, str(settings.status_ca_file) if settings.status_ca_file else None
+    )
+    server = GrpcServer(settings, registrar(servicer, documents), ACCESS_POLICY, limited_streams=STREAMING_METHODS)
     health = HealthMonitor(server, [database_reachable(database, settings.health_database_grace_seconds)])
-    return Ingest(database=database, relay=relay, grpc=server, health=health)
+    return Ingest(
+        database=database, archive=ArchiveMigrations(database, documents), relay=relay, grpc=server, health=health
+    )

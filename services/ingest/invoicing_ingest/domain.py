@@ -9,6 +9,8 @@ from datetime import datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 from invoicing.v1 import events_pb2
 
+from invoicing_common.archive import ORIGIN_INVOICE, FileRef
+from invoicing_common.archive.model import sniff_media_type
 from invoicing_common.ids import new_invoice_id, stage_event_id
 
 MAX_FILENAME_CHARS = 255
@@ -33,6 +35,17 @@ class Submission:
     submitter: str
     sha256: str
     submitter_sirens: frozenset[str] = frozenset()
+    # Found from the content: the formats accepted are XML and PDF.
+    media_type: str = ""
+    # Streamed uploads: the document is already archived, and `document` is
+    # empty; its size is the archived one.
+    size_bytes: int = 0
+    attachments: tuple[FileRef, ...] = ()
+
+    @property
+    def original(self) -> FileRef:
+        size = len(self.document) or self.size_bytes
+        return FileRef(self.sha256, size, self.media_type, self.filename, ORIGIN_INVOICE)
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,22 @@ class Receipt:
     received_at: datetime
     duplicate: bool
     event_id: str
+
+
+def check_filename(filename: str, field: str = "filename") -> None:
+    if len(filename) > MAX_FILENAME_CHARS:
+        raise SubmissionError(field, f"{field} is longer than {MAX_FILENAME_CHARS} characters")
+    if any(ord(c) < 32 or c == "\x7f" for c in filename):
+        raise SubmissionError(field, f"{field} contains control characters")
+
+
+def check_idempotency_key(idempotency_key: str) -> None:
+    if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise SubmissionError(
+            "idempotency_key", f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters"
+        )
+    if idempotency_key and not idempotency_key.isprintable():
+        raise SubmissionError("idempotency_key", "idempotency_key contains non-printable characters")
 
 
 def check_submission(
@@ -58,16 +87,8 @@ def check_submission(
         raise SubmissionError("document", "document is empty")
     if len(document) > max_document_bytes:
         raise SubmissionError("document", f"document is {len(document)} bytes; the limit is {max_document_bytes} bytes")
-    if len(filename) > MAX_FILENAME_CHARS:
-        raise SubmissionError("filename", f"filename is longer than {MAX_FILENAME_CHARS} characters")
-    if any(ord(c) < 32 for c in filename):
-        raise SubmissionError("filename", "filename contains control characters")
-    if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
-        raise SubmissionError(
-            "idempotency_key", f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters"
-        )
-    if idempotency_key and not idempotency_key.isprintable():
-        raise SubmissionError("idempotency_key", "idempotency_key contains non-printable characters")
+    check_filename(filename)
+    check_idempotency_key(idempotency_key)
     return Submission(
         document=document,
         filename=filename,
@@ -75,6 +96,8 @@ def check_submission(
         submitter=submitter,
         sha256=hashlib.sha256(document).hexdigest(),
         submitter_sirens=submitter_sirens,
+        media_type=sniff_media_type(document[:64]),
+        size_bytes=len(document),
     )
 
 
@@ -98,8 +121,11 @@ def received_event(submission: Submission, receipt: Receipt, trace_id: str) -> e
             submitter=submission.submitter,
             trace_id=trace_id,
         ),
-        document=submission.document,
         sha256=submission.sha256,
         idempotency_key=submission.idempotency_key or "",
         submitter_sirens=sorted(submission.submitter_sirens),
+        # The claim check: the bytes are in the archive, committed with the
+        # receipt; the record says where.
+        original=submission.original.to_proto(),
+        attachments=[ref.to_proto() for ref in submission.attachments],
     )

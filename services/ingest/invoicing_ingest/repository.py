@@ -29,6 +29,7 @@ import asyncpg  # type: ignore[import-untyped]
 from opentelemetry import propagate
 from opentelemetry.trace import Link, Span
 
+from invoicing_common.archive.postgres import PostgresArchive
 from invoicing_common.db import Database
 from invoicing_common.kafka import outbox
 from invoicing_common.telemetry import RECEIPT_BATCH_SIZE, tracer
@@ -93,10 +94,15 @@ class _Pending:
 
 class ReceiptRepository:
     def __init__(
-        self, database: Database, max_batch: int = DEFAULT_MAX_BATCH, on_commit: Callable[[], None] | None = None
+        self,
+        database: Database,
+        archive: PostgresArchive,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         # The pool exists only once the Database service has started.
         self._database = database
+        self._archive = archive
         self._max_batch = max_batch
         # Wakes this process's outbox relay (NOTIFY wakes the leader anywhere).
         self._on_commit = on_commit or (lambda: None)
@@ -131,6 +137,25 @@ class ReceiptRepository:
             if isinstance(resolved, BaseException):
                 raise resolved
             return resolved
+
+    async def store_in(
+        self, conn: asyncpg.Connection, submission: Submission, candidate: Receipt, announce: Announce
+    ) -> Receipt:
+        """``store`` inside the caller's transaction, for a streamed upload
+        whose files that transaction already holds: the receipt and its
+        record commit with them, or nothing does."""
+        with tracer().start_as_current_span("store receipt") as span:
+            span.set_attribute("db.system.name", "postgresql")
+            item = _Pending(submission, candidate, announce, span)
+            propagate.inject(item.carrier)
+            resolved = await self._write_one(conn, item)
+            if isinstance(resolved, BaseException):
+                raise resolved
+            return resolved
+
+    def committed(self) -> None:
+        """The caller's transaction holding a receipt has committed."""
+        self._on_commit()
 
     def _wake_writer(self) -> None:
         if self._writer is None or self._writer.done():
@@ -183,6 +208,7 @@ class ReceiptRepository:
 
     async def _write_batch(self, conn: asyncpg.Connection, batch: list[_Pending]) -> list[Receipt]:
         async with conn.transaction():
+            await self._archive_documents(conn, [item.submission for item in batch])
             receipts = await self._insert_all(conn, [item.submission for item in batch], [i.candidate for i in batch])
             if await self._bind_keys(conn, [item.submission for item in batch], receipts):
                 raise _OneByOne
@@ -194,6 +220,12 @@ class ReceiptRepository:
                 [item.message(r) for item, r in zip(batch, receipts, strict=True) if not r.duplicate],
             )
         return receipts
+
+    async def _archive_documents(self, conn: asyncpg.Connection, submissions: list[Submission]) -> None:
+        # Before the receipts: a receipt never commits without its document.
+        # (A duplicate's document is stored already; storing it again only
+        # extends its retention.) Streamed uploads archived theirs as they came.
+        await self._archive.put_many(conn, [(s.original, s.document) for s in submissions if s.document])
 
     async def _insert_all(
         self, conn: asyncpg.Connection, submissions: list[Submission], candidates: list[Receipt]
@@ -212,7 +244,7 @@ class ReceiptRepository:
                 [submissions[i].submitter for i in order],
                 [submissions[i].sha256 for i in order],
                 [submissions[i].filename for i in order],
-                [len(submissions[i].document) for i in order],
+                [submissions[i].original.size_bytes for i in order],
                 [candidates[i].received_at for i in order],
                 [candidates[i].event_id for i in order],
             )
@@ -284,6 +316,7 @@ class ReceiptRepository:
         submission it belongs to, as if the submissions had come in turn."""
         try:
             async with conn.transaction():
+                await self._archive_documents(conn, [item.submission])
                 receipts = await self._insert_all(conn, [item.submission], [item.candidate])
                 conflicts = await self._bind_keys(conn, [item.submission], receipts)
                 if conflicts:

@@ -20,7 +20,7 @@ from invoicing_status.domain import Change, Outcome, Submitted, business_key, pl
 from invoicing_status.holds import RANK, hold_of
 from invoicing_status.lifecycle import Reason, Status
 from invoicing_status.observability import observe_changes
-from invoicing_status.records import InvoiceFacts, Planner
+from invoicing_status.records import InvoiceFacts, Planner, files_json
 from invoicing_status.repository import StatusRepository
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,11 @@ def interpret(record: Record, now: datetime) -> tuple[str, InvoiceFacts, Submitt
         raise PermanentError(f"{type(decoded).__name__} lacks invoice_id, received_event_id or event_id")
     facts, submitted = _facts(ref)
     if isinstance(decoded, events_pb2.InvoiceReceived):
+        facts.received_files = files_json(decoded.original, decoded.attachments)
         return event_id, facts, submitted, Outcome(None, "ingest", now, event_id)
     if isinstance(decoded, events_pb2.InvoiceValidated):
         facts.summary = decoded.summary
+        facts.validated_files = files_json(decoded.original, decoded.attachments)
         facts.findings = [
             {
                 "rule": f.rule,

@@ -31,7 +31,7 @@ from invoicing_status.lifecycle import Reason, Status
 from invoicing_status.notifier import ChangeNotifier
 from invoicing_status.observability import observe_changes
 from invoicing_status.queries import Cursor, Filter, ListItem, StatusQueries
-from invoicing_status.records import InvoiceFacts, InvoiceView, payment_proto
+from invoicing_status.records import InvoiceFacts, InvoiceView, file_refs, payment_proto
 from invoicing_status.repository import StatusRepository
 
 MAX_PAGE_SIZE = 500
@@ -161,6 +161,10 @@ def invoice_response(view: InvoiceView) -> status_pb2.GetInvoiceResponse:
         response.reason.code, response.reason.text = view.reason_code, view.reason_text
     if view.received_at is not None:
         response.received_at.CopyFrom(_ts(view.received_at))
+    document, attachments = file_refs(view.files)
+    if document is not None:
+        response.document.CopyFrom(document)
+        response.attachments.extend(attachments)
     if view.hold is not None:
         response.hold.stage = view.hold.stage
         response.hold.code = HELD_TECH

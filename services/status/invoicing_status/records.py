@@ -41,6 +41,9 @@ class InvoiceFacts:
     # invoice that failed is shown to its submitter (and operators) only, so
     # a forged invoice never reaches the views of the companies it names.
     parties_checked: bool = False
+    # The archived document and attachments this event names (files_json).
+    received_files: str | None = None
+    validated_files: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class InvoiceView:
     history: list[HistoryRow]
     received_at: datetime | None = None
     hold: Hold | None = None
+    # {"document": ref, "attachments": [ref, ...]} (files_json), or None.
+    files: dict[str, Any] | None = None
 
 
 # (current status, id of the invoice already holding the business key) -> changes
@@ -95,7 +100,9 @@ RECORD_FACTS = (
     " buyer_ids = CASE WHEN cardinality($11::text[]) > 0 THEN $11 ELSE buyer_ids END,"
     " seller_sirens = COALESCE($12::text[], seller_sirens),"
     " buyer_sirens = COALESCE($13::text[], buyer_sirens),"
-    " due_date = COALESCE($14::date, due_date)"
+    " due_date = COALESCE($14::date, due_date),"
+    " received_files = COALESCE($15::jsonb, received_files),"
+    " validated_files = COALESCE($16::jsonb, validated_files)"
     " WHERE invoice_id = $1"
 )
 SET_STATUS = (
@@ -122,7 +129,31 @@ def facts_args(facts: InvoiceFacts) -> tuple[Any, ...]:
         sorted(buyer_sirens(summary)) if summary is not None and facts.parties_checked else None,
         # Validation checks BT-9's form; anything else is no date to filter on.
         iso_date(summary.due_date) if summary is not None else None,
+        facts.received_files,
+        facts.validated_files,
     )
+
+
+_REF_FIELDS = ("sha256", "size_bytes", "media_type", "filename", "origin")
+
+
+def files_json(original: common_pb2.DocumentRef, attachments: Sequence[common_pb2.DocumentRef]) -> str | None:
+    """An event's file references as stored; None when it names none (a
+    record from before the archive)."""
+    if not original.sha256:
+        return None
+    return json.dumps(
+        {
+            "document": {name: getattr(original, name) for name in _REF_FIELDS},
+            "attachments": [{name: getattr(a, name) for name in _REF_FIELDS} for a in attachments],
+        }
+    )
+
+
+def file_refs(files: dict[str, Any] | None) -> tuple[common_pb2.DocumentRef | None, list[common_pb2.DocumentRef]]:
+    if not files:
+        return None, []
+    return common_pb2.DocumentRef(**files["document"]), [common_pb2.DocumentRef(**a) for a in files["attachments"]]
 
 
 def _ts(value: datetime) -> Timestamp:

@@ -231,6 +231,7 @@ class StatusRepository:
             findings=json.loads(row["findings"]) if row["findings"] else [],
             routing=json.loads(row["routing"]) if row["routing"] else None,
             received_at=row["received_at"],
+            files=json.loads(row["validated_files"] or row["received_files"] or "null"),
             hold=None
             if hold is None
             else Hold(

@@ -5,16 +5,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from invoicing.v1 import events_pb2
 from opentelemetry.trace import Status, StatusCode
 
 from invoicing_common import topics
+from invoicing_common.archive import ORIGIN_EMBEDDED, ORIGIN_INVOICE, file_ref
+from invoicing_common.archive.model import sniff_media_type
+from invoicing_common.archive.postgres import PostgresArchive
 from invoicing_common.kafka import Record, StreamApp, decode_event, register_lag_gauge, send
 from invoicing_common.telemetry import FINDINGS, VALIDATION_DURATION, record_invoice, tracer
 from invoicing_validate.checks import run_checks_many
 from invoicing_validate.dispatch import ChunkingDispatcher
-from invoicing_validate.domain import CRASH_RULE, TIME_LIMIT_RULE, technical_failure, validated_event
+from invoicing_validate.domain import (
+    CRASH_RULE,
+    TIME_LIMIT_RULE,
+    technical_failure,
+    unique_name,
+    validated_event,
+)
 from invoicing_validate.validation import ValidationReport
 from invoicing_validate.workers import WorkerPool, WorkerTimedOut
 
@@ -48,7 +58,40 @@ async def with_attempts(
     return failure
 
 
-def register(app: StreamApp, pool: WorkerPool, concurrency: int, time_limit: float, attempts: int) -> None:
+async def fetch_document(archive: PostgresArchive, event: events_pb2.InvoiceReceived) -> tuple[bytes, Any]:
+    """The document a received record refers to, and its reference. A
+    record from before the archive carries the bytes: they are archived now,
+    so that its invoice can be downloaded like any other."""
+    if not event.document:
+        return await archive.read(event.original.sha256), event.original
+    ref = file_ref(event.document, sniff_media_type(event.document[:64]), event.invoice.filename, ORIGIN_INVOICE)
+    async with archive.database.pool.acquire() as conn, conn.transaction():
+        await archive.put_many(conn, [(ref, event.document)])
+    return event.document, ref.to_proto()
+
+
+async def archive_embedded(
+    archive: PostgresArchive, event: events_pb2.InvoiceReceived, report: ValidationReport
+) -> list[Any]:
+    """Archive the files carried inside the invoice; their references, named
+    apart from the attachments sent beside it."""
+    embedded = getattr(report, "attachments", None) or []
+    if not embedded:
+        return []
+    taken = {a.filename for a in event.attachments}
+    refs = []
+    for item in embedded:
+        name = unique_name(item.name, taken)
+        taken.add(name)
+        refs.append((file_ref(item.data, item.media_type, name, ORIGIN_EMBEDDED), item.data))
+    async with archive.database.pool.acquire() as conn, conn.transaction():
+        await archive.put_many(conn, refs)
+    return [ref.to_proto() for ref, _ in refs]
+
+
+def register(
+    app: StreamApp, pool: WorkerPool, archive: PostgresArchive, concurrency: int, time_limit: float, attempts: int
+) -> None:
     """``time_limit``: seconds one document may take (a chunk of N gets N
     times that). ``attempts``: how often a document whose worker died or ran
     out of time is tried, alone after the first, before it ends 213."""
@@ -68,9 +111,12 @@ def register(app: StreamApp, pool: WorkerPool, concurrency: int, time_limit: flo
         invoice_id = event.invoice.invoice_id
         with tracer().start_as_current_span("validate invoice") as span:
             record_invoice(span, invoice_id)
+            # The claim check: the record names the document; the archive
+            # has it (checked against its hash as it is read).
+            document, original = await fetch_document(archive, event)
             started = time.perf_counter()
             # CPU-bound: run in the worker processes so the loop keeps consuming.
-            report = await validate(event.document, event.invoice.filename)
+            report = await validate(document, event.invoice.filename)
             VALIDATION_DURATION.record(time.perf_counter() - started, {"format": report.format, "valid": report.valid})
             fatal = sum(1 for f in report.findings if f.severity != "warning")
             span.set_attributes(
@@ -84,7 +130,8 @@ def register(app: StreamApp, pool: WorkerPool, concurrency: int, time_limit: flo
             )
             for f in report.findings:
                 FINDINGS.add(1, {"rule": f.rule, "severity": f.severity})
-            out = validated_event(event, report)
+            embedded = await archive_embedded(archive, event, report)
+            out = validated_event(event, report, original, [*event.attachments, *embedded])
             if not report.valid:
                 span.set_attribute("invoicing.reason_code", out.reason.code)
                 span.set_attribute("invoicing.reason", out.reason.text)

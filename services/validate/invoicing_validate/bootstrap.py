@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
+from invoicing_common.archive.postgres import PostgresArchive
+from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
-from invoicing_common.health import Check, HealthMonitor, stream_alive
+from invoicing_common.health import Check, HealthMonitor, database_reachable, stream_alive
 from invoicing_common.kafka import StreamApp
 from invoicing_validate import agents, checks
 from invoicing_validate.settings import ValidateSettings
@@ -27,6 +30,7 @@ def workers_alive(pool: WorkerPool) -> Check:
 
 @dataclass
 class Validate:
+    database: Database
     app: StreamApp
     pool: WorkerPool
     health: HealthMonitor
@@ -34,12 +38,29 @@ class Validate:
 
 
 def bootstrap(settings: ValidateSettings) -> Validate:
+    # Validate reads documents from the archive (and adds the attachments
+    # it extracts); ingest owns the archive's tables (docs/archive.md).
+    database = Database(
+        settings.database_url, schema="validate", command_timeout=settings.database_command_timeout_seconds
+    )
     app = StreamApp(settings.otel_service_name, settings)
     pool = WorkerPool(settings.validate_workers, warm_up=checks.warm_up)
     agents.register(
-        app, pool, settings.validate_concurrency, settings.validate_time_limit_seconds, settings.validate_attempts
+        app,
+        pool,
+        PostgresArchive(database, timedelta(days=settings.archive_retention_days)),
+        settings.validate_concurrency,
+        settings.validate_time_limit_seconds,
+        settings.validate_attempts,
     )
     # Health and reflection only: no method needs a policy.
     server = GrpcServer(settings, lambda _server: [], policy={})
-    health = HealthMonitor(server, [workers_alive(pool), stream_alive(app)])
-    return Validate(app=app, pool=pool, health=health, grpc=server)
+    health = HealthMonitor(
+        server,
+        [
+            workers_alive(pool),
+            stream_alive(app),
+            database_reachable(database, settings.health_database_grace_seconds),
+        ],
+    )
+    return Validate(database=database, app=app, pool=pool, health=health, grpc=server)

@@ -127,7 +127,28 @@ def seller_finding(summary: common_pb2.InvoiceSummary, account_sirens: Sequence[
     return common_pb2.Finding(rule=SELLER_RULE, severity=common_pb2.SEVERITY_FATAL, location="BT-30", message=message)
 
 
-def validated_event(received: events_pb2.InvoiceReceived, report: ReportLike) -> events_pb2.InvoiceValidated:
+def unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``stem-2.ext``, ``stem-3.ext``... when it is taken."""
+    if name not in taken:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        stem, dot, ext = name, "", ""
+    n = 2
+    while f"{stem}-{n}{dot}{ext}" in taken:
+        n += 1
+    return f"{stem}-{n}{dot}{ext}"
+
+
+def validated_event(
+    received: events_pb2.InvoiceReceived,
+    report: ReportLike,
+    original: common_pb2.DocumentRef | None = None,
+    attachments: Sequence[common_pb2.DocumentRef] = (),
+) -> events_pb2.InvoiceValidated:
+    """``original``: the archived document (the received record's own
+    reference unless validate archived a legacy record's bytes);
+    ``attachments``: those sent beside it, then those extracted from it."""
     findings = [finding_to_proto(f) for f in report.findings]
     summary = summary_to_proto(report)
     # A document that could not be read has no parties to check.
@@ -138,10 +159,12 @@ def validated_event(received: events_pb2.InvoiceReceived, report: ReportLike) ->
         valid=report.valid and seller is None,
         findings=[*findings, seller] if seller is not None else findings,
         summary=summary,
+        original=original if original is not None else received.original,
+        attachments=attachments,
     )
     if event.valid:
-        event.document = received.document
-    elif report.valid and seller is not None:
+        return event
+    if report.valid and seller is not None:
         event.reason.code = SELLER_REJECTION_CODE
         event.reason.text = seller.message[:1000]
     else:

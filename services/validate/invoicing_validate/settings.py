@@ -20,4 +20,6 @@ class ValidateSettings(GrpcSettings):
     validate_time_limit_seconds: float = Field(default=30.0, gt=0, le=3600)
     # Tries per document when its worker dies or times out.
     validate_attempts: int = Field(default=2, ge=1, le=10)
+    # Attachments extracted from invoices are archived at least this long.
+    archive_retention_days: int = Field(default=3653, ge=1)
     otel_service_name: str = "invoicing-validate"

@@ -20,7 +20,14 @@ from pathlib import Path
 
 import grpc
 
-from invoicing_common.auth.client import ClientConfig, ConfigError, TokenSource, secure_channel, unverified_claims
+from invoicing_common.auth.client import (
+    ClientConfig,
+    ConfigError,
+    TokenSource,
+    secure_channel,
+    secure_channel_sync,
+    unverified_claims,
+)
 from invoicing_common.settings import KafkaClientSettings
 
 GRPC_OPTIONS = [
@@ -89,3 +96,8 @@ def account_sirens() -> list[str]:
 def channel(address: str) -> grpc.aio.Channel:
     """A TLS channel whose every call carries the account's access token."""
     return secure_channel(address, token_source(), client_config().ca_file, GRPC_OPTIONS)
+
+
+def sync_channel(address: str) -> grpc.Channel:
+    """The same, for the synchronous API (uploads: see transfer.send_upload)."""
+    return secure_channel_sync(address, token_source(), client_config().ca_file, GRPC_OPTIONS)

@@ -1,4 +1,5 @@
-"""invoicectl: submit invoices, read their status, follow the status stream.
+"""invoicectl: submit invoices, read their status and download their
+documents, follow the status stream.
 
 Every call authenticates as the account in INVOICING_CLIENT_ID /
 INVOICING_CLIENT_SECRET (see invoicectl.config). Exit codes: 0 success; 1
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,26 +20,46 @@ from typing import Annotated, Any
 
 import grpc
 import typer
-from invoicing.v1 import events_pb2, ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
+from invoicing.v1 import common_pb2, events_pb2, ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from invoicectl.accounts_cmd import accounts_app, token
 from invoicectl.bench.cli import bench
-from invoicectl.config import Endpoints, account_sirens, channel
+from invoicectl.config import Endpoints, account_sirens, channel, sync_channel
 from invoicectl.directory_cmd import directory_app
 from invoicectl.dlq_cmd import dlq_app
 from invoicectl.kafka_follow import StatusFollower
 from invoicectl.listing import fetch_list
 from invoicectl.render import (
+    document_ref_json,
+    document_ref_line,
     invoice_json,
     is_pipeline_final,
     iso,
     list_item_json,
+    origin_name,
     status_event_json,
     status_event_line,
 )
 from invoicectl.topics_cmd import topics_app
+from invoicectl.transfer import (
+    ByteProgress,
+    DestinationExists,
+    Outgoing,
+    ProtocolError,
+    Received,
+    SourceError,
+    VerificationError,
+    VerifiedSink,
+    WriteError,
+    open_sink,
+    prepare,
+    receive_document,
+    safe_filename,
+    send_upload,
+    upload_requests,
+)
 from invoicectl.validate_cmd import validate
 from invoicing_common.auth.client import ConfigError, TokenError
 from invoicing_status.api import RESUME_POSITION_KEY
@@ -53,47 +75,102 @@ app.add_typer(accounts_app, name="accounts")
 app.add_typer(topics_app, name="topics")
 app.add_typer(dlq_app, name="dlq")
 
+# Uploads and downloads of up to the archive's limits (tens of MiB), on
+# slow links too.
+UPLOAD_TIMEOUT_SECONDS = 600
+DOWNLOAD_TIMEOUT_SECONDS = 600
+
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
 
 
-def _read(files: list[Path]) -> list[tuple[Path, bytes]]:
+def _prepare(files: list[Path], attachments: list[Path]) -> list[Outgoing]:
     docs = []
     for path in files:
         try:
-            docs.append((path, path.read_bytes()))
+            docs.append(prepare(path, attachments))
         except OSError as exc:
-            raise _fail(f"cannot read {path}: {exc.strerror}", 2) from exc
+            raise _fail(f"cannot read {exc.filename or path}: {exc.strerror}", 2) from exc
     return docs
 
 
+# UploadInvoice refusals that concern the document, reported in place in a
+# batch as SubmitInvoices does; any other status ends the command.
+_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.DOTALL)
+
+
+def _refusal(code: str, details: str) -> ingest_pb2.SubmitInvoiceResponse:
+    # The server prefixes a refusal's details with the field at fault.
+    match = _FIELD_PREFIX.match(details)
+    field, message = match.groups() if match else ("", details)
+    return ingest_pb2.SubmitInvoiceResponse(error=ingest_pb2.SubmitError(code=code, field=field, message=message))
+
+
+async def _upload(
+    endpoints: Endpoints, doc: Outgoing, key: str, show_progress: bool
+) -> ingest_pb2.SubmitInvoiceResponse:
+    with sync_channel(endpoints.ingest) as ingest, ByteProgress(err, enabled=show_progress) as progress:
+        stub = ingest_pb2_grpc.IngestServiceStub(ingest)
+        progress.start(f"uploading {doc.path.name}", doc.total_bytes)
+        requests = upload_requests(doc.files, key, progress.advance)
+        return await send_upload(stub.UploadInvoice.future, requests, UPLOAD_TIMEOUT_SECONDS)
+
+
 async def _submit(
-    endpoints: Endpoints, docs: list[tuple[Path, bytes]], key: str, show_progress: bool
+    endpoints: Endpoints, docs: list[Outgoing], key: str, show_progress: bool
 ) -> list[ingest_pb2.SubmitInvoiceResponse]:
     async with channel(endpoints.ingest) as ingest:
         stub = ingest_pb2_grpc.IngestServiceStub(ingest)
         if len(docs) == 1:
-            path, data = docs[0]
-            request = ingest_pb2.SubmitInvoiceRequest(document=data, filename=path.name, idempotency_key=key)
+            doc = docs[0]
+            if doc.data is None:
+                return [await _upload(endpoints, doc, key, show_progress)]
+            request = ingest_pb2.SubmitInvoiceRequest(document=doc.data, filename=doc.path.name, idempotency_key=key)
             reply: ingest_pb2.SubmitInvoiceResponse = await stub.SubmitInvoice(request, timeout=60)
             return [reply]
 
-        async def requests() -> Any:
-            for path, data in docs:
-                yield ingest_pb2.SubmitInvoiceRequest(document=data, filename=path.name)
+        whole = [(i, doc.path.name, doc.data) for i, doc in enumerate(docs) if doc.data is not None]
+        replies: dict[int, ingest_pb2.SubmitInvoiceResponse] = {}
 
-        replies: list[ingest_pb2.SubmitInvoiceResponse] = []
-        with Progress(
-            TextColumn("submitting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=err, disable=not show_progress, transient=True,
-        ) as progress:  # fmt: skip
-            task = progress.add_task("submit", total=len(docs))
-            async for reply in stub.SubmitInvoices(requests(), timeout=600):
-                replies.append(reply)
-                progress.advance(task)
-        return replies
+        async def requests() -> Any:
+            for _, filename, data in whole:
+                yield ingest_pb2.SubmitInvoiceRequest(document=data, filename=filename)
+
+        if whole:
+            with Progress(
+                TextColumn("submitting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=err, disable=not show_progress, transient=True,
+            ) as progress:  # fmt: skip
+                task = progress.add_task("submit", total=len(whole))
+                sent = iter(whole)
+                async for reply in stub.SubmitInvoices(requests(), timeout=600):
+                    replies[next(sent)[0]] = reply
+                    progress.advance(task)
+        # Too big for one message: each on its own UploadInvoice, after the
+        # batch, so that one progress display shows at a time.
+        for i, doc in enumerate(docs):
+            if doc.data is not None:
+                continue
+            try:
+                replies[i] = await _upload(endpoints, doc, "", show_progress)
+            except grpc.RpcError as exc:
+                if exc.code() not in _REFUSALS:
+                    raise
+                replies[i] = _refusal(exc.code().name, exc.details() or "")
+            except SourceError as exc:
+                # The upload was cancelled before it ended: nothing stored.
+                replies[i] = _refusal("CANCELLED", f"document: {exc.message}; nothing was stored")
+        return [replies[i] for i in range(len(docs))]
 
 
 async def _follow(follower: StatusFollower, pending: set[str], timeout: float, as_json: bool) -> set[str]:
@@ -118,15 +195,23 @@ async def _follow(follower: StatusFollower, pending: set[str], timeout: float, a
 @app.command()
 def submit(
     files: Annotated[list[Path], typer.Argument(help="Invoice documents (UBL, CII XML or Factur-X PDF).")],
+    attach: Annotated[
+        list[Path] | None,
+        typer.Option("--attach", help="A file to send beside the invoice; repeat for several (one invoice only)."),
+    ] = None,
     idempotency_key: Annotated[str, typer.Option(help="Retry key; only with a single file.")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array of receipts.")] = False,
     follow: Annotated[bool, typer.Option(help="Then print status events until each invoice is final.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --follow waits for final statuses.")] = 60.0,
 ) -> None:
-    """Submit invoices; prints `invoice_id file` per line."""
+    """Submit invoices; prints `invoice_id file` per line. An invoice over
+    3 MiB, or with --attach, is streamed (UploadInvoice)."""
+    attachments = attach or []
     if idempotency_key and len(files) > 1:
         raise _fail("--idempotency-key applies to a single file", 2)
-    docs = _read(files)
+    if attachments and len(files) > 1:
+        raise _fail("--attach applies to a single invoice file", 2)
+    docs = _prepare(files, attachments)
     endpoints = Endpoints.from_env()
 
     async def run() -> int:
@@ -137,7 +222,8 @@ def submit(
             replies = await _submit(endpoints, docs, idempotency_key, show_progress=sys.stderr.isatty())
             failed = 0
             receipts: list[dict[str, Any]] = []
-            for (path, _), reply in zip(docs, replies, strict=True):
+            for doc, reply in zip(docs, replies, strict=True):
+                path = doc.path
                 if reply.HasField("error"):
                     failed += 1
                     error = {"code": reply.error.code, "field": reply.error.field, "message": reply.error.message}
@@ -146,7 +232,9 @@ def submit(
                         err.print(f"[red]refused[/red] {path}: {reply.error.field}: {reply.error.message}")
                     continue
                 receipts.append({"invoice_id": reply.invoice_id, "file": str(path),
-                                 "received_at": iso(reply.received_at), "duplicate": reply.duplicate})  # fmt: skip
+                                 "received_at": iso(reply.received_at), "duplicate": reply.duplicate,
+                                 "document": document_ref_json(reply.document) if reply.HasField("document") else None,
+                                 "attachments": [document_ref_json(a) for a in reply.attachments]})  # fmt: skip
                 if not as_json:
                     suffix = "  (duplicate: original receipt)" if reply.duplicate else ""
                     out.print(f"{reply.invoice_id} {path}{suffix}")
@@ -169,10 +257,12 @@ def submit(
 
     try:
         code = asyncio.run(run())
-    except grpc.aio.AioRpcError as exc:
+    except grpc.RpcError as exc:  # UploadInvoice's (synchronous API) as well as grpc.aio's
         raise _fail(
             f"{exc.code().name}: {exc.details()}", 2 if exc.code() == grpc.StatusCode.UNAVAILABLE else 1
         ) from exc
+    except SourceError as exc:
+        raise _fail(f"{exc}; the upload was cancelled and nothing was stored", 2) from exc
     raise typer.Exit(code)
 
 
@@ -210,6 +300,10 @@ def status(
         out.print(f"  HELD      since {hold['since']} at {hold['stage']} ({hold['code']}): {hold['message']}")
     if data["filename"]:
         out.print(f"  file      {data['filename']}")
+    if reply.HasField("document"):
+        out.print(f"  document  {document_ref_line(reply.document)}")
+    for attachment in reply.attachments:
+        out.print(f"  attached  {document_ref_line(attachment)}  ({origin_name(attachment.origin)})")
     if data["trace_id"]:
         out.print(f"  trace_id  {data['trace_id']}")
     if data["due_date"]:
@@ -227,6 +321,67 @@ def status(
         out.print(f"  {h['at']}  {h['status_code']} {h['status']:<15} by {h['actor']}{why}")
     for f in data["findings"]:
         out.print(f"  [{f['severity']}] {f['rule']}  {f['location']}  {f['message']}")
+
+
+@app.command()
+def download(
+    invoice_id: Annotated[str, typer.Argument(help="Invoice id.")],
+    attachment: Annotated[
+        str, typer.Option("--attachment", help="An attachment, by file name or SHA-256 (default: the invoice).")
+    ] = "",
+    out_path: Annotated[
+        str,
+        typer.Option(
+            "--out", help="File or directory to write to, or - for stdout (default: the document's name, here)."
+        ),
+    ] = "",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
+) -> None:
+    """Download an invoice's document, or one of its attachments, checking
+    its size and SHA-256 before it lands: a failed or damaged download
+    writes nothing."""
+    if as_json and out_path == "-":
+        raise _fail("--json and --out - both write to stdout: use one", 2)
+    endpoints = Endpoints.from_env()
+    request = ingest_pb2.GetInvoiceDocumentRequest(invoice_id=invoice_id, attachment=attachment)
+
+    async def fetch() -> Received:
+        async with channel(endpoints.ingest) as ingest:
+            stub = ingest_pb2_grpc.DocumentServiceStub(ingest)
+            with ByteProgress(err, enabled=sys.stderr.isatty()) as progress:
+
+                def sink_for(ref: common_pb2.DocumentRef) -> VerifiedSink:
+                    sink = open_sink(out_path, ref, invoice_id, overwrite=force, stdout=sys.stdout.buffer)
+                    progress.start(f"downloading {safe_filename(ref.filename) or invoice_id}", ref.size_bytes)
+                    return sink
+
+                call = stub.GetInvoiceDocument(request, timeout=DOWNLOAD_TIMEOUT_SECONDS)
+                try:
+                    return await receive_document(call, sink_for, progress.advance)
+                finally:
+                    # Stops the server's stream when a mismatch ended it early.
+                    call.cancel()
+
+    try:
+        received = asyncio.run(fetch())
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.DATA_LOSS:
+            raise _fail(f"DATA_LOSS: the stored file is damaged ({exc.details()}); nothing was written") from exc
+        raise _rpc_failed(exc) from exc
+    except DestinationExists as exc:
+        raise _fail(f"{exc.path} exists: --force overwrites it, --out writes elsewhere", 2) from exc
+    except (VerificationError, ProtocolError) as exc:
+        raise _fail(f"the download did not verify: {exc}; nothing was written") from exc
+    except WriteError as exc:
+        raise _fail(f"{exc}; nothing was written", 2) from exc
+    ref = received.document
+    if as_json:
+        data = {"invoice_id": invoice_id, "path": received.where, "sha256": ref.sha256, "size_bytes": ref.size_bytes,
+                "media_type": ref.media_type, "filename": ref.filename, "verified": True}  # fmt: skip
+        out.print(json.dumps(data, indent=2, ensure_ascii=False))
+    elif received.where != "-":
+        out.print(f"{received.where}  {ref.size_bytes} bytes  {ref.media_type or '-'}  sha256 {ref.sha256}  verified")
 
 
 def _filter(

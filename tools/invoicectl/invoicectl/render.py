@@ -47,7 +47,33 @@ def invoice_json(reply: status_pb2.GetInvoiceResponse) -> dict[str, Any]:
         ],
         "hold": hold_json(reply.hold) if reply.HasField("hold") else None,
         "due_date": reply.summary.due_date,
+        "document": document_ref_json(reply.document) if reply.HasField("document") else None,
+        "attachments": [document_ref_json(a) for a in reply.attachments],
     }
+
+
+def origin_name(value: int) -> str:
+    """FILE_ORIGIN_EMBEDDED -> "embedded"; a value newer than this client
+    shows as its number rather than failing the whole output."""
+    try:
+        name = common_pb2.FileOrigin.Name(value)  # type: ignore[arg-type]
+    except ValueError:
+        return str(value)
+    return name.removeprefix("FILE_ORIGIN_").lower()
+
+
+def document_ref_json(ref: common_pb2.DocumentRef) -> dict[str, Any]:
+    return {
+        "sha256": ref.sha256,
+        "size_bytes": ref.size_bytes,
+        "media_type": ref.media_type,
+        "filename": ref.filename,
+        "origin": origin_name(ref.origin),
+    }
+
+
+def document_ref_line(ref: common_pb2.DocumentRef) -> str:
+    return f"{ref.filename or '-'}  {ref.media_type or '-'}  {ref.size_bytes} bytes  sha256 {ref.sha256}"
 
 
 def payment_json(payment: common_pb2.Payment) -> dict[str, Any]:

@@ -59,6 +59,36 @@ SEVERITY_FATAL: Severity.ValueType  # 1
 SEVERITY_WARNING: Severity.ValueType  # 2
 Global___Severity: _TypeAlias = Severity  # noqa: Y015
 
+class _FileOrigin:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FileOriginEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FileOrigin.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FILE_ORIGIN_UNSPECIFIED: _FileOrigin.ValueType  # 0
+    FILE_ORIGIN_INVOICE: _FileOrigin.ValueType  # 1
+    """The invoice document itself, as submitted."""
+    FILE_ORIGIN_SUBMITTED: _FileOrigin.ValueType  # 2
+    """Sent beside the invoice (UploadInvoice)."""
+    FILE_ORIGIN_EMBEDDED: _FileOrigin.ValueType  # 3
+    """Carried inside the invoice (UBL EmbeddedDocumentBinaryObject, CII
+    AttachmentBinaryObject, a file attached to a Factur-X PDF), extracted.
+    """
+
+class FileOrigin(_FileOrigin, metaclass=_FileOriginEnumTypeWrapper):
+    """Where an archived file came from."""
+
+FILE_ORIGIN_UNSPECIFIED: FileOrigin.ValueType  # 0
+FILE_ORIGIN_INVOICE: FileOrigin.ValueType  # 1
+"""The invoice document itself, as submitted."""
+FILE_ORIGIN_SUBMITTED: FileOrigin.ValueType  # 2
+"""Sent beside the invoice (UploadInvoice)."""
+FILE_ORIGIN_EMBEDDED: FileOrigin.ValueType  # 3
+"""Carried inside the invoice (UBL EmbeddedDocumentBinaryObject, CII
+AttachmentBinaryObject, a file attached to a Factur-X PDF), extracted.
+"""
+Global___FileOrigin: _TypeAlias = FileOrigin  # noqa: Y015
+
 @_typing.final
 class Finding(_message.Message):
     """One problem found in a document."""
@@ -354,3 +384,41 @@ class StatusChange(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatusChange: _TypeAlias = StatusChange  # noqa: Y015
+
+@_typing.final
+class DocumentRef(_message.Message):
+    """A file in the document archive (claim check): Kafka records and API
+    answers carry this reference, never the bytes. The archive stores each
+    content once, under its SHA-256; GetInvoiceDocument streams it back.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    """Lowercase hex SHA-256 of the bytes; every read is checked against it."""
+    size_bytes: _builtins.int
+    media_type: _builtins.str
+    """e.g. application/xml, application/pdf."""
+    filename: _builtins.str
+    origin: Global___FileOrigin.ValueType
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        media_type: _builtins.str = ...,
+        filename: _builtins.str = ...,
+        origin: Global___FileOrigin.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "media_type", b"media_type", "origin", b"origin", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DocumentRef: _TypeAlias = DocumentRef  # noqa: Y015

@@ -19,6 +19,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _RoutingOutcome:
@@ -96,8 +101,23 @@ class InvoiceReceived(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     SUBMITTER_SIRENS_FIELD_NUMBER: _builtins.int
+    ORIGINAL_FIELD_NUMBER: _builtins.int
+    ATTACHMENTS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
-    document: _builtins.bytes
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def document(self) -> _builtins.bytes:
+        """Records written before the archive carried the bytes here; consumers
+        still accept them. New records leave it empty and carry `original`.
+        """
+
+    @document.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def document(self, value: _builtins.bytes) -> None:
+        """Records written before the archive carried the bytes here; consumers
+        still accept them. New records leave it empty and carry `original`.
+        """
+
     sha256: _builtins.str
     idempotency_key: _builtins.str
     @_builtins.property
@@ -108,6 +128,16 @@ class InvoiceReceived(_message.Message):
         validate rejects an invoice whose seller is not one of them.
         """
 
+    @_builtins.property
+    def original(self) -> _common_pb2.DocumentRef:
+        """The invoice document in the archive (claim check): validate fetches it
+        by this reference; no stage after it touches the bytes.
+        """
+
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.DocumentRef]:
+        """Files sent beside the invoice, already archived."""
+
     def __init__(
         self,
         *,
@@ -117,10 +147,12 @@ class InvoiceReceived(_message.Message):
         sha256: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
         submitter_sirens: _abc.Iterable[_builtins.str] | None = ...,
+        original: _common_pb2.DocumentRef | None = ...,
+        attachments: _abc.Iterable[_common_pb2.DocumentRef] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice", "original", b"original"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "event_id", b"event_id", "idempotency_key", b"idempotency_key", "invoice", b"invoice", "sha256", b"sha256", "submitter_sirens", b"submitter_sirens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "document", b"document", "event_id", b"event_id", "idempotency_key", b"idempotency_key", "invoice", b"invoice", "original", b"original", "sha256", b"sha256", "submitter_sirens", b"submitter_sirens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -139,10 +171,20 @@ class InvoiceValidated(_message.Message):
     SUMMARY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     DOCUMENT_FIELD_NUMBER: _builtins.int
+    ORIGINAL_FIELD_NUMBER: _builtins.int
+    ATTACHMENTS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     valid: _builtins.bool
-    document: _builtins.bytes
-    """Document bytes travel on so route needs no store; empty when invalid."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def document(self) -> _builtins.bytes:
+        """No longer set: the document stays in the archive (see `original`)."""
+
+    @document.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def document(self, value: _builtins.bytes) -> None:
+        """No longer set: the document stays in the archive (see `original`)."""
+
     @_builtins.property
     def invoice(self) -> Global___InvoiceRef: ...
     @_builtins.property
@@ -152,6 +194,14 @@ class InvoiceValidated(_message.Message):
     @_builtins.property
     def reason(self) -> _common_pb2.Reason:
         """Set when valid is false, e.g. REJ_SEMAN."""
+
+    @_builtins.property
+    def original(self) -> _common_pb2.DocumentRef: ...
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.DocumentRef]:
+        """Every attachment: those sent beside the invoice and those extracted
+        from it (origin EMBEDDED), each archived.
+        """
 
     def __init__(
         self,
@@ -163,10 +213,12 @@ class InvoiceValidated(_message.Message):
         summary: _common_pb2.InvoiceSummary | None = ...,
         reason: _common_pb2.Reason | None = ...,
         document: _builtins.bytes = ...,
+        original: _common_pb2.DocumentRef | None = ...,
+        attachments: _abc.Iterable[_common_pb2.DocumentRef] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice", "reason", b"reason", "summary", b"summary"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice", "original", b"original", "reason", b"reason", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "event_id", b"event_id", "findings", b"findings", "invoice", b"invoice", "reason", b"reason", "summary", b"summary", "valid", b"valid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "document", b"document", "event_id", b"event_id", "findings", b"findings", "invoice", b"invoice", "original", b"original", "reason", b"reason", "summary", b"summary", "valid", b"valid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

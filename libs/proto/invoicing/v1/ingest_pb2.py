@@ -23,21 +23,32 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from invoicing.v1 import common_pb2 as invoicing_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19invoicing/v1/ingest.proto\x12\x0cinvoicing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n\x14SubmitInvoiceRequest\x12\x10\n\x08\x64ocument\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"\x99\x01\n\x15SubmitInvoiceResponse\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12/\n\x0breceived_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12(\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x19.invoicing.v1.SubmitError\";\n\x0bSubmitError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t2\xc8\x01\n\rIngestService\x12X\n\rSubmitInvoice\x12\".invoicing.v1.SubmitInvoiceRequest\x1a#.invoicing.v1.SubmitInvoiceResponse\x12]\n\x0eSubmitInvoices\x12\".invoicing.v1.SubmitInvoiceRequest\x1a#.invoicing.v1.SubmitInvoiceResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19invoicing/v1/ingest.proto\x12\x0cinvoicing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19invoicing/v1/common.proto\"S\n\x14SubmitInvoiceRequest\x12\x10\n\x08\x64ocument\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"\xf6\x01\n\x15SubmitInvoiceResponse\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12/\n\x0breceived_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12(\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x19.invoicing.v1.SubmitError\x12+\n\x08\x64ocument\x18\x05 \x01(\x0b\x32\x19.invoicing.v1.DocumentRef\x12.\n\x0b\x61ttachments\x18\x06 \x03(\x0b\x32\x19.invoicing.v1.DocumentRef\";\n\x0bSubmitError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"r\n\x14UploadInvoiceRequest\x12(\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x18.invoicing.v1.UploadFileH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\tB\x06\n\x04part\"B\n\nUploadFile\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"C\n\x19GetInvoiceDocumentRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x12\n\nattachment\x18\x02 \x01(\t\"d\n\x1aGetInvoiceDocumentResponse\x12-\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x19.invoicing.v1.DocumentRefH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part2\xa4\x02\n\rIngestService\x12X\n\rSubmitInvoice\x12\".invoicing.v1.SubmitInvoiceRequest\x1a#.invoicing.v1.SubmitInvoiceResponse\x12]\n\x0eSubmitInvoices\x12\".invoicing.v1.SubmitInvoiceRequest\x1a#.invoicing.v1.SubmitInvoiceResponse(\x01\x30\x01\x12Z\n\rUploadInvoice\x12\".invoicing.v1.UploadInvoiceRequest\x1a#.invoicing.v1.SubmitInvoiceResponse(\x01\x32|\n\x0f\x44ocumentService\x12i\n\x12GetInvoiceDocument\x12\'.invoicing.v1.GetInvoiceDocumentRequest\x1a(.invoicing.v1.GetInvoiceDocumentResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'invoicing.v1.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITINVOICEREQUEST']._serialized_start=76
-  _globals['_SUBMITINVOICEREQUEST']._serialized_end=159
-  _globals['_SUBMITINVOICERESPONSE']._serialized_start=162
-  _globals['_SUBMITINVOICERESPONSE']._serialized_end=315
-  _globals['_SUBMITERROR']._serialized_start=317
-  _globals['_SUBMITERROR']._serialized_end=376
-  _globals['_INGESTSERVICE']._serialized_start=379
-  _globals['_INGESTSERVICE']._serialized_end=579
+  _globals['_SUBMITINVOICEREQUEST']._serialized_start=103
+  _globals['_SUBMITINVOICEREQUEST']._serialized_end=186
+  _globals['_SUBMITINVOICERESPONSE']._serialized_start=189
+  _globals['_SUBMITINVOICERESPONSE']._serialized_end=435
+  _globals['_SUBMITERROR']._serialized_start=437
+  _globals['_SUBMITERROR']._serialized_end=496
+  _globals['_UPLOADINVOICEREQUEST']._serialized_start=498
+  _globals['_UPLOADINVOICEREQUEST']._serialized_end=612
+  _globals['_UPLOADFILE']._serialized_start=614
+  _globals['_UPLOADFILE']._serialized_end=680
+  _globals['_GETINVOICEDOCUMENTREQUEST']._serialized_start=682
+  _globals['_GETINVOICEDOCUMENTREQUEST']._serialized_end=749
+  _globals['_GETINVOICEDOCUMENTRESPONSE']._serialized_start=751
+  _globals['_GETINVOICEDOCUMENTRESPONSE']._serialized_end=851
+  _globals['_INGESTSERVICE']._serialized_start=854
+  _globals['_INGESTSERVICE']._serialized_end=1146
+  _globals['_DOCUMENTSERVICE']._serialized_start=1148
+  _globals['_DOCUMENTSERVICE']._serialized_end=1272
 # @@protoc_insertion_point(module_scope)

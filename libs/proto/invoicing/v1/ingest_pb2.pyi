@@ -3,9 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from invoicing.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -54,6 +57,8 @@ class SubmitInvoiceResponse(_message.Message):
     RECEIVED_AT_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    ATTACHMENTS_FIELD_NUMBER: _builtins.int
     invoice_id: _builtins.str
     duplicate: _builtins.bool
     @_builtins.property
@@ -64,6 +69,14 @@ class SubmitInvoiceResponse(_message.Message):
         goes on with the next one). SubmitInvoice reports errors as gRPC status.
         """
 
+    @_builtins.property
+    def document(self) -> _common_pb2.DocumentRef:
+        """The archived invoice document, and the attachments sent beside it (as
+        the archive stored them: the hashes are the server's own).
+        """
+
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.DocumentRef]: ...
     def __init__(
         self,
         *,
@@ -71,10 +84,12 @@ class SubmitInvoiceResponse(_message.Message):
         received_at: _timestamp_pb2.Timestamp | None = ...,
         duplicate: _builtins.bool = ...,
         error: Global___SubmitError | None = ...,
+        document: _common_pb2.DocumentRef | None = ...,
+        attachments: _abc.Iterable[_common_pb2.DocumentRef] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "received_at", b"received_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "error", b"error", "received_at", b"received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "error", b"error", "invoice_id", b"invoice_id", "received_at", b"received_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "document", b"document", "duplicate", b"duplicate", "error", b"error", "invoice_id", b"invoice_id", "received_at", b"received_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -106,3 +121,120 @@ class SubmitError(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitError: _TypeAlias = SubmitError  # noqa: Y015
+
+@_typing.final
+class UploadInvoiceRequest(_message.Message):
+    """One message of an UploadInvoice stream: a file header, then that file's
+    chunks; the first file is the invoice, any further ones its attachments.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """At most 1 MiB; belongs to the last file started."""
+    idempotency_key: _builtins.str
+    """First message only; as in SubmitInvoiceRequest."""
+    @_builtins.property
+    def file(self) -> Global___UploadFile: ...
+    def __init__(
+        self,
+        *,
+        file: Global___UploadFile | None = ...,
+        chunk: _builtins.bytes = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "file", b"file", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "file", b"file", "idempotency_key", b"idempotency_key", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["file", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___UploadInvoiceRequest: _TypeAlias = UploadInvoiceRequest  # noqa: Y015
+
+@_typing.final
+class UploadFile(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILENAME_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    filename: _builtins.str
+    media_type: _builtins.str
+    """Attachments: the media type (guessed from the name when empty). The
+    invoice's is found from its content.
+    """
+    sha256: _builtins.str
+    """Optional lowercase hex SHA-256 of the file; when given, a file whose
+    bytes do not hash to it is refused (INVALID_ARGUMENT).
+    """
+    def __init__(
+        self,
+        *,
+        filename: _builtins.str = ...,
+        media_type: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "media_type", b"media_type", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadFile: _TypeAlias = UploadFile  # noqa: Y015
+
+@_typing.final
+class GetInvoiceDocumentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOICE_ID_FIELD_NUMBER: _builtins.int
+    ATTACHMENT_FIELD_NUMBER: _builtins.int
+    invoice_id: _builtins.str
+    attachment: _builtins.str
+    """Empty: the invoice document. Otherwise one attachment, by file name or
+    by SHA-256 (needed when two attachments share a name).
+    """
+    def __init__(
+        self,
+        *,
+        invoice_id: _builtins.str = ...,
+        attachment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment", b"attachment", "invoice_id", b"invoice_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInvoiceDocumentRequest: _TypeAlias = GetInvoiceDocumentRequest  # noqa: Y015
+
+@_typing.final
+class GetInvoiceDocumentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    @_builtins.property
+    def document(self) -> _common_pb2.DocumentRef:
+        """First message only."""
+
+    def __init__(
+        self,
+        *,
+        document: _common_pb2.DocumentRef | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "document", b"document", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "document", b"document", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["document", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___GetInvoiceDocumentResponse: _TypeAlias = GetInvoiceDocumentResponse  # noqa: Y015

@@ -45,6 +45,11 @@ class IngestServiceStub:
                 request_serializer=invoicing_dot_v1_dot_ingest__pb2.SubmitInvoiceRequest.SerializeToString,
                 response_deserializer=invoicing_dot_v1_dot_ingest__pb2.SubmitInvoiceResponse.FromString,
                 _registered_method=True)
+        self.UploadInvoice = channel.stream_unary(
+                '/invoicing.v1.IngestService/UploadInvoice',
+                request_serializer=invoicing_dot_v1_dot_ingest__pb2.UploadInvoiceRequest.SerializeToString,
+                response_deserializer=invoicing_dot_v1_dot_ingest__pb2.SubmitInvoiceResponse.FromString,
+                _registered_method=True)
 
 
 class IngestServiceServicer:
@@ -64,6 +69,16 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadInvoice(self, request_iterator, context):
+        """Large invoices and invoices with attachments, streamed in chunks of at
+        most 1 MiB: the invoice's file first, then each attachment's. The
+        answer, as for SubmitInvoice, means the invoice and every file are
+        durable; an upload that ends early or goes over a limit stores nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +90,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
             'SubmitInvoices': grpc.stream_stream_rpc_method_handler(
                     servicer.SubmitInvoices,
                     request_deserializer=invoicing_dot_v1_dot_ingest__pb2.SubmitInvoiceRequest.FromString,
+                    response_serializer=invoicing_dot_v1_dot_ingest__pb2.SubmitInvoiceResponse.SerializeToString,
+            ),
+            'UploadInvoice': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadInvoice,
+                    request_deserializer=invoicing_dot_v1_dot_ingest__pb2.UploadInvoiceRequest.FromString,
                     response_serializer=invoicing_dot_v1_dot_ingest__pb2.SubmitInvoiceResponse.SerializeToString,
             ),
     }
@@ -133,6 +153,116 @@ class IngestService:
             '/invoicing.v1.IngestService/SubmitInvoices',
             invoicing_dot_v1_dot_ingest__pb2.SubmitInvoiceRequest.SerializeToString,
             invoicing_dot_v1_dot_ingest__pb2.SubmitInvoiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadInvoice(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/invoicing.v1.IngestService/UploadInvoice',
+            invoicing_dot_v1_dot_ingest__pb2.UploadInvoiceRequest.SerializeToString,
+            invoicing_dot_v1_dot_ingest__pb2.SubmitInvoiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class DocumentServiceStub:
+    """The archive's documents, for the parties to an invoice. Who may read an
+    invoice (GetInvoice) may read its files.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetInvoiceDocument = channel.unary_stream(
+                '/invoicing.v1.DocumentService/GetInvoiceDocument',
+                request_serializer=invoicing_dot_v1_dot_ingest__pb2.GetInvoiceDocumentRequest.SerializeToString,
+                response_deserializer=invoicing_dot_v1_dot_ingest__pb2.GetInvoiceDocumentResponse.FromString,
+                _registered_method=True)
+
+
+class DocumentServiceServicer:
+    """The archive's documents, for the parties to an invoice. Who may read an
+    invoice (GetInvoice) may read its files.
+    """
+
+    def GetInvoiceDocument(self, request, context):
+        """The invoice's original document, or one of its attachments: a first
+        message with the file's reference (hash, size, media type, name), then
+        its bytes in chunks of at most 1 MiB. Every chunk is checked against
+        its stored hash before it is sent; a damaged file ends the stream with
+        DATA_LOSS, and the chunks before it must be discarded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_DocumentServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetInvoiceDocument': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetInvoiceDocument,
+                    request_deserializer=invoicing_dot_v1_dot_ingest__pb2.GetInvoiceDocumentRequest.FromString,
+                    response_serializer=invoicing_dot_v1_dot_ingest__pb2.GetInvoiceDocumentResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'invoicing.v1.DocumentService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('invoicing.v1.DocumentService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class DocumentService:
+    """The archive's documents, for the parties to an invoice. Who may read an
+    invoice (GetInvoice) may read its files.
+    """
+
+    @staticmethod
+    def GetInvoiceDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/invoicing.v1.DocumentService/GetInvoiceDocument',
+            invoicing_dot_v1_dot_ingest__pb2.GetInvoiceDocumentRequest.SerializeToString,
+            invoicing_dot_v1_dot_ingest__pb2.GetInvoiceDocumentResponse.FromString,
             options,
             channel_credentials,
             insecure,

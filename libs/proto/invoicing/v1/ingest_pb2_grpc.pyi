@@ -36,6 +36,12 @@ class IngestServiceStub:
     SubmitInvoice: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.SubmitInvoiceRequest, _ingest_pb2.SubmitInvoiceResponse]
     SubmitInvoices: _grpc.StreamStreamMultiCallable[_ingest_pb2.SubmitInvoiceRequest, _ingest_pb2.SubmitInvoiceResponse]
     """Batches: one response per request, in the order sent."""
+    UploadInvoice: _grpc.StreamUnaryMultiCallable[_ingest_pb2.UploadInvoiceRequest, _ingest_pb2.SubmitInvoiceResponse]
+    """Large invoices and invoices with attachments, streamed in chunks of at
+    most 1 MiB: the invoice's file first, then each attachment's. The
+    answer, as for SubmitInvoice, means the invoice and every file are
+    durable; an upload that ends early or goes over a limit stores nothing.
+    """
 
 @_typing.type_check_only
 class IngestServiceAsyncStub(IngestServiceStub):
@@ -45,6 +51,12 @@ class IngestServiceAsyncStub(IngestServiceStub):
     SubmitInvoice: _aio.UnaryUnaryMultiCallable[_ingest_pb2.SubmitInvoiceRequest, _ingest_pb2.SubmitInvoiceResponse]  # type: ignore[assignment]
     SubmitInvoices: _aio.StreamStreamMultiCallable[_ingest_pb2.SubmitInvoiceRequest, _ingest_pb2.SubmitInvoiceResponse]  # type: ignore[assignment]
     """Batches: one response per request, in the order sent."""
+    UploadInvoice: _aio.StreamUnaryMultiCallable[_ingest_pb2.UploadInvoiceRequest, _ingest_pb2.SubmitInvoiceResponse]  # type: ignore[assignment]
+    """Large invoices and invoices with attachments, streamed in chunks of at
+    most 1 MiB: the invoice's file first, then each attachment's. The
+    answer, as for SubmitInvoice, means the invoice and every file are
+    durable; an upload that ends early or goes over a limit stores nothing.
+    """
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     """Entry point for ERP systems. An answer means the invoice is durable."""
@@ -64,4 +76,68 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_ingest_pb2.SubmitInvoiceResponse], _abc.AsyncIterator[_ingest_pb2.SubmitInvoiceResponse]]:
         """Batches: one response per request, in the order sent."""
 
+    @_abc_1.abstractmethod
+    def UploadInvoice(
+        self,
+        request_iterator: _MaybeAsyncIterator[_ingest_pb2.UploadInvoiceRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.SubmitInvoiceResponse, _abc.Awaitable[_ingest_pb2.SubmitInvoiceResponse]]:
+        """Large invoices and invoices with attachments, streamed in chunks of at
+        most 1 MiB: the invoice's file first, then each attachment's. The
+        answer, as for SubmitInvoice, means the invoice and every file are
+        durable; an upload that ends early or goes over a limit stores nothing.
+        """
+
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class DocumentServiceStub:
+    """The archive's documents, for the parties to an invoice. Who may read an
+    invoice (GetInvoice) may read its files.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> DocumentServiceAsyncStub: ...
+    GetInvoiceDocument: _grpc.UnaryStreamMultiCallable[_ingest_pb2.GetInvoiceDocumentRequest, _ingest_pb2.GetInvoiceDocumentResponse]
+    """The invoice's original document, or one of its attachments: a first
+    message with the file's reference (hash, size, media type, name), then
+    its bytes in chunks of at most 1 MiB. Every chunk is checked against
+    its stored hash before it is sent; a damaged file ends the stream with
+    DATA_LOSS, and the chunks before it must be discarded.
+    """
+
+@_typing.type_check_only
+class DocumentServiceAsyncStub(DocumentServiceStub):
+    """The archive's documents, for the parties to an invoice. Who may read an
+    invoice (GetInvoice) may read its files.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetInvoiceDocument: _aio.UnaryStreamMultiCallable[_ingest_pb2.GetInvoiceDocumentRequest, _ingest_pb2.GetInvoiceDocumentResponse]  # type: ignore[assignment]
+    """The invoice's original document, or one of its attachments: a first
+    message with the file's reference (hash, size, media type, name), then
+    its bytes in chunks of at most 1 MiB. Every chunk is checked against
+    its stored hash before it is sent; a damaged file ends the stream with
+    DATA_LOSS, and the chunks before it must be discarded.
+    """
+
+class DocumentServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The archive's documents, for the parties to an invoice. Who may read an
+    invoice (GetInvoice) may read its files.
+    """
+
+    @_abc_1.abstractmethod
+    def GetInvoiceDocument(
+        self,
+        request: _ingest_pb2.GetInvoiceDocumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_ingest_pb2.GetInvoiceDocumentResponse], _abc.AsyncIterator[_ingest_pb2.GetInvoiceDocumentResponse]]:
+        """The invoice's original document, or one of its attachments: a first
+        message with the file's reference (hash, size, media type, name), then
+        its bytes in chunks of at most 1 MiB. Every chunk is checked against
+        its stored hash before it is sent; a damaged file ends the stream with
+        DATA_LOSS, and the chunks before it must be discarded.
+        """
+
+def add_DocumentServiceServicer_to_server(servicer: DocumentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -27,7 +27,7 @@ from invoicing.v1 import common_pb2 as invoicing_dot_v1_dot_common__pb2
 from invoicing.v1 import events_pb2 as invoicing_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19invoicing/v1/status.proto\x12\x0cinvoicing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19invoicing/v1/common.proto\x1a\x19invoicing/v1/events.proto\"\'\n\x11GetInvoiceRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\"\xb8\x01\n\x0fRoutingDecision\x12-\n\x07outcome\x18\x01 \x01(\x0e\x32\x1c.invoicing.v1.RoutingOutcome\x12\x1c\n\x14\x64\x65stination_platform\x18\x02 \x01(\t\x12\x16\n\x0elocal_delivery\x18\x03 \x01(\x08\x12\x1a\n\x12\x64irectory_entry_id\x18\x04 \x01(\t\x12$\n\x06reason\x18\x05 \x01(\x0b\x32\x14.invoicing.v1.Reason\"\xa6\x03\n\x12GetInvoiceResponse\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x13\n\x0bstatus_code\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\x12$\n\x06reason\x18\x04 \x01(\x0b\x32\x14.invoicing.v1.Reason\x12+\n\x07history\x18\x05 \x03(\x0b\x32\x1a.invoicing.v1.StatusChange\x12\x10\n\x08\x66ilename\x18\x06 \x01(\t\x12\'\n\x08\x66indings\x18\x07 \x03(\x0b\x32\x15.invoicing.v1.Finding\x12-\n\x07summary\x18\x08 \x01(\x0b\x32\x1c.invoicing.v1.InvoiceSummary\x12\x10\n\x08trace_id\x18\t \x01(\t\x12.\n\x07routing\x18\n \x01(\x0b\x32\x1d.invoicing.v1.RoutingDecision\x12/\n\x0breceived_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x04hold\x18\x0c \x01(\x0b\x32\x19.invoicing.v1.InvoiceHold\"{\n\x0bInvoiceHold\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64\x65\x61\x64_letter\x18\x05 \x01(\t\"\xd2\x01\n\rInvoiceFilter\x12\x11\n\tseller_id\x18\x01 \x01(\t\x12\x10\n\x08\x62uyer_id\x18\x02 \x01(\t\x12\x14\n\x0cstatus_codes\x18\x03 \x03(\x05\x12\x31\n\rreceived_from\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breceived_to\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndue_before\x18\x06 \x01(\t\x12\x0e\n\x06unpaid\x18\x07 \x01(\x08\"i\n\x13ListInvoicesRequest\x12+\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1b.invoicing.v1.InvoiceFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xb2\x02\n\x0fInvoiceListItem\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x13\n\x0bstatus_code\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\x12/\n\x0breceived_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0einvoice_number\x18\x06 \x01(\t\x12\x11\n\tseller_id\x18\x07 \x01(\t\x12\x10\n\x08\x62uyer_id\x18\x08 \x01(\t\x12\x10\n\x08\x66ilename\x18\t \x01(\t\x12$\n\x06reason\x18\n \x01(\x0b\x32\x14.invoicing.v1.Reason\x12\x10\n\x08\x64ue_date\x18\x0b \x01(\t\"`\n\x14ListInvoicesResponse\x12/\n\x08invoices\x18\x01 \x03(\x0b\x32\x1d.invoicing.v1.InvoiceListItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Z\n\x14WatchInvoicesRequest\x12+\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1b.invoicing.v1.InvoiceFilter\x12\x15\n\rfrom_position\x18\x02 \x01(\x03\"S\n\x15WatchInvoicesResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x19.invoicing.v1.StatusEvent\x12\x10\n\x08position\x18\x02 \x01(\x03\"\xde\x01\n\x13UpdateStatusRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x13\n\x0bstatus_code\x18\x02 \x01(\x05\x12$\n\x06reason\x18\x03 \x01(\x0b\x32\x14.invoicing.v1.Reason\x12)\n\x04role\x18\x04 \x01(\x0e\x32\x17.invoicing.v1.ActorRoleB\x02\x18\x01\x12\x11\n\x05\x61\x63tor\x18\x05 \x01(\tB\x02\x18\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12&\n\x07payment\x18\x07 \x01(\x0b\x32\x15.invoicing.v1.Payment\"^\n\x14UpdateStatusResponse\x12\x13\n\x0bstatus_code\x18\x01 \x01(\x05\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\x08\x12\x10\n\x08position\x18\x04 \x01(\x03*V\n\tActorRole\x12\x1a\n\x16\x41\x43TOR_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x43TOR_ROLE_BUYER\x10\x01\x12\x17\n\x13\x41\x43TOR_ROLE_SUPPLIER\x10\x02\x32\xea\x02\n\rStatusService\x12O\n\nGetInvoice\x12\x1f.invoicing.v1.GetInvoiceRequest\x1a .invoicing.v1.GetInvoiceResponse\x12U\n\x0cListInvoices\x12!.invoicing.v1.ListInvoicesRequest\x1a\".invoicing.v1.ListInvoicesResponse\x12Z\n\rWatchInvoices\x12\".invoicing.v1.WatchInvoicesRequest\x1a#.invoicing.v1.WatchInvoicesResponse0\x01\x12U\n\x0cUpdateStatus\x12!.invoicing.v1.UpdateStatusRequest\x1a\".invoicing.v1.UpdateStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19invoicing/v1/status.proto\x12\x0cinvoicing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19invoicing/v1/common.proto\x1a\x19invoicing/v1/events.proto\"\'\n\x11GetInvoiceRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\"\xb8\x01\n\x0fRoutingDecision\x12-\n\x07outcome\x18\x01 \x01(\x0e\x32\x1c.invoicing.v1.RoutingOutcome\x12\x1c\n\x14\x64\x65stination_platform\x18\x02 \x01(\t\x12\x16\n\x0elocal_delivery\x18\x03 \x01(\x08\x12\x1a\n\x12\x64irectory_entry_id\x18\x04 \x01(\t\x12$\n\x06reason\x18\x05 \x01(\x0b\x32\x14.invoicing.v1.Reason\"\x83\x04\n\x12GetInvoiceResponse\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x13\n\x0bstatus_code\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\x12$\n\x06reason\x18\x04 \x01(\x0b\x32\x14.invoicing.v1.Reason\x12+\n\x07history\x18\x05 \x03(\x0b\x32\x1a.invoicing.v1.StatusChange\x12\x10\n\x08\x66ilename\x18\x06 \x01(\t\x12\'\n\x08\x66indings\x18\x07 \x03(\x0b\x32\x15.invoicing.v1.Finding\x12-\n\x07summary\x18\x08 \x01(\x0b\x32\x1c.invoicing.v1.InvoiceSummary\x12\x10\n\x08trace_id\x18\t \x01(\t\x12.\n\x07routing\x18\n \x01(\x0b\x32\x1d.invoicing.v1.RoutingDecision\x12/\n\x0breceived_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x04hold\x18\x0c \x01(\x0b\x32\x19.invoicing.v1.InvoiceHold\x12+\n\x08\x64ocument\x18\r \x01(\x0b\x32\x19.invoicing.v1.DocumentRef\x12.\n\x0b\x61ttachments\x18\x0e \x03(\x0b\x32\x19.invoicing.v1.DocumentRef\"{\n\x0bInvoiceHold\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64\x65\x61\x64_letter\x18\x05 \x01(\t\"\xd2\x01\n\rInvoiceFilter\x12\x11\n\tseller_id\x18\x01 \x01(\t\x12\x10\n\x08\x62uyer_id\x18\x02 \x01(\t\x12\x14\n\x0cstatus_codes\x18\x03 \x03(\x05\x12\x31\n\rreceived_from\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breceived_to\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndue_before\x18\x06 \x01(\t\x12\x0e\n\x06unpaid\x18\x07 \x01(\x08\"i\n\x13ListInvoicesRequest\x12+\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1b.invoicing.v1.InvoiceFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xb2\x02\n\x0fInvoiceListItem\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x13\n\x0bstatus_code\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\x12/\n\x0breceived_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0einvoice_number\x18\x06 \x01(\t\x12\x11\n\tseller_id\x18\x07 \x01(\t\x12\x10\n\x08\x62uyer_id\x18\x08 \x01(\t\x12\x10\n\x08\x66ilename\x18\t \x01(\t\x12$\n\x06reason\x18\n \x01(\x0b\x32\x14.invoicing.v1.Reason\x12\x10\n\x08\x64ue_date\x18\x0b \x01(\t\"`\n\x14ListInvoicesResponse\x12/\n\x08invoices\x18\x01 \x03(\x0b\x32\x1d.invoicing.v1.InvoiceListItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Z\n\x14WatchInvoicesRequest\x12+\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1b.invoicing.v1.InvoiceFilter\x12\x15\n\rfrom_position\x18\x02 \x01(\x03\"S\n\x15WatchInvoicesResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x19.invoicing.v1.StatusEvent\x12\x10\n\x08position\x18\x02 \x01(\x03\"\xde\x01\n\x13UpdateStatusRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x13\n\x0bstatus_code\x18\x02 \x01(\x05\x12$\n\x06reason\x18\x03 \x01(\x0b\x32\x14.invoicing.v1.Reason\x12)\n\x04role\x18\x04 \x01(\x0e\x32\x17.invoicing.v1.ActorRoleB\x02\x18\x01\x12\x11\n\x05\x61\x63tor\x18\x05 \x01(\tB\x02\x18\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12&\n\x07payment\x18\x07 \x01(\x0b\x32\x15.invoicing.v1.Payment\"^\n\x14UpdateStatusResponse\x12\x13\n\x0bstatus_code\x18\x01 \x01(\x05\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\x08\x12\x10\n\x08position\x18\x04 \x01(\x03*V\n\tActorRole\x12\x1a\n\x16\x41\x43TOR_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x43TOR_ROLE_BUYER\x10\x01\x12\x17\n\x13\x41\x43TOR_ROLE_SUPPLIER\x10\x02\x32\xea\x02\n\rStatusService\x12O\n\nGetInvoice\x12\x1f.invoicing.v1.GetInvoiceRequest\x1a .invoicing.v1.GetInvoiceResponse\x12U\n\x0cListInvoices\x12!.invoicing.v1.ListInvoicesRequest\x1a\".invoicing.v1.ListInvoicesResponse\x12Z\n\rWatchInvoices\x12\".invoicing.v1.WatchInvoicesRequest\x1a#.invoicing.v1.WatchInvoicesResponse0\x01\x12U\n\x0cUpdateStatus\x12!.invoicing.v1.UpdateStatusRequest\x1a\".invoicing.v1.UpdateStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,32 +38,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATESTATUSREQUEST'].fields_by_name['role']._serialized_options = b'\030\001'
   _globals['_UPDATESTATUSREQUEST'].fields_by_name['actor']._loaded_options = None
   _globals['_UPDATESTATUSREQUEST'].fields_by_name['actor']._serialized_options = b'\030\001'
-  _globals['_ACTORROLE']._serialized_start=2133
-  _globals['_ACTORROLE']._serialized_end=2219
+  _globals['_ACTORROLE']._serialized_start=2226
+  _globals['_ACTORROLE']._serialized_end=2312
   _globals['_GETINVOICEREQUEST']._serialized_start=130
   _globals['_GETINVOICEREQUEST']._serialized_end=169
   _globals['_ROUTINGDECISION']._serialized_start=172
   _globals['_ROUTINGDECISION']._serialized_end=356
   _globals['_GETINVOICERESPONSE']._serialized_start=359
-  _globals['_GETINVOICERESPONSE']._serialized_end=781
-  _globals['_INVOICEHOLD']._serialized_start=783
-  _globals['_INVOICEHOLD']._serialized_end=906
-  _globals['_INVOICEFILTER']._serialized_start=909
-  _globals['_INVOICEFILTER']._serialized_end=1119
-  _globals['_LISTINVOICESREQUEST']._serialized_start=1121
-  _globals['_LISTINVOICESREQUEST']._serialized_end=1226
-  _globals['_INVOICELISTITEM']._serialized_start=1229
-  _globals['_INVOICELISTITEM']._serialized_end=1535
-  _globals['_LISTINVOICESRESPONSE']._serialized_start=1537
-  _globals['_LISTINVOICESRESPONSE']._serialized_end=1633
-  _globals['_WATCHINVOICESREQUEST']._serialized_start=1635
-  _globals['_WATCHINVOICESREQUEST']._serialized_end=1725
-  _globals['_WATCHINVOICESRESPONSE']._serialized_start=1727
-  _globals['_WATCHINVOICESRESPONSE']._serialized_end=1810
-  _globals['_UPDATESTATUSREQUEST']._serialized_start=1813
-  _globals['_UPDATESTATUSREQUEST']._serialized_end=2035
-  _globals['_UPDATESTATUSRESPONSE']._serialized_start=2037
-  _globals['_UPDATESTATUSRESPONSE']._serialized_end=2131
-  _globals['_STATUSSERVICE']._serialized_start=2222
-  _globals['_STATUSSERVICE']._serialized_end=2584
+  _globals['_GETINVOICERESPONSE']._serialized_end=874
+  _globals['_INVOICEHOLD']._serialized_start=876
+  _globals['_INVOICEHOLD']._serialized_end=999
+  _globals['_INVOICEFILTER']._serialized_start=1002
+  _globals['_INVOICEFILTER']._serialized_end=1212
+  _globals['_LISTINVOICESREQUEST']._serialized_start=1214
+  _globals['_LISTINVOICESREQUEST']._serialized_end=1319
+  _globals['_INVOICELISTITEM']._serialized_start=1322
+  _globals['_INVOICELISTITEM']._serialized_end=1628
+  _globals['_LISTINVOICESRESPONSE']._serialized_start=1630
+  _globals['_LISTINVOICESRESPONSE']._serialized_end=1726
+  _globals['_WATCHINVOICESREQUEST']._serialized_start=1728
+  _globals['_WATCHINVOICESREQUEST']._serialized_end=1818
+  _globals['_WATCHINVOICESRESPONSE']._serialized_start=1820
+  _globals['_WATCHINVOICESRESPONSE']._serialized_end=1903
+  _globals['_UPDATESTATUSREQUEST']._serialized_start=1906
+  _globals['_UPDATESTATUSREQUEST']._serialized_end=2128
+  _globals['_UPDATESTATUSRESPONSE']._serialized_start=2130
+  _globals['_UPDATESTATUSRESPONSE']._serialized_end=2224
+  _globals['_STATUSSERVICE']._serialized_start=2315
+  _globals['_STATUSSERVICE']._serialized_end=2677
 # @@protoc_insertion_point(module_scope)

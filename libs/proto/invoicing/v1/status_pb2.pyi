@@ -115,6 +115,8 @@ class GetInvoiceResponse(_message.Message):
     ROUTING_FIELD_NUMBER: _builtins.int
     RECEIVED_AT_FIELD_NUMBER: _builtins.int
     HOLD_FIELD_NUMBER: _builtins.int
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    ATTACHMENTS_FIELD_NUMBER: _builtins.int
     invoice_id: _builtins.str
     status_code: _builtins.int
     status: _builtins.str
@@ -141,6 +143,14 @@ class GetInvoiceResponse(_message.Message):
         operator. Cleared when the invoice's processing moves on.
         """
 
+    @_builtins.property
+    def document(self) -> _common_pb2.DocumentRef:
+        """The archived invoice document and its attachments; download them with
+        DocumentService.GetInvoiceDocument.
+        """
+
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.DocumentRef]: ...
     def __init__(
         self,
         *,
@@ -156,10 +166,12 @@ class GetInvoiceResponse(_message.Message):
         routing: Global___RoutingDecision | None = ...,
         received_at: _timestamp_pb2.Timestamp | None = ...,
         hold: Global___InvoiceHold | None = ...,
+        document: _common_pb2.DocumentRef | None = ...,
+        attachments: _abc.Iterable[_common_pb2.DocumentRef] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["hold", b"hold", "reason", b"reason", "received_at", b"received_at", "routing", b"routing", "summary", b"summary"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "hold", b"hold", "reason", b"reason", "received_at", b"received_at", "routing", b"routing", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "findings", b"findings", "history", b"history", "hold", b"hold", "invoice_id", b"invoice_id", "reason", b"reason", "received_at", b"received_at", "routing", b"routing", "status", b"status", "status_code", b"status_code", "summary", b"summary", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "document", b"document", "filename", b"filename", "findings", b"findings", "history", b"history", "hold", b"hold", "invoice_id", b"invoice_id", "reason", b"reason", "received_at", b"received_at", "routing", b"routing", "status", b"status", "status_code", b"status_code", "summary", b"summary", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

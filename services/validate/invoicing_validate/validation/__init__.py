@@ -9,15 +9,18 @@ Build one :class:`Validator` per process (compiling the stylesheets is
 expensive) or call :func:`validate_document`, which does that lazily.
 """
 
+from .embedded import EmbeddedFile, extract_attachments
 from .engine import Validator, default_validator, validate_document
 from .model import ArtefactsMissing, Finding, Summary, ValidationReport
 
 __all__ = [
     "ArtefactsMissing",
+    "EmbeddedFile",
     "Finding",
     "Summary",
     "ValidationReport",
     "Validator",
     "default_validator",
+    "extract_attachments",
     "validate_document",
 ]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from .artefacts import Artefacts
+from .embedded import MAX_EMBEDDED_BYTES, MAX_EMBEDDED_FILES, AttachmentCollector
 from .formats import classify_root, extract_pdf_xml, is_pdf
 from .identifiers import check_identifiers
 from .model import (
@@ -189,13 +190,14 @@ class Validator:
                     message=f"the document could not be validated: {type(exc).__name__}",
                 )
             )
-        findings = _dedupe(state.findings)
+        findings = _dedupe([*state.findings, *state.attachments.findings])
         return ValidationReport(
             valid=not any(f.severity == FATAL for f in findings),
             format=state.format,
             profile=state.profile,
             findings=findings,
             summary=state.summary,
+            attachments=state.attachments.files,
         )
 
     def _run(self, data: bytes, requested: str | None, state: _State) -> None:
@@ -205,13 +207,16 @@ class Validator:
         xmp_level = ""
         if in_pdf:
             state.format = FORMAT_FACTURX_PDF
-            extraction = extract_pdf_xml(data)
+            extraction = extract_pdf_xml(data, max_files=MAX_EMBEDDED_FILES, max_bytes=MAX_EMBEDDED_BYTES)
+            state.attachments.add_pdf_files(extraction.attached)
             xml = extraction.xml
             xmp_level = extraction.xmp_level
         else:
             xml = data
         root = parse_xml(xml, what="embedded XML" if in_pdf else "document")
         fmt = classify_root(root)
+        # Before any check that may reject: a rejected invoice's files are listed too.
+        state.attachments.add_from_tree(root, fmt)
         if in_pdf and fmt != FORMAT_CII:
             raise DocumentRejected(
                 Finding(
@@ -271,6 +276,7 @@ class _State:
     profile: str = ""
     findings: list[Finding] = field(default_factory=list)
     summary: Summary = field(default_factory=Summary)
+    attachments: AttachmentCollector = field(default_factory=AttachmentCollector)
 
 
 _default_lock = threading.Lock()

@@ -18,7 +18,7 @@ from .model import (
     Finding,
 )
 from .parsing import MAX_XML_BYTES, looks_like_xml
-from .pdf_attachments import read_invoice_attachment
+from .pdf_attachments import AttachedFiles, read_attached_files, read_invoice_attachment
 
 NS_UBL_INVOICE: Final = "urn:oasis:names:specification:ubl:schema:xsd:Invoice-2"
 NS_UBL_CREDIT_NOTE: Final = "urn:oasis:names:specification:ubl:schema:xsd:CreditNote-2"
@@ -69,6 +69,8 @@ class PdfExtraction:
     # Factur-X conformance level declared in the XMP metadata, lower-cased
     # ("en 16931", "basic wl", ...); "" when absent or unreadable.
     xmp_level: str
+    # Every file the PDF attaches, the invoice XML included.
+    attached: AttachedFiles
 
 
 def _pdf_limits() -> dict[str, Any]:
@@ -115,8 +117,9 @@ def _read_xmp_level(reader: Any) -> str:
     return ""
 
 
-def extract_pdf_xml(data: bytes) -> PdfExtraction:
-    """Return the one embedded Factur-X/ZUGFeRD XML, or raise a finding (see pdf_attachments)."""
+def extract_pdf_xml(data: bytes, max_files: int, max_bytes: int) -> PdfExtraction:
+    """Return the one embedded Factur-X/ZUGFeRD XML, or raise a finding (see pdf_attachments),
+    with at most ``max_files`` of the PDF's attached files, ``max_bytes`` in all."""
     if len(data) > MAX_PDF_BYTES:
         raise _reject(
             f"PDF is {len(data)} bytes, larger than the {MAX_PDF_BYTES} bytes accepted",
@@ -132,6 +135,8 @@ def extract_pdf_xml(data: bytes) -> PdfExtraction:
             if reader.is_encrypted:
                 raise _reject("PDF is encrypted; a Factur-X PDF/A-3 cannot be")
             attachment = read_invoice_attachment(reader)
+            # Listed under the same decoding limits, from the same reader.
+            attached = read_attached_files(reader, max_files=max_files, max_bytes=max_bytes)
             xmp_level = _read_xmp_level(reader)
         except DocumentRejected:
             raise
@@ -142,4 +147,4 @@ def extract_pdf_xml(data: bytes) -> PdfExtraction:
         except Exception as exc:  # noqa: BLE001 - pypdf raises many types on bad input
             detail = " ".join(str(exc).split())[:200]
             raise _reject(f"not a readable PDF: {type(exc).__name__}: {detail}") from None
-    return PdfExtraction(xml=attachment.xml, filename=attachment.name, xmp_level=xmp_level)
+    return PdfExtraction(xml=attachment.xml, filename=attachment.name, xmp_level=xmp_level, attached=attached)

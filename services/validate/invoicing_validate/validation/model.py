@@ -9,7 +9,11 @@ cheaply out of a ProcessPoolExecutor worker.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
+
+if TYPE_CHECKING:
+    # embedded.py builds on this module; the report only names its type.
+    from .embedded import EmbeddedFile
 
 FATAL: Final = "fatal"
 WARNING: Final = "warning"
@@ -78,6 +82,9 @@ class ValidationReport:
     profile: str
     findings: list[Finding]
     summary: Summary
+    # The files the invoice carries (embedded.py), whenever it could be read,
+    # valid or not; the invoice's own XML too when it came in a PDF.
+    attachments: list[EmbeddedFile] = field(default_factory=list)
 
     @property
     def fatal_findings(self) -> list[Finding]:

@@ -6,6 +6,9 @@ from any attachment under a Factur-X/ZUGFeRD name, found through the
 an unchecked invoice (another seller, other amounts) travel with it, so every
 such attachment is read and all must hold the same bytes.
 
+Every attached file, the invoice XML included, can also be listed
+(read_attached_files) so that the pipeline archives what the buyer receives.
+
 pypdf is imported inside the functions: it is only needed for PDFs, and the
 caller has already applied its decoding limits, which hold for every read here.
 """
@@ -139,7 +142,7 @@ def _xml_name(names: tuple[str, ...]) -> str | None:
     return None
 
 
-def _streams(name: str, spec: Any) -> list[tuple[object, Any]]:
+def _embedded_streams(spec: Any) -> list[tuple[object, Any]]:
     """(identity, stream) of each stream the file specification embeds."""
     from pypdf.generic import DictionaryObject, IndirectObject, StreamObject
 
@@ -155,6 +158,11 @@ def _streams(name: str, spec: Any) -> list[tuple[object, Any]]:
                 # and /AF); its reference says so without decoding it again.
                 identity = (raw.idnum, raw.generation) if isinstance(raw, IndirectObject) else id(stream)
                 streams.append((identity, stream))
+    return streams
+
+
+def _streams(name: str, spec: Any) -> list[tuple[object, Any]]:
+    streams = _embedded_streams(spec)
     if not streams:
         raise _reject(f"PDF file specification '{name}' has no embedded stream")
     return streams
@@ -221,3 +229,82 @@ def read_invoice_attachment(reader: Any) -> InvoiceAttachment:
     if chosen is None:  # cannot happen: a candidate under an invoice name was read above
         raise _reject("PDF has no readable embedded invoice XML")
     return chosen
+
+
+@dataclass(frozen=True)
+class AttachedFile:
+    """A file attached to the PDF, under the name and /Subtype the PDF gives it (unchecked)."""
+
+    name: str
+    subtype: str  # without the leading slash: "text/xml"; "" when absent
+    data: bytes
+
+
+@dataclass(frozen=True)
+class AttachedFiles:
+    files: tuple[AttachedFile, ...] = ()
+    # (name, why) of each attached file that was left out.
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+def _subtype(stream: Any) -> str:
+    value = stream.get("/Subtype")
+    if value is None:
+        return ""
+    text = _text(value)
+    return text[1:] if text.startswith("/") else text
+
+
+def read_attached_files(reader: Any, max_files: int, max_bytes: int) -> AttachedFiles:
+    """Every file attached to an opened PDF, each stream once, in the order they are listed.
+
+    Called after read_invoice_attachment accepted the PDF, so the name tree
+    is within its bounds, and the invoice XML's stream is already decoded
+    (pypdf keeps it). A file that cannot be decoded, or would take the total
+    over ``max_bytes``, is skipped rather than rejecting the invoice: the
+    invoice itself was checked, this is only its archive. At most
+    ``max_files`` streams are decoded, as each decoding is work even when
+    its output is small.
+    """
+    from pypdf.errors import LimitReachedError
+
+    files: list[AttachedFile] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[object] = set()
+    # Identical copies under one name (allowed for the invoice XML) are one file.
+    contents: set[tuple[str, bytes]] = set()
+    total = 0
+    for filespec in _all_filespecs(reader):
+        # The file's own names (/UF first, the Unicode one) before its name-tree key.
+        name = next((n for n in (*_own_names(filespec.spec), *filespec.names) if n), "")
+        streams = _embedded_streams(filespec.spec)
+        if not streams:
+            skipped.append((name, "it has no embedded stream"))
+        for identity, stream in streams:
+            if identity in seen:
+                continue
+            if len(seen) >= max_files:
+                skipped.append(("", f"the PDF attaches more than {max_files} files; the rest are not extracted"))
+                return AttachedFiles(tuple(files), tuple(skipped))
+            seen.add(identity)
+            try:
+                data = stream.get_data()
+            except LimitReachedError:
+                skipped.append((name, "it decodes to more than the accepted size"))
+                continue
+            except Exception as exc:  # noqa: BLE001 - pypdf raises many types on bad input
+                skipped.append((name, f"it could not be decoded ({type(exc).__name__})"))
+                continue
+            if not isinstance(data, bytes):
+                skipped.append((name, "it could not be decoded"))
+                continue
+            key = (name.casefold(), data)
+            if key in contents:
+                continue
+            if total + len(data) > max_bytes:
+                skipped.append((name, f"the attachments would exceed {max_bytes} bytes in total"))
+                continue
+            contents.add(key)
+            total += len(data)
+            files.append(AttachedFile(name=name, subtype=_subtype(stream), data=data))
+    return AttachedFiles(tuple(files), tuple(skipped))

@@ -66,6 +66,12 @@ class _BareIngest(ingest_pb2_grpc.IngestServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the bench measures SubmitInvoice only")
         yield ingest_pb2.SubmitInvoiceResponse()  # unreachable: abort raises
 
+    async def UploadInvoice(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[ingest_pb2.UploadInvoiceRequest], context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.SubmitInvoiceResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the bench measures SubmitInvoice only")
+        raise AssertionError("unreachable: abort raises")
+
 
 def throwaway_certificate() -> tuple[bytes, bytes]:
     """A self-signed certificate for 127.0.0.1: the bare server speaks TLS,

@@ -1,0 +1,275 @@
+"""The archive in PostgreSQL: schema ``archive``, documents and their chunks.
+
+Writes join the caller's transaction, so that a receipt is committed with
+its files or not at all. Reads check every chunk's hash before handing it
+out, and the whole file's hash and size at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from importlib.resources import files
+from typing import Any, Final
+
+import asyncpg  # type: ignore[import-untyped]
+
+from invoicing_common.archive.model import CHUNK_BYTES, DocumentDamaged, DocumentMissing, FileRef, split
+from invoicing_common.db import Database, apply_migrations
+
+SCHEMA: Final = "archive"
+# French law keeps invoices ten years (Code de commerce L123-22).
+DEFAULT_RETENTION: Final = timedelta(days=3653)
+# A document referenced again has its retention extended; within a day of
+# the stored date the row is left alone, so that retries rewrite nothing.
+_EXTEND_SLACK: Final = "1 day"
+# Chunks a reader fetches per query: a download holds a connection only
+# for that long, however slowly its client reads.
+_READ_BATCH: Final = 4
+
+
+async def migrate(database: Database) -> list[str]:
+    """Create or update the archive's tables (run by the service that owns
+    them, ingest; others are granted rights on them, docs/archive.md)."""
+    async with database.pool.acquire() as conn:
+        return await apply_migrations(conn, SCHEMA, files("invoicing_common.archive") / "migrations")
+
+
+class _Verifier:
+    """Checks a stored file's chunks in order, as they are read."""
+
+    def __init__(self, sha256: str, size_bytes: int, chunk_count: int) -> None:
+        self.sha256 = sha256
+        self._size = size_bytes
+        self._count = chunk_count
+        self._digest = hashlib.sha256()
+        self._seen = 0
+        self._next = 0
+
+    def take(self, seq: int, chunk_sha256: bytes, data: bytes) -> bytes:
+        if seq != self._next:
+            raise DocumentDamaged(self.sha256, f"chunk {self._next} is missing")
+        if hashlib.sha256(data).digest() != bytes(chunk_sha256):
+            raise DocumentDamaged(self.sha256, f"chunk {seq} does not match its hash")
+        self._next += 1
+        self._seen += len(data)
+        if self._seen > self._size:
+            raise DocumentDamaged(self.sha256, f"more than the {self._size} bytes recorded")
+        self._digest.update(data)
+        return data
+
+    def done(self) -> None:
+        if self._next != self._count or self._seen != self._size:
+            raise DocumentDamaged(
+                self.sha256, f"{self._next} chunks, {self._seen} bytes; {self._count} and {self._size} recorded"
+            )
+        if self._digest.hexdigest() != self.sha256:
+            raise DocumentDamaged(self.sha256, "its bytes do not hash to its address")
+
+
+class PostgresArchive:
+    def __init__(
+        self,
+        database: Database,
+        retention: timedelta = DEFAULT_RETENTION,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._database = database
+        self._retention = retention
+        self._clock = clock
+
+    @property
+    def database(self) -> Database:
+        return self._database
+
+    def retain_until(self) -> datetime:
+        return self._clock() + self._retention
+
+    # --- writing (inside the caller's transaction) ---------------------------
+
+    async def put_many(self, conn: asyncpg.Connection, items: Sequence[tuple[FileRef, bytes]]) -> None:
+        """Store each file not stored yet; extend the retention of the rest."""
+        unique = {ref.sha256: (ref, data) for ref, data in items}
+        if not unique:
+            return
+        # In hash order: two writers lock shared rows in the same order.
+        order = sorted(unique)
+        until = self.retain_until()
+        inserted = await conn.fetch(
+            "INSERT INTO archive.documents (sha256, size_bytes, chunk_count, media_type, filename, retain_until)"
+            " SELECT s, z, c, m, f, $6 FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::text[])"
+            " AS u (s, z, c, m, f) ON CONFLICT (sha256) DO NOTHING RETURNING id, sha256",
+            order,
+            [len(unique[s][1]) for s in order],
+            [-(-len(unique[s][1]) // CHUNK_BYTES) for s in order],
+            [unique[s][0].media_type for s in order],
+            [unique[s][0].filename for s in order],
+            until,
+        )
+        new = {row["sha256"]: row["id"] for row in inserted}
+        if len(new) < len(order):
+            await self._extend(conn, [s for s in order if s not in new], until)
+        ids: list[int] = []
+        seqs: list[int] = []
+        hashes: list[bytes] = []
+        chunks: list[bytes] = []
+        for sha256, document_id in new.items():
+            for seq, chunk in enumerate(split(unique[sha256][1])):
+                ids.append(document_id)
+                seqs.append(seq)
+                hashes.append(hashlib.sha256(chunk).digest())
+                chunks.append(chunk)
+        if chunks:
+            await conn.execute(
+                "INSERT INTO archive.chunks (document_id, seq, sha256, data)"
+                " SELECT * FROM unnest($1::bigint[], $2::int[], $3::bytea[], $4::bytea[])",
+                ids,
+                seqs,
+                hashes,
+                chunks,
+            )
+
+    async def _extend(self, conn: asyncpg.Connection, hashes: list[str], until: datetime) -> None:
+        await conn.execute(
+            "UPDATE archive.documents SET retain_until = $2 WHERE sha256 = ANY($1::text[])"
+            f" AND retain_until < $2::timestamptz - interval '{_EXTEND_SLACK}'",
+            hashes,
+            until,
+        )
+
+    def upload(self, conn: asyncpg.Connection) -> Upload:
+        """A file written as its bytes arrive (see Upload)."""
+        return Upload(self, conn)
+
+    # --- reading ---------------------------------------------------------------
+
+    async def _header(self, conn: asyncpg.Connection, sha256: str) -> tuple[int, _Verifier]:
+        row = await conn.fetchrow("SELECT id, size_bytes, chunk_count FROM archive.documents WHERE sha256 = $1", sha256)
+        if row is None:
+            raise DocumentMissing(sha256)
+        return row["id"], _Verifier(sha256, row["size_bytes"], row["chunk_count"])
+
+    async def read(self, sha256: str) -> bytes:
+        """The whole file, checked (for files that fit in memory anyway:
+        the invoice validate reads)."""
+        async with self._database.pool.acquire() as conn:
+            document_id, verifier = await self._header(conn, sha256)
+            rows = await conn.fetch(
+                "SELECT seq, sha256, data FROM archive.chunks WHERE document_id = $1 ORDER BY seq", document_id
+            )
+        parts = [verifier.take(row["seq"], row["sha256"], row["data"]) for row in rows]
+        verifier.done()
+        return b"".join(parts)
+
+    async def stream(self, sha256: str) -> AsyncIterator[bytes]:
+        """The file's chunks in order, each checked before it is yielded.
+        Raises DocumentDamaged at the first chunk that fails, or at the end
+        if the whole does not hash to ``sha256``: a consumer must discard
+        what it got before the error."""
+        async with self._database.pool.acquire() as conn:
+            document_id, verifier = await self._header(conn, sha256)
+        seq = 0
+        while True:
+            async with self._database.pool.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT seq, sha256, data FROM archive.chunks WHERE document_id = $1 AND seq >= $2"
+                    " ORDER BY seq LIMIT $3",
+                    document_id,
+                    seq,
+                    _READ_BATCH,
+                )
+            for row in rows:
+                yield verifier.take(row["seq"], row["sha256"], row["data"])
+            if len(rows) < _READ_BATCH:
+                break
+            seq = rows[-1]["seq"] + 1
+        verifier.done()
+
+
+class Upload:
+    """One file written chunk by chunk inside the caller's transaction,
+    hashed as it goes, with at most one chunk held in memory. Its rows sit
+    under a savepoint: when the file turns out to be stored already, they
+    are rolled back and the stored one is kept. If the caller's transaction
+    does not commit, nothing of the file remains."""
+
+    def __init__(self, archive: PostgresArchive, conn: asyncpg.Connection) -> None:
+        self._archive = archive
+        self._conn = conn
+        self._digest = hashlib.sha256()
+        self._size = 0
+        self._seq = 0
+        self._buffer = bytearray()
+        self._savepoint: Any = None
+        self._document_id: int | None = None
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def write(self, data: bytes) -> None:
+        self._digest.update(data)
+        self._size += len(data)
+        self._buffer += data
+        while len(self._buffer) >= CHUNK_BYTES:
+            chunk = bytes(self._buffer[:CHUNK_BYTES])
+            del self._buffer[:CHUNK_BYTES]
+            await self._store(chunk)
+
+    async def _store(self, chunk: bytes) -> None:
+        if self._savepoint is None:
+            self._savepoint = self._conn.transaction()
+            await self._savepoint.start()
+            self._document_id = await self._conn.fetchval(
+                "SELECT nextval(pg_get_serial_sequence('archive.documents', 'id'))"
+            )
+        await self._conn.execute(
+            "INSERT INTO archive.chunks (document_id, seq, sha256, data) VALUES ($1, $2, $3, $4)",
+            self._document_id,
+            self._seq,
+            hashlib.sha256(chunk).digest(),
+            chunk,
+        )
+        self._seq += 1
+
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    async def finish(self, media_type: str, filename: str, origin: int) -> FileRef:
+        """Keep the file (or the copy stored before) and return its reference."""
+        if self._buffer:
+            await self._store(bytes(self._buffer))
+            self._buffer.clear()
+        sha256 = self.sha256()
+        until = self._archive.retain_until()
+        if self._savepoint is None:
+            # An empty file has no chunk and no savepoint yet.
+            self._savepoint = self._conn.transaction()
+            await self._savepoint.start()
+            self._document_id = await self._conn.fetchval(
+                "SELECT nextval(pg_get_serial_sequence('archive.documents', 'id'))"
+            )
+        stored_before = await self._conn.fetchval("SELECT 1 FROM archive.documents WHERE sha256 = $1", sha256)
+        if stored_before is None:
+            try:
+                await self._conn.execute(
+                    "INSERT INTO archive.documents"
+                    " (id, sha256, size_bytes, chunk_count, media_type, filename, retain_until)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    self._document_id,
+                    sha256,
+                    self._size,
+                    self._seq,
+                    media_type,
+                    filename,
+                    until,
+                )
+            except asyncpg.UniqueViolationError:
+                stored_before = 1  # another upload of the same bytes committed first
+        if stored_before is None:
+            await self._savepoint.commit()
+        else:
+            await self._savepoint.rollback()
+            await self._archive._extend(self._conn, [sha256], until)
+        return FileRef(sha256, self._size, media_type, filename, origin)
