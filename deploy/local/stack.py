@@ -72,6 +72,10 @@ if KAFKA_BROKERS not in (1, 3):
     raise SystemExit(f"KAFKA_BROKERS={KAFKA_BROKERS}: 1 (the default) or 3")
 PG_PORT = int(os.environ.get("PG_PORT", "15432"))
 KEYCLOAK_PORT = int(os.environ.get("KEYCLOAK_PORT", "18443"))
+# ARCHIVE_STORE=s3 without an endpoint of its own: a local S3 API server
+# (moto's, from the dev requirements) holds the archive's bytes.
+S3_PORT = int(os.environ.get("S3_PORT", "19300"))
+S3_BUCKET = "invoicing-archive"
 KEYCLOAK_MANAGEMENT_PORT = int(os.environ.get("KEYCLOAK_MANAGEMENT_PORT", "18444"))
 PG_ADMIN = "invoicing"
 PG_DATABASE = "invoicing"
@@ -732,6 +736,14 @@ def service_environment(spec: ServiceSpec, values: dict[str, str]) -> dict[str, 
         "OIDC_AUDIENCE": keycloak.AUDIENCE,
         "OIDC_CA_FILE": values["INVOICING_CA_FILE"],
     }
+    if spec.name in ("ingest", "validate") and local_s3():
+        env |= {
+            "ARCHIVE_STORE": "s3",
+            "ARCHIVE_S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+            "ARCHIVE_S3_BUCKET": S3_BUCKET,
+            "ARCHIVE_S3_ACCESS_KEY_ID": "local",
+            "ARCHIVE_S3_SECRET_ACCESS_KEY_FILE": str(SECRETS.path("s3-local")),
+        }
     if spec.name == "ingest":
         # Downloads ask status who may read an invoice (with the caller's token).
         status = next(s for s in SERVICES if s.name == "status")
@@ -835,7 +847,25 @@ def write_env(values: dict[str, str]) -> None:
 
 
 def all_parts() -> tuple[str, ...]:
-    return (*(n.name for n in kafka_nodes()), "postgres", "keycloak", *(s.name for s in SERVICES))
+    return (*(n.name for n in kafka_nodes()), "postgres", "keycloak", "s3", *(s.name for s in SERVICES))
+
+
+def local_s3() -> bool:
+    return os.environ.get("ARCHIVE_STORE") == "s3" and not os.environ.get("ARCHIVE_S3_ENDPOINT_URL")
+
+
+def start_s3() -> None:
+    """The local object store for ARCHIVE_STORE=s3, with the archive's bucket."""
+    import httpx
+
+    if running_pid("s3") is None:
+        if port_open(S3_PORT):
+            raise SystemExit(f"port {S3_PORT} is taken by another process; set S3_PORT")
+        say(f"starting s3 (moto server) on 127.0.0.1:{S3_PORT}")
+        spawn("s3", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(S3_PORT)], server_environment())
+    wait_until("s3", lambda: port_open(S3_PORT), "s3")
+    # Creating a bucket that exists answers 409 and changes nothing.
+    httpx.put(f"http://127.0.0.1:{S3_PORT}/{S3_BUCKET}", timeout=10)
 
 
 def up() -> list[str]:
@@ -864,6 +894,8 @@ def _up() -> None:
 
     # Keycloak takes longest to start: first, so it boots while the rest does.
     start_keycloak(tls)
+    if local_s3():
+        start_s3()
     if values["STACK_EXTERNAL_INFRA"] == "1":
         say("KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL are set: using them, starting no broker or database")
         kafka_admin = KafkaClientSettings()
@@ -917,7 +949,13 @@ def _up() -> None:
 
 
 def down(names: list[str] | None = None) -> None:
-    steps = [*([s.name] for s in reversed(SERVICES)), ["keycloak"], [n.name for n in kafka_nodes()], ["postgres"]]
+    steps = [
+        *([s.name] for s in reversed(SERVICES)),
+        ["keycloak"],
+        [n.name for n in kafka_nodes()],
+        ["postgres"],
+        ["s3"],
+    ]
     for step in steps:
         chosen = [name for name in step if names is None or name in names]
         if chosen:

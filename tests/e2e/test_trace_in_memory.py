@@ -50,8 +50,8 @@ async def in_process(stack: Stack) -> AsyncIterator[str]:
         r = route(RouteSettings(grpc_port=free_port(), **stack.in_process_settings("route")))
         st = status(StatusSettings(grpc_port=free_port(), **stack.in_process_settings("status")))
         services: list[Service] = [
-            i.database, i.relay, i.grpc,
-            v.pool, v.grpc, v.app,
+            i.database, *i.archive, i.relay, i.grpc,
+            v.database, *v.archive, v.pool, v.grpc, v.app,
             r.database, r.relay, r.feed, r.grpc, r.app,
             st.database, st.relay, st.notifier, st.grpc, st.app,
         ]  # fmt: skip

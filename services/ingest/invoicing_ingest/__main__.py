@@ -17,7 +17,7 @@ def main() -> None:
         run(
             settings.otel_service_name,
             settings.log_level,
-            [ingest.database, ingest.archive, ingest.relay, ingest.grpc, ingest.health],
+            [ingest.database, *ingest.archive, ingest.relay, ingest.grpc, ingest.health],
             on_ready=ingest.grpc.mark_serving,
         )
     finally:

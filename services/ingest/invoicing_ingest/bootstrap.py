@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from importlib.resources import files
 
 from mode import Service
@@ -39,7 +38,8 @@ class ArchiveMigrations(Service):
 @dataclass
 class Ingest:
     database: Database
-    archive: ArchiveMigrations
+    # Migrations, then the object-store client when the bytes go to S3.
+    archive: list[Service]
     relay: OutboxRelay
     grpc: GrpcServer
     health: HealthMonitor
@@ -52,7 +52,7 @@ def bootstrap(settings: IngestSettings) -> Ingest:
         migrations=files("invoicing_ingest") / "migrations",
         command_timeout=settings.database_command_timeout_seconds,
     )
-    archive = archive_store.PostgresArchive(database, timedelta(days=settings.archive_retention_days))
+    archive, archive_services = archive_store.open_archive(database, settings)
     # Publishes the receipts' `received` records (one leader among the
     # instances); the API answers once a receipt and its record are committed.
     relay = OutboxRelay(
@@ -66,5 +66,9 @@ def bootstrap(settings: IngestSettings) -> Ingest:
     server = GrpcServer(settings, registrar(servicer, documents), ACCESS_POLICY, limited_streams=STREAMING_METHODS)
     health = HealthMonitor(server, [database_reachable(database, settings.health_database_grace_seconds)])
     return Ingest(
-        database=database, archive=ArchiveMigrations(database, documents), relay=relay, grpc=server, health=health
+        database=database,
+        archive=[ArchiveMigrations(database, documents), *archive_services],
+        relay=relay,
+        grpc=server,
+        health=health,
     )

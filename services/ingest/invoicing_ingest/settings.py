@@ -4,12 +4,13 @@ from pathlib import Path
 
 from pydantic import Field
 
+from invoicing_common.archive.settings import ArchiveSettings
 from invoicing_common.settings import GrpcSettings
 
 _MIB = 1024 * 1024
 
 
-class IngestSettings(GrpcSettings):
+class IngestSettings(GrpcSettings, ArchiveSettings):
     grpc_port: int = Field(default=17001, ge=0, le=65535)
     # SubmitInvoice: larger documents are refused with INVALID_ARGUMENT
     # (field "document"); UploadInvoice takes them.
@@ -23,8 +24,6 @@ class IngestSettings(GrpcSettings):
     # An upload whose client sends nothing for this long is abandoned (its
     # transaction rolled back), so a stalled client holds no connection.
     upload_idle_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
-    # Archived files are kept at least this long (French law: 10 years).
-    archive_retention_days: int = Field(default=3653, ge=1)
     # GetInvoiceDocument asks the status service, with the caller's own
     # token, whether the caller may see the invoice and which files it has.
     status_address: str = "127.0.0.1:17004"

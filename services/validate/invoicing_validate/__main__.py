@@ -19,7 +19,7 @@ def main() -> None:
             settings.log_level,
             # Stopped in reverse: gRPC first, then the streams (finishing
             # the documents in hand), then the worker processes.
-            [validate.database, validate.pool, validate.app, validate.grpc, validate.health],
+            [validate.database, *validate.archive, validate.pool, validate.app, validate.grpc, validate.health],
             on_ready=validate.grpc.mark_serving,
         )
     finally:

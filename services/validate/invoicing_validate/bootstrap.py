@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
 
-from invoicing_common.archive.postgres import PostgresArchive
+from mode import Service
+
+from invoicing_common.archive.postgres import open_archive
 from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
 from invoicing_common.health import Check, HealthMonitor, database_reachable, stream_alive
@@ -31,6 +32,8 @@ def workers_alive(pool: WorkerPool) -> Check:
 @dataclass
 class Validate:
     database: Database
+    # The object-store client, when the archive keeps its bytes in S3.
+    archive: list[Service]
     app: StreamApp
     pool: WorkerPool
     health: HealthMonitor
@@ -43,12 +46,13 @@ def bootstrap(settings: ValidateSettings) -> Validate:
     database = Database(
         settings.database_url, schema="validate", command_timeout=settings.database_command_timeout_seconds
     )
+    archive, archive_services = open_archive(database, settings)
     app = StreamApp(settings.otel_service_name, settings)
     pool = WorkerPool(settings.validate_workers, warm_up=checks.warm_up)
     agents.register(
         app,
         pool,
-        PostgresArchive(database, timedelta(days=settings.archive_retention_days)),
+        archive,
         settings.validate_concurrency,
         settings.validate_time_limit_seconds,
         settings.validate_attempts,
@@ -63,4 +67,4 @@ def bootstrap(settings: ValidateSettings) -> Validate:
             database_reachable(database, settings.health_database_grace_seconds),
         ],
     )
-    return Validate(database=database, app=app, pool=pool, health=health, grpc=server)
+    return Validate(database=database, archive=archive_services, app=app, pool=pool, health=health, grpc=server)

@@ -4,10 +4,11 @@ import os
 
 from pydantic import Field
 
+from invoicing_common.archive.settings import ArchiveSettings
 from invoicing_common.settings import GrpcSettings
 
 
-class ValidateSettings(GrpcSettings):
+class ValidateSettings(GrpcSettings, ArchiveSettings):
     # Health/readiness endpoint only; validate has no public API.
     grpc_port: int = Field(default=17002, ge=0, le=65535)
     # Processes that run validation, off the event loop; default one per core.
@@ -20,6 +21,4 @@ class ValidateSettings(GrpcSettings):
     validate_time_limit_seconds: float = Field(default=30.0, gt=0, le=3600)
     # Tries per document when its worker dies or times out.
     validate_attempts: int = Field(default=2, ge=1, le=10)
-    # Attachments extracted from invoices are archived at least this long.
-    archive_retention_days: int = Field(default=3653, ge=1)
     otel_service_name: str = "invoicing-validate"

@@ -12,7 +12,7 @@ import mimetypes
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Final, Protocol
 
 from invoicing.v1 import common_pb2
 
@@ -49,6 +49,21 @@ class DocumentDamaged(ArchiveError):
         super().__init__(f"archived file {sha256} is damaged ({detail}); it is not served")
         self.sha256 = sha256
         self.detail = detail
+
+
+class ChunkMissing(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"object {key} is missing")
+        self.key = key
+
+
+class ChunkStore(Protocol):
+    """Where chunk bytes live when not in the archive's rows (objects.py),
+    each named by the chunk's SHA-256."""
+
+    async def put(self, sha256: str, data: bytes) -> None: ...
+
+    async def get(self, sha256: str) -> bytes: ...
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ out, and the whole file's hash and size at the end.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -14,8 +15,18 @@ from importlib.resources import files
 from typing import Any, Final
 
 import asyncpg  # type: ignore[import-untyped]
+from mode import Service
 
-from invoicing_common.archive.model import CHUNK_BYTES, DocumentDamaged, DocumentMissing, FileRef, split
+from invoicing_common.archive.model import (
+    CHUNK_BYTES,
+    ChunkMissing,
+    ChunkStore,
+    DocumentDamaged,
+    DocumentMissing,
+    FileRef,
+    split,
+)
+from invoicing_common.archive.settings import ArchiveSettings
 from invoicing_common.db import Database, apply_migrations
 
 SCHEMA: Final = "archive"
@@ -27,6 +38,18 @@ _EXTEND_SLACK: Final = "1 day"
 # Chunks a reader fetches per query: a download holds a connection only
 # for that long, however slowly its client reads.
 _READ_BATCH: Final = 4
+
+
+def open_archive(database: Database, settings: ArchiveSettings) -> tuple[PostgresArchive, list[Service]]:
+    """The archive these settings describe, and the services to run with it
+    (the object-store client, when the bytes go to S3)."""
+    retention = timedelta(days=settings.archive_retention_days)
+    if settings.archive_store == "postgres":
+        return PostgresArchive(database, retention), []
+    from invoicing_common.archive.objects import S3Chunks
+
+    objects = S3Chunks(settings)
+    return PostgresArchive(database, retention, objects=objects), [objects]
 
 
 async def migrate(database: Database) -> list[str]:
@@ -74,10 +97,32 @@ class PostgresArchive:
         database: Database,
         retention: timedelta = DEFAULT_RETENTION,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        objects: ChunkStore | None = None,
     ) -> None:
+        """``objects``: where chunk bytes go (None: in the chunk rows)."""
         self._database = database
         self._retention = retention
         self._clock = clock
+        self._objects = objects
+
+    async def _place(self, chunk_sha256: bytes, chunk: bytes) -> bytes | None:
+        """What the chunk row holds: the bytes, or None once the object
+        store has them (written before the row, so a committed row always
+        has its object)."""
+        if self._objects is None:
+            return chunk
+        await self._objects.put(chunk_sha256.hex(), chunk)
+        return None
+
+    async def _bytes(self, verifier: _Verifier, seq: int, chunk_sha256: bytes, data: bytes | None) -> bytes:
+        if data is None:
+            if self._objects is None:
+                raise DocumentDamaged(verifier.sha256, f"chunk {seq} is in an object store this service does not use")
+            try:
+                data = await self._objects.get(bytes(chunk_sha256).hex())
+            except ChunkMissing:
+                raise DocumentDamaged(verifier.sha256, f"chunk {seq} is missing from the object store") from None
+        return verifier.take(seq, chunk_sha256, data)
 
     @property
     def database(self) -> Database:
@@ -120,14 +165,17 @@ class PostgresArchive:
                 seqs.append(seq)
                 hashes.append(hashlib.sha256(chunk).digest())
                 chunks.append(chunk)
-        if chunks:
+        # Object-store writes go together: a batch waits for the slowest
+        # one, not for their sum.
+        stored = await asyncio.gather(*(self._place(h, c) for h, c in zip(hashes, chunks, strict=True)))
+        if ids:
             await conn.execute(
                 "INSERT INTO archive.chunks (document_id, seq, sha256, data)"
                 " SELECT * FROM unnest($1::bigint[], $2::int[], $3::bytea[], $4::bytea[])",
                 ids,
                 seqs,
                 hashes,
-                chunks,
+                list(stored),
             )
 
     async def _extend(self, conn: asyncpg.Connection, hashes: list[str], until: datetime) -> None:
@@ -158,7 +206,7 @@ class PostgresArchive:
             rows = await conn.fetch(
                 "SELECT seq, sha256, data FROM archive.chunks WHERE document_id = $1 ORDER BY seq", document_id
             )
-        parts = [verifier.take(row["seq"], row["sha256"], row["data"]) for row in rows]
+        parts = [await self._bytes(verifier, row["seq"], row["sha256"], row["data"]) for row in rows]
         verifier.done()
         return b"".join(parts)
 
@@ -180,7 +228,7 @@ class PostgresArchive:
                     _READ_BATCH,
                 )
             for row in rows:
-                yield verifier.take(row["seq"], row["sha256"], row["data"])
+                yield await self._bytes(verifier, row["seq"], row["sha256"], row["data"])
             if len(rows) < _READ_BATCH:
                 break
             seq = rows[-1]["seq"] + 1
@@ -224,12 +272,13 @@ class Upload:
             self._document_id = await self._conn.fetchval(
                 "SELECT nextval(pg_get_serial_sequence('archive.documents', 'id'))"
             )
+        digest = hashlib.sha256(chunk).digest()
         await self._conn.execute(
             "INSERT INTO archive.chunks (document_id, seq, sha256, data) VALUES ($1, $2, $3, $4)",
             self._document_id,
             self._seq,
-            hashlib.sha256(chunk).digest(),
-            chunk,
+            digest,
+            await self._archive._place(digest, chunk),
         )
         self._seq += 1
 

@@ -23,7 +23,9 @@ CREATE TABLE chunks (
     document_id     bigint NOT NULL REFERENCES documents (id) DEFERRABLE INITIALLY DEFERRED,
     seq             integer NOT NULL CHECK (seq >= 0),
     sha256          bytea NOT NULL CHECK (length(sha256) = 32),
-    data            bytea NOT NULL,
+    -- NULL when the bytes are in the object store (ARCHIVE_STORE=s3), as
+    -- the object named by this chunk's hash; the rows stay the index.
+    data            bytea,
     PRIMARY KEY (document_id, seq)
 );
 
