@@ -5,6 +5,7 @@ and rows that the services' own roles can neither change nor delete."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ import pytest
 
 from invoicing_common.archive import ORIGIN_INVOICE, ORIGIN_SUBMITTED, DocumentDamaged, DocumentMissing, file_ref
 from invoicing_common.archive.model import CHUNK_BYTES
-from invoicing_common.archive.postgres import PostgresArchive
+from invoicing_common.archive.postgres import CoalescingArchive, PostgresArchive
 from invoicing_common.db import Database
 from tests.support import Stack
 
@@ -154,3 +155,28 @@ async def test_the_services_can_neither_change_nor_delete_archived_bytes(
     finally:
         await conn.close()
     assert await archive.read(ref.sha256) == data
+
+
+async def test_files_read_together_are_each_checked_on_their_own(stack: Stack, archive: PostgresArchive) -> None:
+    good, bad, empty = os.urandom(CHUNK_BYTES + 10), os.urandom(500), b""
+    refs = [file_ref(data, "application/octet-stream", "f", ORIGIN_SUBMITTED) for data in (good, bad, empty)]
+    await archive.store(list(zip(refs, (good, bad, empty), strict=True)))
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute(
+                "UPDATE archive.chunks SET data = 'x' WHERE document_id ="
+                " (SELECT id FROM archive.documents WHERE sha256 = $1)",
+                refs[1].sha256,
+            )
+    finally:
+        await conn.close()
+    missing = hashlib.sha256(os.urandom(8)).hexdigest()
+    # Concurrent readers share queries; each gets its own verdict.
+    together = CoalescingArchive(archive)
+    results = await asyncio.gather(
+        *(together.read(ref.sha256) for ref in refs), together.read(missing), return_exceptions=True
+    )
+    assert results[0] == good and results[2] == b""
+    assert isinstance(results[1], DocumentDamaged) and isinstance(results[3], DocumentMissing)

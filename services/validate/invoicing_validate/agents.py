@@ -13,7 +13,7 @@ from opentelemetry.trace import Status, StatusCode
 from invoicing_common import topics
 from invoicing_common.archive import ORIGIN_EMBEDDED, ORIGIN_INVOICE, file_ref
 from invoicing_common.archive.model import sniff_media_type
-from invoicing_common.archive.postgres import PostgresArchive
+from invoicing_common.archive.postgres import CoalescingArchive, PostgresArchive
 from invoicing_common.kafka import Record, StreamApp, decode_event, register_lag_gauge, send
 from invoicing_common.telemetry import FINDINGS, VALIDATION_DURATION, record_invoice, tracer
 from invoicing_validate.checks import run_checks_many
@@ -58,20 +58,19 @@ async def with_attempts(
     return failure
 
 
-async def fetch_document(archive: PostgresArchive, event: events_pb2.InvoiceReceived) -> tuple[bytes, Any]:
+async def fetch_document(archive: CoalescingArchive, event: events_pb2.InvoiceReceived) -> tuple[bytes, Any]:
     """The document a received record refers to, and its reference. A
     record from before the archive carries the bytes: they are archived now,
     so that its invoice can be downloaded like any other."""
     if not event.document:
         return await archive.read(event.original.sha256), event.original
     ref = file_ref(event.document, sniff_media_type(event.document[:64]), event.invoice.filename, ORIGIN_INVOICE)
-    async with archive.database.pool.acquire() as conn, conn.transaction():
-        await archive.put_many(conn, [(ref, event.document)])
+    await archive.store([(ref, event.document)])
     return event.document, ref.to_proto()
 
 
 async def archive_embedded(
-    archive: PostgresArchive, event: events_pb2.InvoiceReceived, report: ValidationReport
+    archive: CoalescingArchive, event: events_pb2.InvoiceReceived, report: ValidationReport
 ) -> list[Any]:
     """Archive the files carried inside the invoice; their references, named
     apart from the attachments sent beside it."""
@@ -84,8 +83,7 @@ async def archive_embedded(
         name = unique_name(item.name, taken)
         taken.add(name)
         refs.append((file_ref(item.data, item.media_type, name, ORIGIN_EMBEDDED), item.data))
-    async with archive.database.pool.acquire() as conn, conn.transaction():
-        await archive.put_many(conn, refs)
+    await archive.store(refs)
     return [ref.to_proto() for ref, _ in refs]
 
 
@@ -102,6 +100,9 @@ def register(
 
     dispatcher: ChunkingDispatcher[tuple[bytes, str], ValidationReport] = ChunkingDispatcher(pool.size, run_many)
     validated = app.topic(topics.VALIDATED)
+    # The records in flight read their documents, and store the files
+    # extracted from them, together.
+    files = CoalescingArchive(archive)
 
     async def validate(document: bytes, filename: str) -> ValidationReport:
         return await with_attempts(dispatcher.submit, (document, filename), attempts, time_limit)
@@ -113,7 +114,7 @@ def register(
             record_invoice(span, invoice_id)
             # The claim check: the record names the document; the archive
             # has it (checked against its hash as it is read).
-            document, original = await fetch_document(archive, event)
+            document, original = await fetch_document(files, event)
             started = time.perf_counter()
             # CPU-bound: run in the worker processes so the loop keeps consuming.
             report = await validate(document, event.invoice.filename)
@@ -130,7 +131,7 @@ def register(
             )
             for f in report.findings:
                 FINDINGS.add(1, {"rule": f.rule, "severity": f.severity})
-            embedded = await archive_embedded(archive, event, report)
+            embedded = await archive_embedded(files, event, report)
             out = validated_event(event, report, original, [*event.attachments, *embedded])
             if not report.valid:
                 span.set_attribute("invoicing.reason_code", out.reason.code)

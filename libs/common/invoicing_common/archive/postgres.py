@@ -8,11 +8,12 @@ out, and the whole file's hash and size at the end.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 from mode import Service
@@ -28,6 +29,9 @@ from invoicing_common.archive.model import (
 )
 from invoicing_common.archive.settings import ArchiveSettings
 from invoicing_common.db import Database, apply_migrations
+
+Request = TypeVar("Request")
+Result = TypeVar("Result")
 
 SCHEMA: Final = "archive"
 # French law keeps invoices ten years (Code de commerce L123-22).
@@ -134,11 +138,67 @@ class PostgresArchive:
     # --- writing (inside the caller's transaction) ---------------------------
 
     async def put_many(self, conn: asyncpg.Connection, items: Sequence[tuple[FileRef, bytes]]) -> None:
-        """Store each file not stored yet; extend the retention of the rest."""
+        """Store each file not stored yet; extend the retention of the rest.
+        With the bytes in the rows, one statement writes the new documents
+        and their chunks (atomic by itself, so a caller outside a
+        transaction never leaves a document without its chunks)."""
         unique = {ref.sha256: (ref, data) for ref, data in items}
         if not unique:
             return
+        if self._objects is not None:
+            await self._put_many_objects(conn, unique)
+            return
         # In hash order: two writers lock shared rows in the same order.
+        order = sorted(unique)
+        until = self.retain_until()
+        owners: list[str] = []
+        seqs: list[int] = []
+        hashes: list[bytes] = []
+        chunks: list[bytes] = []
+        for sha256 in order:
+            for seq, chunk in enumerate(split(unique[sha256][1])):
+                owners.append(sha256)
+                seqs.append(seq)
+                hashes.append(hashlib.sha256(chunk).digest())
+                chunks.append(chunk)
+        inserted = await conn.fetch(
+            "WITH new AS (INSERT INTO archive.documents"
+            " (sha256, size_bytes, chunk_count, media_type, filename, retain_until)"
+            " SELECT s, z, c, m, f, $6 FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::text[])"
+            " AS u (s, z, c, m, f) ON CONFLICT (sha256) DO NOTHING RETURNING id, sha256),"
+            " stored AS (INSERT INTO archive.chunks (document_id, seq, sha256, data)"
+            " SELECT new.id, k.seq, k.h, k.d FROM new"
+            " JOIN unnest($7::text[], $8::int[], $9::bytea[], $10::bytea[]) AS k (owner, seq, h, d)"
+            " ON k.owner = new.sha256)"
+            " SELECT sha256 FROM new",
+            order,
+            [len(unique[s][1]) for s in order],
+            [-(-len(unique[s][1]) // CHUNK_BYTES) for s in order],
+            [unique[s][0].media_type for s in order],
+            [unique[s][0].filename for s in order],
+            until,
+            owners,
+            seqs,
+            hashes,
+            chunks,
+        )
+        if len(inserted) < len(order):
+            new = {row["sha256"] for row in inserted}
+            await self._extend(conn, [s for s in order if s not in new], until)
+
+    async def store(self, items: Sequence[tuple[FileRef, bytes]]) -> None:
+        """put_many on a connection of its own, committed when it returns."""
+        async with self._database.pool.acquire() as conn:
+            if self._objects is None:
+                # One statement: atomic without a transaction around it.
+                await self.put_many(conn, items)
+                return
+            async with conn.transaction():
+                await self.put_many(conn, items)
+
+    async def _put_many_objects(self, conn: asyncpg.Connection, unique: dict[str, tuple[FileRef, bytes]]) -> None:
+        """put_many with the bytes in the object store: only the chunks of
+        documents this call inserts are written there, before their rows."""
         order = sorted(unique)
         until = self.retain_until()
         inserted = await conn.fetch(
@@ -209,6 +269,41 @@ class PostgresArchive:
         parts = [await self._bytes(verifier, row["seq"], row["sha256"], row["data"]) for row in rows]
         verifier.done()
         return b"".join(parts)
+
+    async def read_many(self, hashes: Sequence[str]) -> dict[str, bytes | Exception]:
+        """Several whole files in one query, each checked; a file that
+        cannot be served maps to its DocumentMissing or DocumentDamaged."""
+        async with self._database.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT d.sha256 AS document, d.size_bytes, d.chunk_count, c.seq, c.sha256, c.data"
+                " FROM archive.documents d LEFT JOIN archive.chunks c ON c.document_id = d.id"
+                " WHERE d.sha256 = ANY($1::text[]) ORDER BY d.sha256, c.seq",
+                list(set(hashes)),
+            )
+        found: dict[str, tuple[_Verifier, list[bytes]]] = {}
+        results: dict[str, bytes | Exception] = {}
+        for row in rows:
+            document = row["document"]
+            if document not in found:
+                found[document] = (_Verifier(document, row["size_bytes"], row["chunk_count"]), [])
+            if document in results or row["seq"] is None:
+                continue  # already damaged, or a file without chunks
+            verifier, parts = found[document]
+            try:
+                parts.append(await self._bytes(verifier, row["seq"], row["sha256"], row["data"]))
+            except DocumentDamaged as exc:
+                results[document] = exc
+        for document, (verifier, parts) in found.items():
+            if document in results:
+                continue
+            try:
+                verifier.done()
+                results[document] = b"".join(parts)
+            except DocumentDamaged as exc:
+                results[document] = exc
+        for document in hashes:
+            results.setdefault(document, DocumentMissing(document))
+        return results
 
     async def stream(self, sha256: str) -> AsyncIterator[bytes]:
         """The file's chunks in order, each checked before it is yielded.
@@ -322,3 +417,68 @@ class Upload:
             await self._savepoint.rollback()
             await self._archive._extend(self._conn, [sha256], until)
         return FileRef(sha256, self._size, media_type, filename, origin)
+
+
+class _Coalescer(Generic[Request, Result]):
+    """Calls from many concurrent callers, run together: the requests that
+    arrive while a call runs share the next one (one round trip for a batch
+    under load, one per request when quiet)."""
+
+    def __init__(
+        self, run_many: Callable[[list[Request]], Awaitable[list[Result | Exception]]], max_batch: int
+    ) -> None:
+        self._run_many = run_many
+        self._max_batch = max_batch
+        self._pending: list[tuple[Request, asyncio.Future[Result]]] = []
+        self._runner: asyncio.Task[None] | None = None
+
+    async def submit(self, request: Request) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._pending.append((request, future))
+        if self._runner is None or self._runner.done():
+            # A fresh context: the batch's spans must not join the trace of
+            # whichever caller happened to start it.
+            self._runner = asyncio.get_running_loop().create_task(
+                self._run_pending(), name="archive batch", context=contextvars.Context()
+            )
+        return await future
+
+    async def _run_pending(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+            try:
+                results: list[Result | Exception] = await self._run_many([request for request, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the failure
+                results = [exc] * len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():  # its caller gave up
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+
+class CoalescingArchive:
+    """Reads and writes of the records a stream handler has in flight,
+    grouped: whole files read with one query, files stored with one
+    statement."""
+
+    def __init__(self, archive: PostgresArchive, max_batch: int = 64) -> None:
+        self._archive = archive
+        self._reads: _Coalescer[str, bytes] = _Coalescer(self._read_many, max_batch)
+        self._writes: _Coalescer[Sequence[tuple[FileRef, bytes]], None] = _Coalescer(self._store_many, max_batch)
+
+    async def read(self, sha256: str) -> bytes:
+        return await self._reads.submit(sha256)
+
+    async def store(self, items: Sequence[tuple[FileRef, bytes]]) -> None:
+        await self._writes.submit(items)
+
+    async def _read_many(self, hashes: list[str]) -> list[bytes | Exception]:
+        results = await self._archive.read_many(hashes)
+        return [results[sha256] for sha256 in hashes]
+
+    async def _store_many(self, requests: list[Sequence[tuple[FileRef, bytes]]]) -> list[Exception | None]:
+        await self._archive.store([item for items in requests for item in items])
+        return [None] * len(requests)
