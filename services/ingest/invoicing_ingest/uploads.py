@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import asyncpg  # type: ignore[import-untyped]
 import grpc
 from invoicing.v1 import ingest_pb2
 
@@ -132,7 +133,9 @@ class Uploader:
         self._receipts.committed()
         return Uploaded(receipt, submission)
 
-    async def _files(self, conn: object, header: ingest_pb2.UploadFile, messages: _Messages) -> list[FileRef]:
+    async def _files(
+        self, conn: asyncpg.Connection, header: ingest_pb2.UploadFile, messages: _Messages
+    ) -> list[FileRef]:
         settings = self._settings
         files: list[FileRef] = []
         names: set[str] = set()
@@ -159,7 +162,7 @@ class Uploader:
                 media_type = attachment_media_type(header.media_type, header.filename)
                 if media_type is None:
                     raise _invalid(f"{field}.media_type", f"{header.media_type[:100]!r} is not a media type")
-            upload = self._archive.upload(conn)  # type: ignore[arg-type]
+            upload = self._archive.upload(conn)
             head = b""
             while (message := await messages.next()) is not None:
                 if message.idempotency_key:

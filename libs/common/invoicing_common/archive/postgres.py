@@ -44,6 +44,25 @@ _EXTEND_SLACK: Final = "1 day"
 _READ_BATCH: Final = 4
 
 
+# New document rows ($1..$6, see _document_rows); returns the inserted ones.
+_INSERT_DOCUMENTS: Final = (
+    "INSERT INTO archive.documents (sha256, size_bytes, chunk_count, media_type, filename, retain_until)"
+    " SELECT s, z, c, m, f, $6 FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::text[])"
+    " AS u (s, z, c, m, f) ON CONFLICT (sha256) DO NOTHING RETURNING id, sha256"
+)
+
+
+def _document_rows(unique: dict[str, tuple[FileRef, bytes]], order: list[str], until: datetime) -> tuple[Any, ...]:
+    return (
+        order,
+        [len(unique[s][1]) for s in order],
+        [-(-len(unique[s][1]) // CHUNK_BYTES) for s in order],
+        [unique[s][0].media_type for s in order],
+        [unique[s][0].filename for s in order],
+        until,
+    )
+
+
 def open_archive(database: Database, settings: ArchiveSettings) -> tuple[PostgresArchive, list[Service]]:
     """The archive these settings describe, and the services to run with it
     (the object-store client, when the bytes go to S3)."""
@@ -162,21 +181,13 @@ class PostgresArchive:
                 hashes.append(hashlib.sha256(chunk).digest())
                 chunks.append(chunk)
         inserted = await conn.fetch(
-            "WITH new AS (INSERT INTO archive.documents"
-            " (sha256, size_bytes, chunk_count, media_type, filename, retain_until)"
-            " SELECT s, z, c, m, f, $6 FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::text[])"
-            " AS u (s, z, c, m, f) ON CONFLICT (sha256) DO NOTHING RETURNING id, sha256),"
+            f"WITH new AS ({_INSERT_DOCUMENTS}),"
             " stored AS (INSERT INTO archive.chunks (document_id, seq, sha256, data)"
             " SELECT new.id, k.seq, k.h, k.d FROM new"
             " JOIN unnest($7::text[], $8::int[], $9::bytea[], $10::bytea[]) AS k (owner, seq, h, d)"
             " ON k.owner = new.sha256)"
             " SELECT sha256 FROM new",
-            order,
-            [len(unique[s][1]) for s in order],
-            [-(-len(unique[s][1]) // CHUNK_BYTES) for s in order],
-            [unique[s][0].media_type for s in order],
-            [unique[s][0].filename for s in order],
-            until,
+            *_document_rows(unique, order, until),
             owners,
             seqs,
             hashes,
@@ -201,17 +212,7 @@ class PostgresArchive:
         documents this call inserts are written there, before their rows."""
         order = sorted(unique)
         until = self.retain_until()
-        inserted = await conn.fetch(
-            "INSERT INTO archive.documents (sha256, size_bytes, chunk_count, media_type, filename, retain_until)"
-            " SELECT s, z, c, m, f, $6 FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::text[])"
-            " AS u (s, z, c, m, f) ON CONFLICT (sha256) DO NOTHING RETURNING id, sha256",
-            order,
-            [len(unique[s][1]) for s in order],
-            [-(-len(unique[s][1]) // CHUNK_BYTES) for s in order],
-            [unique[s][0].media_type for s in order],
-            [unique[s][0].filename for s in order],
-            until,
-        )
+        inserted = await conn.fetch(_INSERT_DOCUMENTS, *_document_rows(unique, order, until))
         new = {row["sha256"]: row["id"] for row in inserted}
         if len(new) < len(order):
             await self._extend(conn, [s for s in order if s not in new], until)

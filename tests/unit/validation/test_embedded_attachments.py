@@ -12,14 +12,12 @@ from pathlib import Path
 import facturx
 import pytest
 from lxml import etree
-from pypdf import PdfWriter
 
 from invoicing_validate.validation import EmbeddedFile, Finding, Validator, extract_attachments
 from invoicing_validate.validation.embedded import ATTACHMENT_RULE, AttachmentCollector
 from tests.unit.validation.pdf_support import Attachment, build_pdf, embedded_file, pdf_string, pdf_with_attachments
-from tests.validators import make_validator
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+SAMPLES = Path(__file__).resolve().parents[3] / "samples"
 UBL_NS = (
     b'xmlns="urn:oasis:names:specification:ubl:schema:xsd:Invoice-2"'
     b' xmlns:cac="urn:oasis:names:specification:ubl:schema:xsd:CommonAggregateComponents-2"'
@@ -35,18 +33,7 @@ PDF_BYTES = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< >>\nendobj\n"
 CSV_BYTES = "date;heures\r\n2025-03-03;7,5\r\nsemaine 10;37,5 — fin\r\n".encode()
 
 
-@pytest.fixture(scope="module")
-def validator() -> Validator:
-    return make_validator()
-
-
-@pytest.fixture(scope="module")
-def blank_pdf() -> bytes:
-    writer = PdfWriter()
-    writer.add_blank_page(595, 842)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
+# `validator` and `blank_pdf` come from this folder's conftest.py.
 
 
 def wrapped_base64(data: bytes) -> bytes:
