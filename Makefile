@@ -7,7 +7,7 @@ PACKAGES := libs/proto libs/common services/ingest services/validate services/ro
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard proto/invoicing/v1/*.proto)
 
-.PHONY: install run up down status test test-unit lint proto proto-check clean bench chaos
+.PHONY: install run up down status test test-unit lint proto proto-check clean bench bench-quick chaos
 
 install: $(STAMP)
 	@$(BIN)/python scripts/fetch_artefacts.py
@@ -67,6 +67,16 @@ bench: install
 	. $${STACK_RUN_DIR:-.run}/env && $(BIN)/invoicectl directory import samples/directory.csv \
 		&& $(BIN)/invoicectl directory import-services samples/directory-services.csv \
 		&& $(BIN)/invoicectl bench $(BENCH_ARGS)
+
+## About a minute on 2 cores: a closed-loop calibration measures the
+## capacity, then an open loop at half of it gives the latency percentiles
+## (end to end and per hop). No baselines, to stay within the minute.
+BENCH_QUICK_ARGS ?= --mode open --rate auto --fraction 0.5 --count 2400 --calibrate-count 800 --no-baselines
+bench-quick: install
+	$(BIN)/python deploy/local/stack.py up
+	. $${STACK_RUN_DIR:-.run}/env && $(BIN)/invoicectl directory import samples/directory.csv \
+		&& $(BIN)/invoicectl directory import-services samples/directory-services.csv \
+		&& $(BIN)/invoicectl bench $(BENCH_QUICK_ARGS)
 
 ## Fault injection: starts the stack when needed, then every scenario of
 ## scripts/chaos.py (at most 20 minutes); results in docs/reliability.md.

@@ -28,8 +28,9 @@ from rich.text import Text
 
 from invoicectl.accounts import Account, AccountError, AccountsAdmin
 from invoicectl.bench.baselines import grpc_baseline, kafka_baseline, validation_baseline
+from invoicectl.bench.calibration import DEFAULT_FRACTION, choose_rate, parse_rate, split_count
 from invoicectl.bench.generator import BenchDocument, Generator, Seller, mix
-from invoicectl.bench.report import Baselines, BenchReport, ValidationBaseline, render
+from invoicectl.bench.report import Baselines, BenchReport, Calibration, PipelineFigures, ValidationBaseline, render
 from invoicectl.bench.runner import Authorize, BenchError, Metadata, Mode, Tick, run_pipeline
 from invoicectl.config import Endpoints, client_config, token_source
 from invoicing_common.auth.client import TokenError, TokenSource
@@ -137,10 +138,35 @@ class SellerAccounts:
 
 
 def bench(
-    count: Annotated[int, typer.Option(min=1, help="Distinct invoices to submit.")] = 1000,
+    count: Annotated[
+        int, typer.Option(min=1, help="Distinct invoices to submit (with --rate auto: calibration and open loop).")
+    ] = 1000,
     mode: Annotated[Mode, typer.Option(help="closed: fixed concurrency; open: fixed arrival rate.")] = Mode.CLOSED,
-    concurrency: Annotated[int, typer.Option(min=1, help="Calls in flight (closed loop).")] = 32,
-    rate: Annotated[float, typer.Option(min=0.1, help="Submissions per second (open loop).")] = 50.0,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Calls in flight (closed loop, and the --rate auto calibration).")
+    ] = 32,
+    rate: Annotated[
+        str,
+        typer.Option(
+            metavar="R|auto",
+            help="Open loop: submissions per second (at least 0.1), or 'auto': a closed-loop run measures "
+            "the capacity first and the open loop runs at --fraction of it.",
+        ),
+    ] = "50",
+    fraction: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01, help=f"With --rate auto: the open loop's share of the capacity (default {DEFAULT_FRACTION})."
+        ),
+    ] = None,
+    calibrate_count: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --rate auto: invoices (of --count) for the closed-loop calibration "
+            "(default: a third of --count, at most 1000).",
+        ),
+    ] = None,
     invalid_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of invalid invoices.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the document mix and sellers.")] = 1,
     idle_timeout: Annotated[
@@ -167,6 +193,23 @@ def bench(
     """Load the running pipeline with generated invoices; report throughput,
     latencies, losses and the same-run ceilings. Exit 1 if an invoice is lost
     or refused, 2 if the stack cannot be reached."""
+    try:
+        per_second = parse_rate(rate)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--rate") from None
+    auto = per_second is None
+    if auto and mode is not Mode.OPEN:
+        raise typer.BadParameter("'auto' applies to the open loop: add --mode open", param_hint="--rate")
+    if not auto and (fraction is not None or calibrate_count is not None):
+        raise typer.BadParameter("--fraction and --calibrate-count go with --rate auto", param_hint="--rate")
+    calibrate, measured = 0, count
+    if auto:
+        try:
+            calibrate, measured = split_count(count, calibrate_count)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--calibrate-count") from None
+    share = DEFAULT_FRACTION if fraction is None else fraction
+
     endpoints = Endpoints.from_env()
     run_id = uuid.uuid4().hex[:8]
     generator = Generator(run_id, seed=seed)
@@ -186,8 +229,39 @@ def bench(
                 with _step(progress, "accounts removed", accounts.count) as tick:
                     await asyncio.to_thread(accounts.delete, tick)
 
+    async def calibration_phase(
+        progress: Progress, authorize: Authorize, documents: list[BenchDocument], on_id: Callable[[str], None]
+    ) -> Calibration:
+        with (
+            _step(progress, "calibration: submitted", len(documents)) as on_ack,
+            _step(progress, "calibration: final status", len(documents)) as on_final,
+        ):
+            closed = await run_pipeline(
+                endpoints,
+                documents,
+                mode=Mode.CLOSED,
+                concurrency=concurrency,
+                per_second=0.0,
+                authorize=authorize,
+                idle_timeout=idle_timeout,
+                on_ack=on_ack,
+                on_final=on_final,
+                run_id=run_id,
+                retry_for=retry_for,
+                on_id=on_id,
+                # Its latencies are not what the run is for; its capacity is.
+                hops=False,
+            )
+        try:
+            return choose_rate(closed, share)
+        except ValueError as exc:
+            raise BenchError(str(exc)) from exc
+
     async def measure(progress: Progress, authorize: Authorize) -> BenchReport:
         documents = _generate(generator, count, invalid_share, progress)
+        # Fresh documents for each phase: an invoice seen twice would be a
+        # duplicate (REJ_UNI), not load.
+        calibration_documents, documents = (documents[:calibrate], documents[calibrate:]) if auto else ([], documents)
         subset = documents[: min(baseline_count, len(documents))]
         chunks = -(-len(subset) // 20)
         validation_runs: list[ValidationBaseline] = []
@@ -196,25 +270,28 @@ def bench(
             # drifts, and the mean of both is the ceiling.
             with _step(progress, "ceiling: validation, before", chunks) as tick:
                 validation_runs.append(await asyncio.to_thread(validation_baseline, subset, validation_workers, tick))
-        with (
-            _step(progress, "submitted (acknowledged)", count) as on_ack,
-            _step(progress, "final status", count) as on_final,
-            _ids_writer(ids_file) as on_id,
-        ):
-            pipeline = await run_pipeline(
-                endpoints,
-                documents,
-                mode=mode,
-                concurrency=concurrency,
-                per_second=rate,
-                authorize=authorize,
-                idle_timeout=idle_timeout,
-                on_ack=on_ack,
-                on_final=on_final,
-                run_id=run_id,
-                retry_for=retry_for,
-                on_id=on_id,
-            )
+        calibration: Calibration | None = None
+        with _ids_writer(ids_file) as on_id:
+            if auto:
+                calibration = await calibration_phase(progress, authorize, calibration_documents, on_id)
+            with (
+                _step(progress, "submitted (acknowledged)", measured) as on_ack,
+                _step(progress, "final status", measured) as on_final,
+            ):
+                pipeline = await run_pipeline(
+                    endpoints,
+                    documents,
+                    mode=mode,
+                    concurrency=concurrency,
+                    per_second=calibration.target_rate if calibration else (per_second or 0.0),
+                    authorize=authorize,
+                    idle_timeout=idle_timeout,
+                    on_ack=on_ack,
+                    on_final=on_final,
+                    run_id=run_id,
+                    retry_for=retry_for,
+                    on_id=on_id,
+                )
         ceilings = Baselines()
         if baselines:
             with _step(progress, "ceiling: bare gRPC", len(subset)) as tick:
@@ -224,7 +301,9 @@ def bench(
             with _step(progress, "ceiling: validation, after", chunks) as tick:
                 validation_runs.append(await asyncio.to_thread(validation_baseline, subset, validation_workers, tick))
             ceilings.validation = ValidationBaseline.combined(validation_runs)
-        return BenchReport(run_id=run_id, pipeline=pipeline, baselines=ceilings, mix=mix(documents))
+        return BenchReport(
+            run_id=run_id, pipeline=pipeline, baselines=ceilings, mix=mix(documents), calibration=calibration
+        )
 
     try:
         report = asyncio.run(run())
@@ -242,7 +321,11 @@ def bench(
             err.print(f"[red]error:[/red] cannot write {json_file}: {exc}")
             raise typer.Exit(2) from exc
         err.print(f"report written to {json_file}")
-    p = report.pipeline
-    if p.lost or p.failed_submissions:
-        err.print(f"[red]{p.lost} invoice(s) lost, {sum(p.failed_submissions.values())} refused[/red]")
+    phases: list[PipelineFigures] = [report.pipeline]
+    if report.calibration:
+        phases.append(report.calibration.run)
+    lost = sum(p.lost for p in phases)
+    refused = sum(sum(p.failed_submissions.values()) for p in phases)
+    if lost or refused:
+        err.print(f"[red]{lost} invoice(s) lost, {refused} refused[/red]")
         raise typer.Exit(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -66,6 +66,16 @@ def steady_rate(times: Sequence[float], low: float = 10.0, high: float = 90.0) -
     return rate(j - i, ordered[j] - ordered[i])
 
 
+HOPS: tuple[str, ...] = ("submit_to_200", "200_to_validated", "validated_to_routed", "routed_to_final", "total")
+HOP_LABELS: dict[str, str] = {
+    "submit_to_200": "submit -> 200",
+    "200_to_validated": "200 -> validated",
+    "validated_to_routed": "validated -> routed",
+    "routed_to_final": "routed -> final",
+    "total": "submit -> final",
+}
+
+
 def ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, 3) if denominator > 0 else None
 
@@ -96,6 +106,40 @@ class PipelineFigures:
     lost_invoice_ids: list[str] = field(default_factory=list)
     # Submissions sent again after a transient refusal (--retry-for).
     retried_submissions: int = 0
+    # Per-hop latencies (HOPS); None for a hop no invoice has.
+    hops_ms: dict[str, Latency | None] = field(default_factory=dict)
+    # Topics the per-hop read could not use, with why (their hops are absent).
+    hops_unavailable: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Calibration:
+    """``--rate auto``: a closed-loop run measures the capacity, and the open
+    loop that follows runs at ``fraction`` of it."""
+
+    fraction: float
+    capacity_invoices_per_s: float
+    # Which figure of the closed-loop run the capacity is.
+    capacity_from: str
+    target_rate: float
+    run: PipelineFigures
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "fraction": self.fraction,
+            "capacity_invoices_per_s": self.capacity_invoices_per_s,
+            "capacity_from": self.capacity_from,
+            "target_rate": self.target_rate,
+            "run": asdict(self.run),
+        }
+
+    def achieved(self, open_loop: PipelineFigures) -> dict[str, float | None]:
+        """How the open loop kept to its rate, and what it carried against
+        the measured capacity."""
+        return {
+            "submissions_over_target_rate": ratio(open_loop.submissions_per_s, self.target_rate),
+            "e2e_steady_over_capacity": ratio(open_loop.e2e_invoices_per_s_steady, self.capacity_invoices_per_s),
+        }
 
 
 @dataclass
@@ -163,6 +207,7 @@ class BenchReport:
     baselines: Baselines
     mix: dict[str, int]
     machine: dict[str, Any] = field(default_factory=lambda: machine())
+    calibration: Calibration | None = None
 
     def ratios(self) -> dict[str, float | None]:
         b = self.baselines
@@ -192,6 +237,9 @@ class BenchReport:
             **p,
             "baselines": asdict(self.baselines),
             "ratios": self.ratios(),
+            "calibration": {**self.calibration.as_json(), **self.calibration.achieved(self.pipeline)}
+            if self.calibration
+            else None,
         }
 
 
@@ -209,6 +257,64 @@ def _lat(latency: Latency) -> str:
     return f"p50 {latency.p50:.1f}  p95 {latency.p95:.1f}  p99 {latency.p99:.1f}  (max {latency.max:.1f})"
 
 
+def _calibration_rows(c: Calibration, open_loop: PipelineFigures) -> list[tuple[str, str]]:
+    run = c.run
+    rows = [
+        (
+            "calibration (closed loop)",
+            f"{run.count} invoices, concurrency {run.concurrency}, lost {run.lost}, "
+            f"ack p50 {run.ack_latency_ms.p50:.1f} ms",
+        ),
+        (
+            "capacity invoices/s",
+            f"{c.capacity_invoices_per_s:.1f} ({c.capacity_from}; overall {run.e2e_invoices_per_s:.1f})",
+        ),
+        ("open-loop rate /s", f"{c.target_rate:.1f} ({c.fraction:g} x capacity)"),
+    ]
+    for name, value in c.achieved(open_loop).items():
+        if value is not None:
+            rows.append((name.replace("_", " "), f"{value:.3f}"))
+    return rows
+
+
+def hop_rows(hops: Mapping[str, Latency | None]) -> list[tuple[str, str, str, str, str, str]]:
+    """(hop, p50, p95, p99, max, invoices) per hop, in pipeline order; a
+    hop without samples shows dashes."""
+    rows = []
+    for hop in HOPS:
+        latency = hops.get(hop)
+        label = HOP_LABELS[hop]
+        if latency is None:
+            rows.append((label, "-", "-", "-", "-", "0"))
+        else:
+            rows.append(
+                (
+                    label,
+                    f"{latency.p50:.1f}",
+                    f"{latency.p95:.1f}",
+                    f"{latency.p99:.1f}",
+                    f"{latency.max:.1f}",
+                    str(latency.count),
+                )
+            )
+    return rows
+
+
+def render_hops(p: PipelineFigures, console: Console) -> None:
+    """The per-hop percentile table (pipeline timestamps, ms)."""
+    if not p.hops_ms and not p.hops_unavailable:
+        return
+    table = Table(title="per hop, ms (pipeline timestamps)", show_header=True, header_style="bold")
+    table.add_column("hop")
+    for name in ("p50", "p95", "p99", "max", "invoices"):
+        table.add_column(name, justify="right")
+    for row in hop_rows(p.hops_ms):
+        table.add_row(*row)
+    console.print(table)
+    for note in p.hops_unavailable:
+        console.print(f"[yellow]not read:[/yellow] {note}")
+
+
 def render(report: BenchReport, console: Console) -> None:
     p = report.pipeline
     table = Table(title=f"invoicectl bench {report.run_id}", show_header=True, header_style="bold")
@@ -216,6 +322,9 @@ def render(report: BenchReport, console: Console) -> None:
     table.add_column("value", justify="right")
     mode = f"{p.mode}, " + (f"{p.target_rate:g}/s" if p.target_rate else f"concurrency {p.concurrency}")
     table.add_row("mode", mode)
+    if report.calibration:
+        for figure, shown in _calibration_rows(report.calibration, p):
+            table.add_row(figure, shown)
     table.add_row("documents", f"{p.count} ({', '.join(f'{k} {v}' for k, v in report.mix.items())})")
     table.add_row("submissions/s", f"{p.submissions_per_s:.1f}")
     table.add_row("ack latency ms", _lat(p.ack_latency_ms))
@@ -249,3 +358,4 @@ def render(report: BenchReport, console: Console) -> None:
         if value is not None:
             table.add_row(name.replace("_", " "), f"{value:.3f}")
     console.print(table)
+    render_hops(p, console)

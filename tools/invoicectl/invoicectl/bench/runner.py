@@ -11,6 +11,8 @@ Two load shapes:
 
 The status topic is read with a group-less consumer (``StatusFollower``),
 pinned to the end before the first submission, so no event is missed.
+After the run, the validated and routed topics are read the same way for
+the per-hop latencies (``hops``).
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ import grpc
 from invoicing.v1 import ingest_pb2, ingest_pb2_grpc
 
 from invoicectl.bench.generator import BenchDocument
+from invoicectl.bench.hops import InvoiceTimes, hop_latencies, stage_times
 from invoicectl.bench.report import Latency, PipelineFigures, rate, steady_rate
 from invoicectl.config import GRPC_OPTIONS, Endpoints, client_config
 from invoicectl.kafka_follow import StatusFollower
+from invoicing_common import topics
 from invoicing_common.auth.client import secure_channel
 
+SUBMITTED = 200
 FINAL_CODES = frozenset({201, 203, 213})
 REJECTED = 213
 SUBMIT_TIMEOUT_SECONDS = 120.0
@@ -164,12 +169,17 @@ class Submitter:
 
 
 class FinalTracker:
-    """Records, per invoice, the arrival time of its first final status."""
+    """Records, per invoice, the arrival time of its first final status, and
+    when the pipeline says its 200 and its final status occurred."""
 
     def __init__(self, follower: StatusFollower, on_final: Tick) -> None:
         self._follower = follower
         self._on_final = on_final
         self.finals: dict[str, tuple[int, float]] = {}
+        # Epoch seconds of each event's occurred_at: the status service's
+        # clock, not the arrival here (which adds the status outbox's delay).
+        self.submitted_at: dict[str, float] = {}
+        self.final_at: dict[str, float] = {}
         self._wanted: set[str] = set()
         self._changed = asyncio.Event()
 
@@ -181,8 +191,13 @@ class FinalTracker:
 
     async def run(self) -> None:
         async for event in self._follower.events():
+            occurred = event.occurred_at.ToMicroseconds() / 1e6 if event.HasField("occurred_at") else None
+            if event.status_code == SUBMITTED and occurred is not None:
+                self.submitted_at.setdefault(event.invoice_id, occurred)
             if event.status_code in FINAL_CODES and event.invoice_id not in self.finals:
                 self.finals[event.invoice_id] = (event.status_code, time.perf_counter())
+                if occurred is not None:
+                    self.final_at[event.invoice_id] = occurred
                 if event.invoice_id in self._wanted:
                     self._on_final()
                 self._changed.set()
@@ -215,7 +230,11 @@ async def run_pipeline(
     run_id: str = "",
     retry_for: float = 0.0,
     on_id: Callable[[str], None] = lambda _id: None,
+    hops: bool = True,
 ) -> PipelineFigures:
+    """Submit ``documents``, wait for their final statuses, and, with
+    ``hops``, read the validated and routed topics afterwards (outside the
+    measured window) for the per-hop latencies."""
     follower = StatusFollower(endpoints.kafka)
     try:
         await follower.start()
@@ -236,7 +255,9 @@ async def run_pipeline(
                 retry_for=retry_for,
                 on_id=on_id,
             )
-            t0 = time.perf_counter()
+            # Sent times are perf_counter(); this pair puts them on the wall
+            # clock the pipeline's timestamps use.
+            wall0, t0 = time.time(), time.perf_counter()
             if mode is Mode.CLOSED:
                 sent = await client.closed_loop(documents, concurrency)
             else:
@@ -253,7 +274,42 @@ async def run_pipeline(
         await follower.stop()
     result = figures(sent, tracker.finals, missing, t0, submitted_at, mode, concurrency, per_second)
     result.retried_submissions = client.retries
+    if hops:
+        stages, result.hops_unavailable = await stage_times(endpoints.kafka, ids, wall0)
+        result.hops_ms = hop_latencies(
+            invoice_times(
+                sent,
+                wall0 - t0,
+                tracker.submitted_at,
+                stages.get(topics.VALIDATED, {}),
+                stages.get(topics.ROUTED, {}),
+                tracker.final_at,
+            )
+        )
     return result
+
+
+def invoice_times(
+    sent: Iterable[Sent],
+    wall_offset: float,
+    submitted_at: dict[str, float],
+    validated_at: dict[str, float],
+    routed_at: dict[str, float],
+    final_at: dict[str, float],
+) -> list[InvoiceTimes]:
+    """The steps of each acknowledged invoice; ``wall_offset`` turns a sent
+    time (perf_counter) into epoch seconds."""
+    return [
+        InvoiceTimes(
+            submitted=s.start + wall_offset,
+            status_200=submitted_at.get(s.invoice_id),
+            validated=validated_at.get(s.invoice_id),
+            routed=routed_at.get(s.invoice_id),
+            final=final_at.get(s.invoice_id),
+        )
+        for s in sent
+        if s.invoice_id
+    ]
 
 
 def figures(
