@@ -278,6 +278,25 @@ async def download(
         return ref, b"".join(parts)
 
 
+async def tamper_with_chunks(database_url: str, sha256: str, new_data: str, where: str = "TRUE") -> None:
+    """Set ``data = <new_data>`` (an SQL expression) on the archived chunks of
+    the file ``sha256`` matching ``where``, as the database's superuser and
+    past the archive's guards: what a disk fault or an intruder could do."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute(
+                f"UPDATE archive.chunks SET data = {new_data} WHERE ({where})"
+                " AND document_id = (SELECT id FROM archive.documents WHERE sha256 = $1)",
+                sha256,
+            )
+    finally:
+        await conn.close()
+
+
 async def get_invoice(status_addr: str, invoice_id: str, caller: Caller | None = None) -> status_pb2.GetInvoiceResponse:
     async with (caller or demo()).channel(status_addr) as status:
         stub = status_pb2_grpc.StatusServiceStub(status)

@@ -35,6 +35,7 @@ from tests.support import (
     get_invoice,
     invoice_from,
     records_for_key,
+    tamper_with_chunks,
     upload,
     upload_requests,
 )
@@ -250,19 +251,9 @@ async def test_a_damaged_stored_chunk_is_refused_on_download_and_nothing_is_writ
         stack.ingest, [UploadFile(f"d-{uuid.uuid4().hex[:6]}.xml", document), UploadFile("s.bin", scan)]
     )
     await collect_until_final(status_follower, {reply.invoice_id})
-    conn = await _admin(stack)
-    try:
-        # As the database's superuser, past the archive's guards: a disk
-        # fault or an intruder.
-        async with conn.transaction():
-            await conn.execute("SET LOCAL session_replication_role = replica")
-            await conn.execute(
-                "UPDATE archive.chunks SET data = overlay(data PLACING '\\x00'::bytea FROM 5) WHERE seq = 1"
-                " AND document_id = (SELECT id FROM archive.documents WHERE sha256 = $1)",
-                hashlib.sha256(scan).hexdigest(),
-            )
-    finally:
-        await conn.close()
+    await tamper_with_chunks(
+        stack.database_url, hashlib.sha256(scan).hexdigest(), "overlay(data PLACING '\\x00'::bytea FROM 5)", "seq = 1"
+    )
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await download(stack.ingest, reply.invoice_id, "s.bin")
     assert refused.value.code() == grpc.StatusCode.DATA_LOSS

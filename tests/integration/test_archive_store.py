@@ -18,7 +18,7 @@ from invoicing_common.archive import ORIGIN_INVOICE, ORIGIN_SUBMITTED, DocumentD
 from invoicing_common.archive.model import CHUNK_BYTES
 from invoicing_common.archive.postgres import CoalescingArchive, PostgresArchive
 from invoicing_common.db import Database
-from tests.support import Stack
+from tests.support import Stack, tamper_with_chunks
 
 pytestmark = pytest.mark.stack
 
@@ -104,19 +104,8 @@ async def test_a_damaged_chunk_is_refused_and_never_served(stack: Stack, archive
     ref = file_ref(data, "application/pdf", "d.pdf", ORIGIN_SUBMITTED)
     async with archive.database.pool.acquire() as conn, conn.transaction():
         await archive.put_many(conn, [(ref, data)])
-    # Tampering as the database's superuser, bypassing the archive's
-    # triggers: what a disk fault or an intruder could do.
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        async with conn.transaction():
-            await conn.execute("SET LOCAL session_replication_role = replica")
-            await conn.execute(
-                "UPDATE archive.chunks SET data = overlay(data PLACING '\\x00ff'::bytea FROM 10)"
-                " WHERE seq = 1 AND document_id = (SELECT id FROM archive.documents WHERE sha256 = $1)",
-                ref.sha256,
-            )
-    finally:
-        await conn.close()
+    damage = "overlay(data PLACING '\\x00ff'::bytea FROM 10)"
+    await tamper_with_chunks(stack.database_url, ref.sha256, damage, "seq = 1")
     with pytest.raises(DocumentDamaged, match="chunk 1 does not match its hash"):
         await archive.read(ref.sha256)
     served: list[bytes] = []
@@ -161,17 +150,7 @@ async def test_files_read_together_are_each_checked_on_their_own(stack: Stack, a
     good, bad, empty = os.urandom(CHUNK_BYTES + 10), os.urandom(500), b""
     refs = [file_ref(data, "application/octet-stream", "f", ORIGIN_SUBMITTED) for data in (good, bad, empty)]
     await archive.store(list(zip(refs, (good, bad, empty), strict=True)))
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        async with conn.transaction():
-            await conn.execute("SET LOCAL session_replication_role = replica")
-            await conn.execute(
-                "UPDATE archive.chunks SET data = 'x' WHERE document_id ="
-                " (SELECT id FROM archive.documents WHERE sha256 = $1)",
-                refs[1].sha256,
-            )
-    finally:
-        await conn.close()
+    await tamper_with_chunks(stack.database_url, refs[1].sha256, "'x'")
     missing = hashlib.sha256(os.urandom(8)).hexdigest()
     # Concurrent readers share queries; each gets its own verdict.
     together = CoalescingArchive(archive)

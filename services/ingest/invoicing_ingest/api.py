@@ -37,9 +37,10 @@ from invoicing_ingest.domain import (
     new_receipt,
     received_event,
 )
+from invoicing_ingest.errors import RequestError
 from invoicing_ingest.repository import ConflictingRetry, ReceiptRepository
 from invoicing_ingest.settings import IngestSettings
-from invoicing_ingest.uploads import Uploader, UploadRefused
+from invoicing_ingest.uploads import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +58,6 @@ ACCESS_POLICY: dict[str, frozenset[str]] = {
 STREAMING_METHODS = frozenset(
     {f"/{_SERVICE}/SubmitInvoices", f"/{_SERVICE}/UploadInvoice", f"/{_DOCUMENTS}/GetInvoiceDocument"}
 )
-
-
-class RequestError(Exception):
-    def __init__(self, code: grpc.StatusCode, field: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.field = field
-        self.message = message
 
 
 def _announcer(submission: Submission, trace_id: str) -> Callable[[Receipt], OutboxMessage]:
@@ -148,9 +141,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             uploaded = await self._uploader.upload(
                 request_iterator, submitter, lambda submission: _announcer(submission, trace_id)
             )
-        except UploadRefused as exc:
+        except RequestError as exc:
             SUBMISSIONS.add(1, {"outcome": "invalid"})
-            await context.abort(exc.code, f"{exc.field}: {exc.message}" if exc.field else exc.message)
+            await context.abort(exc.code, exc.details)
         except ConflictingRetry as exc:
             SUBMISSIONS.add(1, {"outcome": "conflict"})
             await context.abort(
@@ -174,7 +167,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         try:
             return await self._submit(request, current_principal())
         except RequestError as exc:
-            await context.abort(exc.code, f"{exc.field}: {exc.message}" if exc.field else exc.message)
+            await context.abort(exc.code, exc.details)
             raise  # unreachable: abort raises
 
     async def SubmitInvoices(  # noqa: N802 - gRPC method name

@@ -23,22 +23,19 @@ from invoicing_ingest.uploads import Uploader
 class ArchiveMigrations(Service):
     """Ingest owns the archive's tables (validate reads and adds to them)."""
 
-    def __init__(self, database: Database, documents: DocumentServicer) -> None:
+    def __init__(self, database: Database) -> None:
         super().__init__()
         self._database = database
-        self._documents = documents
 
     async def on_start(self) -> None:
         await archive_store.migrate(self._database)
-
-    async def on_stop(self) -> None:
-        await self._documents.close()
 
 
 @dataclass
 class Ingest:
     database: Database
-    # Migrations, then the object-store client when the bytes go to S3.
+    # Migrations, the object-store client when the bytes go to S3, and the
+    # download service's channel to status.
     archive: list[Service]
     relay: OutboxRelay
     grpc: GrpcServer
@@ -67,7 +64,7 @@ def bootstrap(settings: IngestSettings) -> Ingest:
     health = HealthMonitor(server, [database_reachable(database, settings.health_database_grace_seconds)])
     return Ingest(
         database=database,
-        archive=[ArchiveMigrations(database, documents), *archive_services],
+        archive=[ArchiveMigrations(database), *archive_services, documents],
         relay=relay,
         grpc=server,
         health=health,

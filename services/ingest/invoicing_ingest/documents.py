@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 from invoicing.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grpc
+from mode import Service
 from opentelemetry import trace
 
 from invoicing_common.archive import DocumentDamaged, DocumentMissing
@@ -40,8 +41,11 @@ def choose(invoice: status_pb2.GetInvoiceResponse, attachment: str) -> common_pb
     return matches[0]
 
 
-class DocumentServicer(ingest_pb2_grpc.DocumentServiceServicer):
+class DocumentServicer(ingest_pb2_grpc.DocumentServiceServicer, Service):
+    """Also a service: its channel to status closes with ingest."""
+
     def __init__(self, archive: PostgresArchive, status_address: str, status_ca_file: str | None) -> None:
+        Service.__init__(self)
         self._archive = archive
         self._status_address = status_address
         self._status_ca_file = status_ca_file
@@ -53,7 +57,7 @@ class DocumentServicer(ingest_pb2_grpc.DocumentServiceServicer):
             self._channel = secure_channel(self._status_address, None, self._status_ca_file)
         return status_pb2_grpc.StatusServiceStub(self._channel)
 
-    async def close(self) -> None:
+    async def on_stop(self) -> None:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None

@@ -32,20 +32,9 @@ from invoicing_ingest.domain import (
     check_idempotency_key,
     new_receipt,
 )
+from invoicing_ingest.errors import RequestError, invalid
 from invoicing_ingest.repository import Announce, ReceiptRepository
 from invoicing_ingest.settings import IngestSettings
-
-
-class UploadRefused(Exception):
-    def __init__(self, code: grpc.StatusCode, field: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.field = field
-        self.message = message
-
-
-def _invalid(field: str, message: str) -> UploadRefused:
-    return UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, field, message)
 
 
 class _Duplicate(Exception):
@@ -77,7 +66,7 @@ class _Messages:
         except StopAsyncIteration:
             return None
         except TimeoutError:
-            raise UploadRefused(
+            raise RequestError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 "",
                 f"no message for {self._idle_timeout:g}s; the upload was abandoned and nothing was stored",
@@ -102,11 +91,11 @@ class Uploader:
         messages = _Messages(requests, self._settings.upload_idle_timeout_seconds)
         first = await messages.next()
         if first is None or first.WhichOneof("part") != "file":
-            raise _invalid("file", "an upload starts with a message holding the invoice's file header")
+            raise invalid("file", "an upload starts with a message holding the invoice's file header")
         try:
             check_idempotency_key(first.idempotency_key)
         except SubmissionError as exc:
-            raise _invalid(exc.field, exc.message) from exc
+            raise invalid(exc.field, exc.message) from exc
         try:
             async with self._database.pool.acquire() as conn, conn.transaction():
                 files = await self._files(conn, first.file, messages)
@@ -146,45 +135,45 @@ class Uploader:
             index = len(files)
             field = "file.filename" if index == 0 else f"attachments[{index - 1}]"
             if index > settings.max_attachments:
-                raise _invalid("attachments", f"more than {settings.max_attachments} attachments (max_attachments)")
+                raise invalid("attachments", f"more than {settings.max_attachments} attachments (max_attachments)")
             try:
                 check_filename(header.filename, field if index else "filename")
             except SubmissionError as exc:
-                raise _invalid(exc.field, exc.message) from exc
+                raise invalid(exc.field, exc.message) from exc
             if index and (not header.filename or header.filename in names):
-                raise _invalid(field, f"attachment name {header.filename!r} is empty or used twice in this upload")
+                raise invalid(field, f"attachment name {header.filename!r} is empty or used twice in this upload")
             names.add(header.filename)
             declared = header.sha256.lower()
             if declared and not is_sha256(declared):
-                raise _invalid(f"{field}.sha256", "sha256 must be 64 hexadecimal characters")
+                raise invalid(f"{field}.sha256", "sha256 must be 64 hexadecimal characters")
             media_type: str | None = ""
             if index:
                 media_type = attachment_media_type(header.media_type, header.filename)
                 if media_type is None:
-                    raise _invalid(f"{field}.media_type", f"{header.media_type[:100]!r} is not a media type")
+                    raise invalid(f"{field}.media_type", f"{header.media_type[:100]!r} is not a media type")
             upload = self._archive.upload(conn)
             head = b""
             while (message := await messages.next()) is not None:
                 if message.idempotency_key:
-                    raise _invalid("idempotency_key", "idempotency_key belongs in the first message only")
+                    raise invalid("idempotency_key", "idempotency_key belongs in the first message only")
                 part = message.WhichOneof("part")
                 if part == "file":
                     next_header = message.file
                     break
                 if part != "chunk":
-                    raise _invalid("part", "each message holds a file header or a chunk")
+                    raise invalid("part", "each message holds a file header or a chunk")
                 chunk = message.chunk
                 if len(chunk) > CHUNK_BYTES:
-                    raise _invalid("chunk", f"a chunk holds at most {CHUNK_BYTES} bytes; this one {len(chunk)}")
+                    raise invalid("chunk", f"a chunk holds at most {CHUNK_BYTES} bytes; this one {len(chunk)}")
                 if index and upload.size + len(chunk) > settings.max_attachment_bytes:
-                    raise _invalid(
+                    raise invalid(
                         field,
                         f"attachment {header.filename!r} is over the limit of {settings.max_attachment_bytes} bytes"
                         " per attachment (max_attachment_bytes); nothing was stored",
                     )
                 total += len(chunk)
                 if total > settings.max_upload_bytes:
-                    raise _invalid(
+                    raise invalid(
                         "upload",
                         f"the upload is over the limit of {settings.max_upload_bytes} bytes for an invoice with its"
                         " attachments (max_upload_bytes); nothing was stored",
@@ -194,9 +183,9 @@ class Uploader:
                 await upload.write(chunk)
             if upload.size == 0:
                 what = "the invoice document" if index == 0 else f"attachment {header.filename!r}"
-                raise _invalid(field if index else "document", f"{what} is empty")
+                raise invalid(field if index else "document", f"{what} is empty")
             if declared and upload.sha256() != declared:
-                raise _invalid(
+                raise invalid(
                     f"{field}.sha256" if index else "file.sha256",
                     f"the bytes received hash to {upload.sha256()}, not the {declared} declared; nothing was stored",
                 )
