@@ -7,7 +7,8 @@ PACKAGES := libs/proto libs/common services/ingest services/validate services/ro
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard proto/invoicing/v1/*.proto)
 
-.PHONY: install run up down status test test-unit lint proto proto-check clean bench bench-quick chaos
+.PHONY: install run up down status test test-unit lint proto proto-check clean bench bench-quick chaos \
+	images deploy-local undeploy-local test-images scale-out compose-images compose-up compose-ps compose-down compose-clean
 
 install: $(STAMP)
 	@$(BIN)/python scripts/fetch_artefacts.py
@@ -53,6 +54,62 @@ lint: install proto-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python scripts/check_manifests.py
+
+## Container images with podman (docs/deploy.md): the Debian base is made
+## with mmdebstrap when missing; no registry is needed. Neither `make run`
+## nor `make test` needs them.
+export CONTAINERS_CONF ?= $(CURDIR)/deploy/container/containers.conf
+IMAGES_ARGS ?=
+images: install
+	$(BIN)/python scripts/images.py build $(IMAGES_ARGS)
+
+## The services as containers (`podman kube play` of deploy/k8s/overlays/local)
+## against the stack's Kafka, PostgreSQL and Keycloak; prints each sample's
+## final status. `make undeploy-local` removes the pods.
+deploy-local: images
+	$(BIN)/python deploy/local/stack.py infra
+	$(BIN)/python scripts/deploy_local.py deploy
+
+undeploy-local:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/deploy_local.py undeploy; fi
+
+## The end-to-end journeys against the services run from the image, started
+## by testcontainers through podman's API socket (tests/containers.py). The
+## two suites that restart or add service processes themselves are left out.
+TEST_IMAGES_ARGS ?= tests/e2e --ignore=tests/e2e/test_telemetry.py --ignore=tests/e2e/test_trace_in_memory.py
+test-images: images
+	$(BIN)/python deploy/local/stack.py test-images -- $(TEST_IMAGES_ARGS) $(PYTEST_ARGS)
+
+## The scale-out curve (docs/performance.md, "Scale-out"): validate as 1, 2
+## and 4 containers of 0.5 CPU, at 6 then 12 partitions, one open-loop load.
+## Needs a stack whose topics have at most 6 partitions (a new .run).
+SCALE_OUT_ARGS ?= --json scale-out.json
+scale-out: images up
+	$(BIN)/python scripts/scale_out.py $(SCALE_OUT_ARGS)
+
+## The pipeline as one compose project (deploy/compose/, docs/deploy.md):
+## Kafka, PostgreSQL and the collector from the project's own images, host
+## networking on ports apart from the local stack's. OIDC_ISSUER (and
+## OIDC_CA_FILE) name the token issuer. podman-compose comes from the lock
+## (Debian bookworm's 1.0.3 cannot do network_mode: host).
+COMPOSE := $(BIN)/podman-compose -f deploy/compose/compose.yaml -p invoicing-compose
+compose-images: install
+	$(BIN)/python scripts/images.py build --only app --only kafka --only postgres --only collector
+
+compose-up: compose-images
+	$(BIN)/python deploy/compose/prepare.py
+	$(COMPOSE) up -d
+
+compose-ps: install
+	$(COMPOSE) ps
+
+compose-down:
+	@if [ -x $(BIN)/podman-compose ]; then $(COMPOSE) down; fi
+
+compose-clean:
+	@if [ -x $(BIN)/podman-compose ]; then $(COMPOSE) down -v; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python deploy/compose/prepare.py --clean; fi
 
 proto: install
 	$(BIN)/python scripts/protogen.py generate

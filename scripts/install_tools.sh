@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The stock tools the docs and the tests use against the stack: kcat (Kafka)
-# from Debian's packages, grpcurl (gRPC) from the Go module proxy into
+# and kubectl (the manifest check) from the apt sources, grpcurl (gRPC) from the Go module proxy into
 # .cache/bin. Idempotent: a tool already there is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,17 @@ if ! command -v kcat >/dev/null; then
     apt-get install -y -q kcat >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q kcat >/dev/null; }
   else
     echo "[tools] kcat is missing: install it (apt-get install kcat) for the Kafka examples and tests" >&2
+  fi
+fi
+
+# kubectl renders the Kubernetes manifests (`kubectl kustomize`) for the
+# check in `make lint`.
+if ! command -v kubectl >/dev/null; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "[tools] installing kubectl from the apt sources"
+    apt-get install -y -q kubectl >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q kubectl >/dev/null; }
+  else
+    echo "[tools] kubectl is missing: install it for the manifest check of make lint" >&2
   fi
 fi
 

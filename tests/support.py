@@ -153,6 +153,15 @@ class Stack:
         self.platform_id = os.environ.get("PLATFORM_ID", "local")
         self.run_dir = Path(os.environ.get("STACK_RUN_DIR", ROOT / ".run"))
 
+    def service_pid(self, name: str) -> int:
+        """The pid of a running service's main process: the stack's pid file,
+        or (make test-images) the container's, which tests/containers.py
+        exports as INVOICING_<NAME>_PID."""
+        exported = os.environ.get(f"INVOICING_{name.upper()}_PID")
+        if exported:
+            return int(exported)
+        return int((self.run_dir / "pids" / f"{name}.pid").read_text())
+
     def kafka_fields(self) -> dict[str, Any]:
         """The cluster admin's Kafka settings, as keyword arguments of any
         settings class (ServiceSettings, a service's own)."""

@@ -6,11 +6,18 @@ Connect provider) and the four services, every connection authenticated.
     python deploy/local/stack.py status   show what runs
     python deploy/local/stack.py restart-services
                                           restart the four services with the current environment
+    python deploy/local/stack.py infra    Kafka, PostgreSQL and Keycloak only, provisioned (for services
+                                          run in containers: make deploy-local)
+    python deploy/local/stack.py stop NAME...
+                                          stop these parts only (e.g. validate, to run it elsewhere)
     python deploy/local/stack.py stop-services
                                           stop the four services, keep Kafka and PostgreSQL (`up` restarts them)
     python deploy/local/stack.py test -- [pytest args]
                                           up, run the whole suite, then stop
                                           whatever this command started
+    python deploy/local/stack.py test-images -- [pytest args]
+                                          the same with the services run from the
+                                          project's image (make test-images)
 
 Everything lives under .run/ (git-ignored; STACK_RUN_DIR moves it): data, logs, pid files,
 secrets/ (random passwords, made on first start), tls/ (a local CA and the server certificate),
@@ -97,6 +104,11 @@ class ServiceSpec:
     def metrics_port(self) -> int:
         # Prometheus scrape port: the gRPC port + 100 unless set explicitly.
         return int(os.environ.get(f"{self.name.upper()}_METRICS_PORT", str(self.port + 100)))
+
+    @property
+    def health_port(self) -> int:
+        # Plaintext grpc.health.v1 only (the kubelet's probes): the gRPC port + 200.
+        return int(os.environ.get(f"{self.name.upper()}_HEALTH_PORT", str(self.port + 200)))
 
 
 SERVICES = (
@@ -728,6 +740,7 @@ def service_environment(spec: ServiceSpec, values: dict[str, str]) -> dict[str, 
     env = {
         "GRPC_PORT": str(spec.port),
         "METRICS_PORT": str(spec.metrics_port),
+        "GRPC_HEALTH_PORT": str(spec.health_port),
         "PLATFORM_ID": values["PLATFORM_ID"],
         "KAFKA_BOOTSTRAP_SERVERS": values["KAFKA_BOOTSTRAP_SERVERS"],
         "GRPC_TLS_CERT_FILE": str(TLS_DIR / "server.pem"),
@@ -772,15 +785,20 @@ def service_environment(spec: ServiceSpec, values: dict[str, str]) -> dict[str, 
     return env
 
 
+def write_service_environment(spec: ServiceSpec, values: dict[str, str]) -> dict[str, str]:
+    own = service_environment(spec, values)
+    SERVICE_ENV_DIR.mkdir(parents=True, exist_ok=True)
+    (SERVICE_ENV_DIR / f"{spec.name}.env").write_text("".join(f"{k}={v}\n" for k, v in own.items()))
+    return own
+
+
 def start_service(spec: ServiceSpec, values: dict[str, str]) -> None:
     if running_pid(spec.name) is not None:
         say(f"{spec.name} already running on 127.0.0.1:{spec.port}")
         return
     if port_open(spec.port):
         raise SystemExit(f"port {spec.port} is taken by another process; set {spec.name.upper()}_PORT")
-    own = service_environment(spec, values)
-    SERVICE_ENV_DIR.mkdir(parents=True, exist_ok=True)
-    (SERVICE_ENV_DIR / f"{spec.name}.env").write_text("".join(f"{k}={v}\n" for k, v in own.items()))
+    own = write_service_environment(spec, values)
     inherited = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
     say(f"starting {spec.name} on 127.0.0.1:{spec.port}")
     spawn(spec.name, [str(VENV_BIN / "python"), "-m", spec.module], env={**inherited, **own})
@@ -836,6 +854,7 @@ def endpoints() -> dict[str, str]:
     for spec in SERVICES:
         values[spec.addr_var] = f"127.0.0.1:{spec.port}"
         values[f"{spec.name.upper()}_METRICS_ADDR"] = f"127.0.0.1:{spec.metrics_port}"
+        values[f"{spec.name.upper()}_HEALTH_ADDR"] = f"127.0.0.1:{spec.health_port}"
     return values
 
 
@@ -868,13 +887,15 @@ def start_s3() -> None:
     httpx.put(f"http://127.0.0.1:{S3_PORT}/{S3_BUCKET}", timeout=10)
 
 
-def up() -> list[str]:
+def up(services: bool = True) -> list[str]:
     """Start what is not running; returns the names started by this call.
     If start-up fails, what this call started is stopped again: a failed
-    `make up` or `make test` leaves no process behind."""
+    `make up` or `make test` leaves no process behind. Without services:
+    Kafka, PostgreSQL and Keycloak only, provisioned, for services run
+    elsewhere (containers: `make deploy-local`)."""
     before = {name for name in all_parts() if running_pid(name)}
     try:
-        _up()
+        _up(services)
     except BaseException:
         started = [name for name in all_parts() if name not in before and running_pid(name)]
         if started:
@@ -885,7 +906,7 @@ def up() -> list[str]:
     return sorted(after - before)
 
 
-def _up() -> None:
+def _up(services: bool = True) -> None:
     values = endpoints()
     tls = pki.ensure(TLS_DIR, clients=KAFKA_CERT_PRINCIPALS)
     sys.path.insert(0, str(ROOT / "libs" / "common"))
@@ -939,11 +960,16 @@ def _up() -> None:
         KEYCLOAK_PORT, tls.ca_cert, SECRETS.get("keycloak-admin"), values["INVOICING_CLIENT_SECRET"]
     ):
         say(f"keycloak realm {keycloak.REALM} created from {keycloak.REALM_TEMPLATE.relative_to(ROOT)}")
-    for spec in SERVICES:
-        start_service(spec, values)
-    for spec in SERVICES:
-        wait_until(f"{spec.name} health", partial(service_ready, spec.port, tls.ca_cert), spec.name)
-        say(f"{spec.name} SERVING on 127.0.0.1:{spec.port} (TLS)")
+    if services:
+        for spec in SERVICES:
+            start_service(spec, values)
+        for spec in SERVICES:
+            wait_until(f"{spec.name} health", partial(service_ready, spec.port, tls.ca_cert), spec.name)
+            say(f"{spec.name} SERVING on 127.0.0.1:{spec.port} (TLS)")
+    else:
+        # What the services would be given, for whoever runs them instead.
+        for spec in SERVICES:
+            write_service_environment(spec, values)
     write_env(values)
     say(f"ready; endpoints written to {RUN / 'env'}")
 
@@ -980,8 +1006,8 @@ def status() -> int:
 
 
 @contextlib.contextmanager
-def _started_for_tests() -> Iterator[dict[str, str]]:
-    started = up()
+def _started_for_tests(services: bool = True) -> Iterator[dict[str, str]]:
+    started = up(services)
     try:
         yield endpoints()
     finally:
@@ -998,10 +1024,24 @@ def test(pytest_args: list[str]) -> int:
         return subprocess.call([str(VENV_BIN / "pytest"), *pytest_args], env=env, cwd=ROOT)
 
 
+def test_images(pytest_args: list[str]) -> int:
+    """The suite against the services run from the project's image
+    (tests/containers.py starts them with testcontainers): the stack's own
+    service processes would hold their ports, so they are stopped first."""
+    for spec in reversed(SERVICES):
+        stop(spec.name)
+    with _started_for_tests(services=False) as values:
+        env = {**os.environ, **values}
+        return subprocess.call([str(VENV_BIN / "pytest"), "-p", "tests.containers", *pytest_args], env=env, cwd=ROOT)
+
+
 def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "status"
     if command == "up":
         up()
+        return 0
+    if command == "infra":
+        up(services=False)
         return 0
     if command == "down":
         down()
@@ -1011,15 +1051,22 @@ def main(argv: list[str]) -> int:
     if command == "restart-services":
         restart_services()
         return 0
+    if command == "stop":
+        unknown = sorted(set(argv[2:]) - set(all_parts()))
+        if unknown or not argv[2:]:
+            raise SystemExit(f"stop: name parts of the stack ({', '.join(all_parts())}); unknown: {unknown}")
+        for name in argv[2:]:
+            stop(name)
+        return 0
     if command == "stop-services":
         for spec in reversed(SERVICES):
             stop(spec.name)
         return 0
-    if command == "test":
+    if command in ("test", "test-images"):
         rest = argv[2:]
         if rest and rest[0] == "--":
             rest = rest[1:]
-        return test(rest)
+        return test(rest) if command == "test" else test_images(rest)
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -278,7 +278,7 @@ async def test_a_100_mb_upload_streams_through_ingest_in_bounded_memory(stack: S
     """An invoice with ten attachments of 10 MiB: ingest's peak memory grows
     by less than 64 MiB over its idle size, and no Kafka record of the
     journey exceeds 64 KiB."""
-    pid = int((stack.run_dir / "pids" / "ingest.pid").read_text())
+    pid = stack.service_pid("ingest")
     document, _ = invoice_from(SAMPLE_SELLER)
     attachments = [UploadFile(f"scan-{n:02d}.tiff", os.urandom(10 * MIB), "image/tiff") for n in range(10)]
     # The peak so far is forgotten (Linux: "5" resets VmHWM to VmRSS).

@@ -1,7 +1,8 @@
 """grpc.aio server with TLS, authentication, health checking, reflection
 and a graceful stop.
 
-The server has a TLS port only. Every call but health and reflection needs
+The server has a TLS port only (and, when configured, a plaintext port
+that serves grpc.health.v1 alone, for the kubelet's probes). Every call but health and reflection needs
 a bearer access token from the configured OpenID Connect issuer and the
 roles the service's access policy names for the method (docs/security.md);
 a method without a policy entry is refused. Health says SERVING only once
@@ -67,6 +68,7 @@ class GrpcServer(Service):
         # refusals included.
         self._interceptors = [aio_server_interceptor(), _DurationInterceptor(), auth, *interceptors]  # type: ignore[no-untyped-call]
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._ready = False
         self._health = health.aio.HealthServicer()
         self._service_names: list[str] = []
@@ -101,6 +103,20 @@ class GrpcServer(Service):
         await server.start()
         self._server = server
         log.info("gRPC server listening on %s:%d (TLS)", self._settings.grpc_host, self.port)
+        if self._settings.grpc_health_port:
+            await self._start_health_server()
+
+    async def _start_health_server(self) -> None:
+        # Health only, no interceptors: it answers SERVING or NOT_SERVING and
+        # carries nothing a token would protect.
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        address = f"{self._settings.grpc_host}:{self._settings.grpc_health_port}"
+        if server.add_insecure_port(address) == 0:
+            raise RuntimeError(f"cannot bind the health port to {address}")
+        await server.start()
+        self._health_server = server
+        log.info("gRPC health (plaintext, health only) on %s", address)
 
     @property
     def ready(self) -> bool:
@@ -126,6 +142,10 @@ class GrpcServer(Service):
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self._settings.shutdown_grace_seconds)
         self._server = None
+        if self._health_server is not None:
+            # Last: probes see NOT_SERVING for the whole drain.
+            await self._health_server.stop(0)
+            self._health_server = None
         await self._verifier.aclose()
         log.info("gRPC server stopped")
 

@@ -120,6 +120,9 @@ class GrpcSettings(ServiceSettings):
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=0, ge=0, le=65535)
     grpc_max_message_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # A second, plaintext port that serves grpc.health.v1 and nothing else
+    # (0: none), for probes that speak no TLS: the kubelet's gRPC probes.
+    grpc_health_port: int = Field(default=0, ge=0, le=65535)
     # TLS is not optional: the server has no plaintext port.
     grpc_tls_cert_file: Path | None = None
     grpc_tls_key_file: Path | None = None

@@ -11,6 +11,7 @@ see, stops it with a message that says how to provision it.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +25,11 @@ from aiokafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyp
 from invoicing_common import topics
 from invoicing_common.settings import KafkaClientSettings
 
-# The topics file of a checkout (deploy/kafka/topics.toml): found from here.
-DEFAULT_FILE = Path(__file__).resolve().parents[4] / "deploy" / "kafka" / "topics.toml"
+# The topics file of a checkout (deploy/kafka/topics.toml), found from here;
+# an installed copy (the container image) names its own.
+DEFAULT_FILE = Path(
+    os.environ.get("INVOICING_TOPICS_FILE") or Path(__file__).resolve().parents[4] / "deploy" / "kafka" / "topics.toml"
+)
 _UNKNOWN_TOPIC = 3
 _NOT_AUTHORIZED = 29
 
