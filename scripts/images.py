@@ -44,9 +44,6 @@ CACHE = ROOT / ".cache"
 # Build contexts of the infrastructure images (not the repository root).
 CONTEXTS = CACHE / "images"
 ENTRYPOINTS = ROOT / "deploy" / "compose" / "entrypoints"
-# The broker of the local stack (deploy/local/stack.py resolves the same jars).
-KAFKA_VERSION = os.environ.get("KAFKA_VERSION", "4.4.0")
-KAFKA_POM = ROOT / "deploy" / "local" / "kafka" / "pom.xml"
 # The OpenTelemetry Collector Builder manifest; the builder runs at the
 # version the manifest's dist.version names (its components' version).
 COLLECTOR_MANIFEST = CONTAINER_DIR / "collector" / "builder-config.yaml"
@@ -156,21 +153,11 @@ def ca_bundle() -> Path | None:
 
 def kafka_jars() -> Path:
     """The broker's jars from Maven Central (.cache/kafka/VERSION/), resolved
-    once; the local stack uses the same folder."""
-    target = CACHE / "kafka" / KAFKA_VERSION
-    if (target / ".complete").exists():
-        return target
-    if shutil.which("mvn") is None:
-        raise SystemExit("mvn is missing: install it (apt-get install maven) to resolve Kafka's jars")
-    say(f"resolving Apache Kafka {KAFKA_VERSION} broker jars from Maven Central (once)")
-    shutil.rmtree(target, ignore_errors=True)
-    subprocess.run(
-        ["mvn", "-q", "-B", "-f", str(KAFKA_POM), f"-Dkafka.version={KAFKA_VERSION}",
-         "dependency:copy-dependencies", f"-DoutputDirectory={target}", "-DincludeScope=runtime"],
-        check=True,
-    )  # fmt: skip
-    (target / ".complete").touch()
-    return target
+    once by the local stack's own resolver, so both use the same folder."""
+    sys.path.insert(0, str(ROOT / "deploy" / "local"))
+    import stack
+
+    return stack.kafka_classpath()
 
 
 def collector_version() -> str:

@@ -6,25 +6,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 GRPCURL_VERSION="${GRPCURL_VERSION:-v1.9.3}"
 
-if ! command -v kcat >/dev/null; then
+# apt_tool COMMAND WHAT-FOR: the package of that name, as root, when missing.
+apt_tool() {
+  command -v "$1" >/dev/null && return 0
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-    echo "[tools] installing kcat from Debian's packages"
-    apt-get install -y -q kcat >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q kcat >/dev/null; }
+    echo "[tools] installing $1 from the apt sources"
+    apt-get install -y -q "$1" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "$1" >/dev/null; }
   else
-    echo "[tools] kcat is missing: install it (apt-get install kcat) for the Kafka examples and tests" >&2
+    echo "[tools] $1 is missing: install it (apt-get install $1) for $2" >&2
   fi
-fi
+}
 
-# kubectl renders the Kubernetes manifests (`kubectl kustomize`) for the
-# check in `make lint`.
-if ! command -v kubectl >/dev/null; then
-  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-    echo "[tools] installing kubectl from the apt sources"
-    apt-get install -y -q kubectl >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q kubectl >/dev/null; }
-  else
-    echo "[tools] kubectl is missing: install it for the manifest check of make lint" >&2
-  fi
-fi
+apt_tool kcat "the Kafka examples and tests"
+# kubectl renders the Kubernetes manifests (kubectl kustomize) for make lint's check.
+apt_tool kubectl "the manifest check of make lint"
 
 if [ ! -x .cache/bin/grpcurl ]; then
   if command -v go >/dev/null; then

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 
+from invoicing_common.archive.grants import grant_archive
+
 SECRETS = Path(os.environ.get("DB_INIT_DIR", "/run/invoicing/db-init"))
 HOST = os.environ.get("PGHOST", "127.0.0.1")
 PORT = int(os.environ.get("PGPORT", "25432"))
@@ -83,14 +85,7 @@ async def provision() -> None:
             await conn.execute(f'GRANT CONNECT, TEMPORARY ON DATABASE "{DATABASE}" TO "{role}"')
             await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}" AUTHORIZATION "{role}"')
             await conn.execute(f'ALTER SCHEMA "{schema}" OWNER TO "{role}"')
-        # The archive: ingest owns it, validate reads documents and adds attachments.
-        await conn.execute('CREATE SCHEMA IF NOT EXISTS archive AUTHORIZATION "ingest"')
-        await conn.execute('GRANT USAGE ON SCHEMA archive TO "validate"')
-        defaults = 'ALTER DEFAULT PRIVILEGES FOR ROLE "ingest" IN SCHEMA archive'
-        await conn.execute(f'{defaults} GRANT SELECT, INSERT, UPDATE ON TABLES TO "validate"')
-        await conn.execute(f'{defaults} GRANT USAGE ON SEQUENCES TO "validate"')
-        await conn.execute('GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA archive TO "validate"')
-        await conn.execute('GRANT USAGE ON ALL SEQUENCES IN SCHEMA archive TO "validate"')
+        await grant_archive(conn)
     finally:
         await conn.close()
     say(f"roles {', '.join(ROLES)} and their schemas provisioned in {DATABASE}")

@@ -625,17 +625,10 @@ def pgpass_line(user: str, password: str) -> str:
 
 
 async def provision_archive(conn: Any) -> None:
-    """The document archive's schema: ingest owns it (and creates its tables
-    by migration); validate reads documents and adds the attachments it
-    extracts. Default privileges cover the tables ingest creates later;
-    the GRANT ON ALL covers those it created before (docs/archive.md)."""
-    await conn.execute('CREATE SCHEMA IF NOT EXISTS archive AUTHORIZATION "ingest"')
-    await conn.execute('GRANT USAGE ON SCHEMA archive TO "validate"')
-    defaults = 'ALTER DEFAULT PRIVILEGES FOR ROLE "ingest" IN SCHEMA archive'
-    await conn.execute(f'{defaults} GRANT SELECT, INSERT, UPDATE ON TABLES TO "validate"')
-    await conn.execute(f'{defaults} GRANT USAGE ON SEQUENCES TO "validate"')
-    await conn.execute('GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA archive TO "validate"')
-    await conn.execute('GRANT USAGE ON ALL SEQUENCES IN SCHEMA archive TO "validate"')
+    """The document archive's schema and grants (invoicing_common.archive.grants)."""
+    from invoicing_common.archive.grants import grant_archive
+
+    await grant_archive(conn)
 
 
 def provision_database() -> None:

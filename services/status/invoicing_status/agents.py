@@ -120,6 +120,7 @@ def register(
     on_change: Callable[[], None],
     batch_size: int = 200,
     batch_window: float = 0.1,
+    batch_interval: float | None = None,
 ) -> None:
     """Batches of pipeline events, one transaction each. The stream
     runtime's policy applies: a transient fault retries the batch; a record
@@ -213,4 +214,5 @@ def register(
         handler=handle_batch,
         batch_size=batch_size,
         batch_window=batch_window,
+        batch_interval=batch_interval,
     )

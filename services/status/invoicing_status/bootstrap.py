@@ -54,7 +54,10 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
         topics=[topics.STATUS],
     )
     app = StreamApp(settings.otel_service_name, settings)
-    agents.register(app, repository, relay.wake, settings.status_batch_size, settings.status_batch_window_ms / 1000)
+    interval = settings.status_batch_interval_ms / 1000 if settings.status_batch_interval_ms >= 0 else None
+    agents.register(
+        app, repository, relay.wake, settings.status_batch_size, settings.status_batch_window_ms / 1000, interval
+    )
     notifier = ChangeNotifier(database)
     server = GrpcServer(
         settings,

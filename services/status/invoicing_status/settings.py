@@ -15,6 +15,10 @@ class StatusSettings(GrpcSettings):
     # batches cost fewer statements per event (docs/performance.md) and add
     # at most this much to each status change's latency.
     status_batch_window_ms: int = Field(default=100, ge=0, le=5_000)
+    # Adaptive batches: the next batch goes once this long has passed since
+    # the previous one (so at once when the stream is quiet), within the
+    # window above. -1: every batch waits the whole window.
+    status_batch_interval_ms: int = Field(default=25, ge=-1, le=5_000)
     # Processed event ids and published status events are pruned once this
     # old. More than the input topics keep records (a week), so that no
     # redelivered record can find its id gone; as long as WatchInvoices can

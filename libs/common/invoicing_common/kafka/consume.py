@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -124,6 +125,19 @@ class _Subscription:
     concurrency: int = 1
     batch_size: int = 1
     batch_window: float = 0.0
+    # Adaptive batches (None: every batch waits batch_window): a batch is
+    # dispatched once batch_interval has passed since the previous one, so a
+    # quiet stream is handled at once and a busy one in batches at most
+    # 1/batch_interval a second; batch_window still caps the wait.
+    batch_interval: float | None = None
+
+
+def batch_deadline(first: float, last_dispatch: float, subscription: _Subscription) -> float:
+    """When a batch whose first record came at ``first`` is dispatched."""
+    latest = first + subscription.batch_window
+    if subscription.batch_interval is None:
+        return latest
+    return min(latest, max(first, last_dispatch + subscription.batch_interval))
 
 
 class HandlingFailed(RuntimeError):
@@ -179,8 +193,23 @@ class StreamApp(Service):
     def consume(self, *topic_names: str, handler: Handler, concurrency: int = 1) -> None:
         self._subscribe(_Subscription(topic_names, on_record=handler, concurrency=concurrency))
 
-    def consume_batches(self, *topic_names: str, handler: BatchHandler, batch_size: int, batch_window: float) -> None:
-        self._subscribe(_Subscription(topic_names, on_batch=handler, batch_size=batch_size, batch_window=batch_window))
+    def consume_batches(
+        self,
+        *topic_names: str,
+        handler: BatchHandler,
+        batch_size: int,
+        batch_window: float,
+        batch_interval: float | None = None,
+    ) -> None:
+        self._subscribe(
+            _Subscription(
+                topic_names,
+                on_batch=handler,
+                batch_size=batch_size,
+                batch_window=batch_window,
+                batch_interval=batch_interval,
+            )
+        )
 
     def _subscribe(self, subscription: _Subscription) -> None:
         if self._subscription is not None:
@@ -453,6 +482,7 @@ class StreamApp(Service):
 
     async def _run_batches(self, subscription: _Subscription) -> None:
         loop = asyncio.get_running_loop()
+        last_dispatch = -math.inf
         while not self.should_stop:
             self._check_failure()
             messages: list[ConsumerRecord] = []
@@ -471,11 +501,12 @@ class StreamApp(Service):
                     messages.extend(records)
                 if messages and deadline is None:
                     # Wait a little for more: one transaction per batch.
-                    deadline = loop.time() + subscription.batch_window
+                    deadline = batch_deadline(loop.time(), last_dispatch, subscription)
                 if deadline is not None and loop.time() >= deadline:
                     break
             if not messages or self.should_stop:
                 continue
+            last_dispatch = loop.time()
             task = asyncio.ensure_future(self.process([record_from(m) for m in messages]))
             last: dict[TopicPartition, int] = {}
             for m in messages:
