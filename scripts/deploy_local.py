@@ -63,6 +63,7 @@ EXPECTED = {
     "not-an-invoice.txt": 213,
 }
 FINAL_CODES = frozenset({203, 213})
+COPY_PREFIX = "deploy-local-"
 
 # Keys of .run/services/NAME.env that name files on this machine: in the
 # containers, the manifests' own paths (under /etc/invoicing) stand.
@@ -223,7 +224,8 @@ def fresh_samples(run_id: str) -> list[Path]:
     made = []
     for name in EXPECTED:
         source = ROOT / "samples" / name
-        target = folder / name
+        # A name of its own: `make run` looks the samples up by name.
+        target = folder / f"{COPY_PREFIX}{name}"
         if name.endswith(".xml"):
             root = etree.fromstring(source.read_bytes(), parser)
             target.write_bytes(rewrite(root, f"DL-{run_id}-{name.split('.')[0]}", seller))
@@ -260,7 +262,7 @@ def push_samples() -> int:
             time.sleep(0.5)
     failed = 0
     for receipt in receipts:
-        name = Path(receipt["file"]).name
+        name = Path(receipt["file"]).name.removeprefix(COPY_PREFIX)
         state = final.get(receipt["invoice_id"])
         if state is None:
             print(f"  {name:34} {receipt['invoice_id']}  not final after {SAMPLE_TIMEOUT_SECONDS:.0f} s  FAILED")
