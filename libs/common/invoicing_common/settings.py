@@ -99,10 +99,10 @@ class ServiceSettings(KafkaClientSettings):
     kafka_fetch_min_bytes: int = Field(default=32 * 1024, ge=1, le=64 * 1024 * 1024)
     kafka_fetch_max_wait_ms: int = Field(default=50, ge=0, le=1500)
     # How long the stream producers (validated, routed, DLQ records) wait to
-    # fill a batch. 20 ms cut the pipeline's CPU per invoice by about a tenth
-    # against 5 ms (docs/performance.md); ingest's producer, which waits for
-    # each acknowledgement, keeps its own 5 ms.
-    kafka_producer_linger_ms: int = Field(default=20, ge=0, le=1000)
+    # fill a batch. 20 ms once saved CPU, when records carried the documents;
+    # with references only, 5 ms costs no more CPU and saves about 17 ms per
+    # hop (docs/performance.md, "Adaptive status batches").
+    kafka_producer_linger_ms: int = Field(default=5, ge=0, le=1000)
     # uvloop: the event loop in C (docs/performance.md has the measurement).
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
