@@ -74,6 +74,33 @@ def say(message: str) -> None:
     print(f"[deploy-local] {message}", flush=True)
 
 
+def container_settings(name: str) -> dict[str, str]:
+    """A service's environment for a container started by hand (make
+    test-images, scripts/scale_out.py): the stack's endpoints and the
+    manifests' in-container paths of the files `container_mounts` mounts."""
+    own = read_env_file(RUN / "services" / f"{name}.env")
+    env = {
+        **container_env(own),
+        "GRPC_TLS_CERT_FILE": "/etc/invoicing/tls/server.pem",
+        "GRPC_TLS_KEY_FILE": "/etc/invoicing/tls/server.key",
+        "OIDC_CA_FILE": "/etc/invoicing/tls/ca.pem",
+        "KAFKA_SASL_PASSWORD_FILE": "/etc/invoicing/kafka/password",
+        "PGPASSFILE": "/etc/invoicing/postgres/pgpass",
+    }
+    if "STATUS_CA_FILE" in own:
+        env["STATUS_CA_FILE"] = "/etc/invoicing/tls/ca.pem"
+    return env
+
+
+def container_mounts(files: Path, name: str) -> list[tuple[Path, str]]:
+    """(host folder, container folder), read-only: `prepare_files`' copies."""
+    return [
+        (files / "tls", "/etc/invoicing/tls"),
+        (files / "kafka" / name, "/etc/invoicing/kafka"),
+        (files / "postgres" / name, "/etc/invoicing/postgres"),
+    ]
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     values: dict[str, str] = {}
     for line in path.read_text().splitlines():

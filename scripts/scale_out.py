@@ -35,7 +35,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from scripts.cpu_by_service import diff, snapshot  # noqa: E402
-from scripts.deploy_local import RUN, container_env, health, prepare_files, read_env_file, read_env_file_exports  # noqa: E402
+from scripts.deploy_local import (  # noqa: E402
+    RUN,
+    container_mounts,
+    container_settings,
+    health,
+    prepare_files,
+    read_env_file_exports,
+)
 from scripts.images import podman_env  # noqa: E402
 
 IMAGE = os.environ.get("INVOICING_IMAGE", "localhost/invoicing:latest")
@@ -73,26 +80,18 @@ def set_partitions(partitions: int) -> None:
 
 def start_validate(index: int, cpus: float, files: Path) -> str:
     name = f"invoicing-scale-validate-{index}"
-    own = read_env_file(RUN / "services" / "validate.env")
     env = {
-        **container_env(own),
+        **container_settings("validate"),
         "GRPC_PORT": "0",
         "METRICS_PORT": "0",
         "GRPC_HEALTH_PORT": str(HEALTH_PORT_BASE + index),
         "VALIDATE_WORKERS": "1",
-        "GRPC_TLS_CERT_FILE": "/etc/invoicing/tls/server.pem",
-        "GRPC_TLS_KEY_FILE": "/etc/invoicing/tls/server.key",
-        "OIDC_CA_FILE": "/etc/invoicing/tls/ca.pem",
-        "KAFKA_SASL_PASSWORD_FILE": "/etc/invoicing/kafka/password",
-        "PGPASSFILE": "/etc/invoicing/postgres/pgpass",
     }
     argv = [
         "podman", "run", "--detach", "--replace", "--name", name, "--cpus", str(cpus),
         "--user", "10001:10001", "--read-only", "--tmpfs", "/tmp:size=64m", "--cap-drop", "ALL",  # noqa: S108
         "--security-opt", "no-new-privileges",
-        "-v", f"{files / 'tls'}:/etc/invoicing/tls:ro",
-        "-v", f"{files / 'kafka' / 'validate'}:/etc/invoicing/kafka:ro",
-        "-v", f"{files / 'postgres' / 'validate'}:/etc/invoicing/postgres:ro",
+        *(arg for host, inside in container_mounts(files, "validate") for arg in ("-v", f"{host}:{inside}:ro")),
         *(arg for key, value in env.items() for arg in ("-e", f"{key}={value}")),
         IMAGE, "python", "-m", "invoicing_validate",
     ]  # fmt: skip

@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 from scripts.deploy_local import (  # noqa: E402
     RUN,
     SERVICES,
-    container_env,
+    container_mounts,
+    container_settings,
     health,
     prepare_files,
     read_env_file,
@@ -84,29 +85,20 @@ def podman_socket() -> Iterator[str]:
 def service_container(name: str, files: Path) -> object:
     from testcontainers.core.container import DockerContainer
 
-    own = read_env_file(RUN / "services" / f"{name}.env")
     env = {
-        **container_env(own),
-        "GRPC_TLS_CERT_FILE": "/etc/invoicing/tls/server.pem",
-        "GRPC_TLS_KEY_FILE": "/etc/invoicing/tls/server.key",
-        "OIDC_CA_FILE": "/etc/invoicing/tls/ca.pem",
-        "KAFKA_SASL_PASSWORD_FILE": "/etc/invoicing/kafka/password",
-        "PGPASSFILE": "/etc/invoicing/postgres/pgpass",
+        **container_settings(name),
         # The container's own view of its CPUs, not the host's.
         **({"VALIDATE_WORKERS": "1"} if name == "validate" else {}),
     }
-    if "STATUS_CA_FILE" in own:
-        env["STATUS_CA_FILE"] = "/etc/invoicing/tls/ca.pem"
     container = (
         DockerContainer(IMAGE)
         .with_command(f"python -m invoicing_{name}")
         .with_name(f"invoicing-test-{name}")
         .with_envs(**env)
         .with_tmpfs_mount("/tmp", "size=64m")
-        .with_volume_mapping(files / "tls", "/etc/invoicing/tls", "ro")
-        .with_volume_mapping(files / "kafka" / name, "/etc/invoicing/kafka", "ro")
-        .with_volume_mapping(files / "postgres" / name, "/etc/invoicing/postgres", "ro")
     )
+    for host, inside in container_mounts(files, name):
+        container = container.with_volume_mapping(host, inside, "ro")
     return container.with_kwargs(
         network_mode="host",
         user="10001:10001",
