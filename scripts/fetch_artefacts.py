@@ -6,7 +6,11 @@ Central, pinned in deploy/artefacts/pom.xml:
 
 * the CEN/TC 434 EN 16931 compiled schematron for CII (and, for reference,
   the UBL one of the same release), inside ``phive-rules-en16931``;
-* the UN/CEFACT CII D16B schemas, inside ``ph-cii-d16b``.
+* the UN/CEFACT CII D16B schemas, inside ``ph-cii-d16b``;
+* every release of the French rules (BR-FR Flux 2 for UBL and CII,
+  BR-FR-CDV for CDAR lifecycle messages, EXTENDED-CTC-FR) that
+  ``phive-rules-france`` carries, under ``br-fr/<release>/``. Which release
+  applies when is written in ``rules/br-fr-releases.toml``.
 
 Run from the repository root with the project's interpreter::
 
@@ -45,7 +49,7 @@ def _pinned_versions() -> dict[str, str]:
     props = ElementTree.parse(POM).getroot().find("m:properties", _POM_NS)  # noqa: S314
     if props is None:
         raise SystemExit(f"{POM}: no <properties>")
-    wanted = ("phive-rules.version", "ph-cii.version")
+    wanted = ("phive-rules.version", "ph-cii.version", "phive-rules-france.version")
     versions: dict[str, str] = {}
     for name in wanted:
         node = props.find(f"m:{name}", _POM_NS)
@@ -65,6 +69,7 @@ def _extractions() -> list[tuple[str, str, str]]:
             f"en16931/{EN16931_RELEASE}",
         ),
         ("ph-cii-d16b-", "external/schemas/d16b/", "cii-d16b"),
+        ("phive-rules-france-", "external/schematron/ctc/", "br-fr"),
     ]
 
 

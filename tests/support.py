@@ -37,6 +37,7 @@ from invoicing_common.auth.client import ClientConfig, TokenSource, secure_chann
 from invoicing_common.db import Database
 from invoicing_common.kafka import assign_all, read_to_end
 from invoicing_common.settings import KafkaClientSettings
+from invoicing_status.lifecycle import PIPELINE_OUTCOMES
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -47,7 +48,8 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
-FINAL = {201, 203, 213}
+# The pipeline's outcomes: an invoice's first final status.
+FINAL = frozenset(s.value for s in PIPELINE_OUTCOMES)
 # The samples' seller and buyer: the demo account acts for both.
 SAMPLE_SELLER = "842109373"
 SAMPLE_BUYER = "512345679"
@@ -318,7 +320,7 @@ async def get_invoice(status_addr: str, invoice_id: str, caller: Caller | None =
 async def collect_until_final(
     follower: StatusFollower, invoice_ids: set[str], timeout: float = 60.0
 ) -> dict[str, list[events_pb2.StatusEvent]]:
-    """Status events of ``invoice_ids`` until each reached 201, 203 or 213.
+    """Status events of ``invoice_ids`` until each reached 201, 203, 213 or 501.
 
     Bounded by ``timeout``: an invoice that never gets there fails the test
     with what was seen, rather than hanging it.
@@ -398,10 +400,10 @@ async def wait_serving(addr: str, proc: subprocess.Popen[bytes], timeout: float 
     raise AssertionError(f"{addr} not SERVING within {timeout}s")
 
 
-def run_stack(command: str, env: dict[str, str] | None = None) -> None:
-    """`deploy/local/stack.py COMMAND` (e.g. up, stop-services, restart-services)."""
+def run_stack(command: str, *args: str, env: dict[str, str] | None = None) -> None:
+    """`deploy/local/stack.py COMMAND [ARGS]` (e.g. up, stop validate, restart-services)."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "deploy" / "local" / "stack.py"), command],
+        [sys.executable, str(ROOT / "deploy" / "local" / "stack.py"), command, *args],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

@@ -408,8 +408,10 @@ async def _held(view: Awaitable[Any]) -> bool:
 
 
 async def _final_and_free(view: Awaitable[Any]) -> bool:
+    from tests.support import FINAL
+
     v = await view
-    return v.status_code in (201, 203, 213) and not v.HasField("hold")
+    return v.status_code in FINAL and not v.HasField("hold")
 
 
 async def _until_async(condition: Callable[[], Awaitable[bool]], what: str, timeout: float) -> float:

@@ -106,7 +106,16 @@ async def test_update_status_follows_the_lifecycle_and_names_what_is_allowed(
         assert platform_status.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "status_code" in (platform_status.value.details() or "")
 
-        await update(208, ("MISSING_PO", "purchase order number missing"))
+        with pytest.raises(grpc.aio.AioRpcError) as unofficial:
+            await update(208, ("MISSING_PO", "purchase order number missing"))
+        assert unofficial.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "reason.code" in (unofficial.value.details() or "") and "CMD_ERR" in (unofficial.value.details() or "")
+
+        with pytest.raises(grpc.aio.AioRpcError) as inadmissible:
+            await update(501, ("IRR_SYNTAX", "no"))
+        assert inadmissible.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+        await update(208, ("CMD_ERR", "purchase order number missing"))
         await update(209)
         await update(205)
         await update(211, paid=True)
@@ -124,7 +133,7 @@ async def test_update_status_follows_the_lifecycle_and_names_what_is_allowed(
     by = {h.status_code: h.actor for h in reply.history}
     assert by[208] == f"buyer:{subject}" and by[209] == f"supplier:{subject}" and by[212] == f"supplier:{subject}"
     suspended = next(h for h in reply.history if h.status_code == 208)
-    assert suspended.reason.code == "MISSING_PO"
+    assert suspended.reason.code == "CMD_ERR"
 
 
 async def test_list_pages_are_stable_and_complete(stack: Stack, status_follower: object) -> None:

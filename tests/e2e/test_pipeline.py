@@ -29,22 +29,23 @@ async def test_valid_ubl_valid_cii_and_non_xml_reach_their_final_status(stack: S
     expected_local = 203 if stack.platform_id == "local" else 201
     assert [e.status_code for e in events[ubl_id]] == [200, expected_local]
     assert [e.status_code for e in events[cii_id]] == [200, expected_local]
-    assert [e.status_code for e in events[junk_id]] == [200, 213]
-    rejected = events[junk_id][-1]
-    assert rejected.status == "REJECTED"
-    assert rejected.previous_status_code == 200
-    assert rejected.reason.code == "REJ_SEMAN"
+    # Not an invoice the platform can open: inadmissible, not rejected.
+    assert [e.status_code for e in events[junk_id]] == [200, 501]
+    refusal = events[junk_id][-1]
+    assert refusal.status == "INADMISSIBLE" and refusal.status_label_fr == "Irrecevable"
+    assert refusal.previous_status_code == 200
+    assert refusal.reason.code == "IRR_SYNTAX"
     assert events[ubl_id][-1].invoice_number == ubl_number
     assert events[cii_id][-1].invoice_number == cii_number
 
-    for invoice_id, final in ((ubl_id, expected_local), (cii_id, expected_local), (junk_id, 213)):
+    for invoice_id, final in ((ubl_id, expected_local), (cii_id, expected_local), (junk_id, 501)):
         reply = await get_invoice(stack.status, invoice_id)
         assert reply.status_code == final
         assert [h.status_code for h in reply.history] == [200, final]
         assert all(h.HasField("at") for h in reply.history)
     refused = await get_invoice(stack.status, junk_id)
-    assert refused.reason.code == "REJ_SEMAN"
-    assert refused.history[-1].reason.code == "REJ_SEMAN"
+    assert refused.reason.code == "IRR_SYNTAX"
+    assert refused.history[-1].reason.code == "IRR_SYNTAX"
     assert refused.findings and refused.findings[0].rule in {"FORMAT", "PARSE"}
 
 

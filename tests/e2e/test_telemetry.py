@@ -114,7 +114,7 @@ class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
 
 def _restart_services(extra_env: dict[str, str]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | extra_env
-    run_stack("restart-services", env)
+    run_stack("restart-services", env=env)
 
 
 @pytest.fixture
@@ -210,17 +210,18 @@ async def test_one_trace_per_invoice_across_the_four_services(
     applied = [s for s in spans if s.span.name == "apply status"]
     assert any(s.attributes.get("invoicing.status_code") in (201, 203) for s in applied)
 
-    # The rejected invoice's trace shows the rejecting span and its reason.
+    # The refused invoice's trace shows the refusing span and its reason
+    # (plain text is no invoice format: inadmissible, IRR_TYPE_F).
     def rejection_seen() -> bool:
         return any(
-            s.span.name == "validate invoice" and s.attributes.get("invoicing.reason_code") == "REJ_SEMAN"
+            s.span.name == "validate invoice" and s.attributes.get("invoicing.reason_code") == "IRR_TYPE_F"
             for s in receiver.spans
         )
 
     await receiver.wait_for(rejection_seen, 60, "the rejecting span")
     rejecting = next(
         s for s in receiver.spans
-        if s.span.name == "validate invoice" and s.attributes.get("invoicing.reason_code") == "REJ_SEMAN"
+        if s.span.name == "validate invoice" and s.attributes.get("invoicing.reason_code") == "IRR_TYPE_F"
     )  # fmt: skip
     assert rejecting.span.status.code == trace_pb2.Status.STATUS_CODE_ERROR
     assert rejecting.attributes["invoicing.invoice_id"] == bad.invoice_id

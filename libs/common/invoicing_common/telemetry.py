@@ -29,6 +29,12 @@ VALIDATION_DURATION = _meter.create_histogram(
 FINDINGS = _meter.create_counter(
     "invoicing.validation.findings", unit="{finding}", description="Validation findings, by rule and severity"
 )
+RULES_SHADOW_DISAGREEMENTS = _meter.create_counter(
+    "invoicing.validation.rules_shadow.disagreements",
+    unit="{invoice}",
+    description="Invoices on which the French rules release in shadow disagrees with the one applied,"
+    " by release pair and kind (verdict, rules)",
+)
 ROUTING_OUTCOMES = _meter.create_counter(
     "invoicing.routing.outcomes", unit="{invoice}", description="Routing decisions, by outcome and reason"
 )
@@ -38,7 +44,7 @@ STATUS_TRANSITIONS = _meter.create_counter(
 E2E_LATENCY = _meter.create_histogram(
     "invoicing.e2e.latency",
     unit="s",
-    description="From submission to the first final pipeline status (201, 203 or 213)",
+    description="From submission to the first final pipeline status (201, 203, 213 or 501)",
 )
 RPC_DURATION = _meter.create_histogram(
     "rpc.server.duration", unit="ms", description="gRPC server call duration, by method and status"

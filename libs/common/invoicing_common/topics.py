@@ -10,6 +10,10 @@ DLQ = "invoicing.invoice.dlq.v1"
 
 PIPELINE_TOPICS: tuple[str, ...] = (RECEIVED, VALIDATED, ROUTED, STATUS, DLQ)
 
+# Where a French rules release run in shadow disagrees with the one in force
+# (events_pb2.RulesShadowDiff); read by operators, never by the pipeline.
+RULES_SHADOW = "invoicing.rules.shadow.v1"
+
 # The buyer directory: compacted, the latest record per key is the current
 # state of a directory entry or service (see proto/invoicing/v1/directory.proto).
 DIRECTORY = "invoicing.directory.entries.v1"
@@ -17,7 +21,7 @@ DIRECTORY = "invoicing.directory.entries.v1"
 # keyed by the letter's position on the DLQ.
 DLQ_REPLAYS = "invoicing.invoice.dlq-replays.v1"
 COMPACTED_TOPICS: tuple[str, ...] = (DIRECTORY, DLQ_REPLAYS)
-ALL_TOPICS: tuple[str, ...] = (*PIPELINE_TOPICS, *COMPACTED_TOPICS)
+ALL_TOPICS: tuple[str, ...] = (*PIPELINE_TOPICS, RULES_SHADOW, *COMPACTED_TOPICS)
 
 # Documents travel inline in the received/validated events, so every hop must
 # accept records this large (a 5 MiB invoice plus its envelope fits easily).

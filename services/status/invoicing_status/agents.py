@@ -84,6 +84,10 @@ def interpret(record: Record, now: datetime) -> tuple[str, InvoiceFacts, Submitt
             facts.parties_checked = True
             facts.business_key = _business_key(decoded.summary)
             return event_id, facts, submitted, Outcome(None, "validate", now, event_id)
+        # Events from before `inadmissible` existed read False: 213, as then.
+        if decoded.inadmissible:
+            reason = Reason(decoded.reason.code or "IRR_SYNTAX", decoded.reason.text)
+            return event_id, facts, submitted, Outcome(Status.INADMISSIBLE, "validate", now, event_id, reason)
         reason = Reason(decoded.reason.code or "REJ_SEMAN", decoded.reason.text)
         return event_id, facts, submitted, Outcome(Status.REJECTED, "validate", now, event_id, reason)
     assert isinstance(decoded, events_pb2.InvoiceRouted)

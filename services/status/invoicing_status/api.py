@@ -27,7 +27,7 @@ from invoicing_common.telemetry import current_trace_id, inject_headers
 from invoicing_status.access import NotYourPart, Viewer, acting_role, can_see
 from invoicing_status.domain import Change, TransitionError, check_payment, check_update, iso_date
 from invoicing_status.holds import HELD_TECH
-from invoicing_status.lifecycle import Reason, Status
+from invoicing_status.lifecycle import STATUS_CODES_TEXT, Reason, Status
 from invoicing_status.notifier import ChangeNotifier
 from invoicing_status.observability import observe_changes
 from invoicing_status.queries import Cursor, Filter, ListItem, StatusQueries
@@ -78,7 +78,7 @@ def _uuid(value: str, field: str) -> str:
 def to_filter(f: status_pb2.InvoiceFilter) -> Filter:
     for code in f.status_codes:
         if code not in {s.value for s in Status}:
-            raise BadRequest("filter.status_codes", f"{code} is not a lifecycle status (200-213)")
+            raise BadRequest("filter.status_codes", f"{code} is not a lifecycle status ({STATUS_CODES_TEXT})")
     due_before = iso_date(f.due_before) if f.due_before else None
     if f.due_before and due_before is None:
         raise BadRequest("filter.due_before", f"{f.due_before[:40]!r} is not a date (YYYY-MM-DD)")

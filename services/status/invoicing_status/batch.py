@@ -12,7 +12,7 @@ import asyncpg  # type: ignore[import-untyped]
 from invoicing.v1 import common_pb2
 
 from invoicing_status.domain import Change
-from invoicing_status.lifecycle import FINAL, Status
+from invoicing_status.lifecycle import FINAL, RELEASES_BUSINESS_KEY, Status
 from invoicing_status.records import (
     HISTORY_LOCK,
     INSERT_OUTBOX,
@@ -117,7 +117,7 @@ class BatchApply:
         holders, claimant = await self._claim_keys(fresh, ids, state)
 
         planned: list[_Planned] = []
-        rejected: set[str] = set()
+        releasing: set[str] = set()
         released: set[str] = set()
         for index in fresh:
             _, facts, planner = items[index]
@@ -139,8 +139,8 @@ class BatchApply:
             for change in changes:
                 planned.append(_Planned(invoice_id, facts, change, previous, summary, trace_id))
                 previous = change.status
-                if change.status is Status.REJECTED:
-                    rejected.add(invoice_id)
+                if change.status in RELEASES_BUSINESS_KEY:
+                    releasing.add(invoice_id)
                     released.update(k for k, h in holders.items() if h == invoice_id)
             current.status = previous
             if facts.summary is not None:
@@ -148,7 +148,7 @@ class BatchApply:
             if not current.trace_id:
                 current.trace_id = facts.trace_id
             results[index] = changes
-        await self._write(fresh, ids, planned, rejected)
+        await self._write(fresh, ids, planned, releasing)
         return results
 
     async def _claim_keys(
@@ -173,7 +173,7 @@ class BatchApply:
         )
         return {r["business_key"]: str(r["invoice_id"]) for r in rows}, claimant
 
-    async def _write(self, fresh: list[int], ids: dict[int, str], planned: list[_Planned], rejected: set[str]) -> None:
+    async def _write(self, fresh: list[int], ids: dict[int, str], planned: list[_Planned], releasing: set[str]) -> None:
         conn = self._conn
         now = datetime.now(UTC)
         seqs: list[int] = []
@@ -236,5 +236,5 @@ class BatchApply:
                     for seq, p in zip(seqs, planned, strict=True)
                 ],
             )
-        if rejected:
-            await conn.execute("DELETE FROM business_keys WHERE invoice_id = ANY($1::uuid[])", sorted(rejected))
+        if releasing:
+            await conn.execute("DELETE FROM business_keys WHERE invoice_id = ANY($1::uuid[])", sorted(releasing))

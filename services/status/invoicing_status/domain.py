@@ -9,10 +9,13 @@ from decimal import Decimal, InvalidOperation
 
 from invoicing_status.lifecycle import (
     FINAL,
+    REASON_CODES,
     REASON_REQUIRED,
+    STATUS_CODES_TEXT,
     Reason,
     Status,
     allowed_next,
+    allowed_reasons,
     is_allowed,
 )
 
@@ -150,7 +153,7 @@ def check_update(current: Status, new_code: int, reason: Reason | None) -> Statu
         new = Status(new_code)
     except ValueError:
         raise TransitionError(
-            "status_code", f"status_code {new_code} is not a lifecycle status (200-213)", False
+            "status_code", f"status_code {new_code} is not a lifecycle status ({STATUS_CODES_TEXT})", False
         ) from None
     if current in FINAL or new not in allowed_next(current):
         raise TransitionError(
@@ -161,7 +164,22 @@ def check_update(current: Status, new_code: int, reason: Reason | None) -> Statu
         )
     if new in REASON_REQUIRED and (reason is None or not reason.code or not reason.text):
         raise TransitionError("reason", f"status {new.value} {new.name} requires a reason code and text", False)
+    if reason is not None and reason.code:
+        check_reason_code(new, reason.code)
     return new
+
+
+def check_reason_code(status: Status, code: str) -> None:
+    """Refuse a reason code the official rules do not allow with ``status``
+    (BR-FR-CDV-CL-09): the status messages the platform sends must pass them."""
+    allowed = allowed_reasons(status)
+    if code in allowed:
+        return
+    if allowed == REASON_CODES:
+        why = "is not a reason code of the official list"
+    else:
+        why = f"is not a reason code for {status.value} {status.name}; allowed: {', '.join(sorted(allowed))}"
+    raise TransitionError("reason.code", f"{code[:40]!r} {why}", False)
 
 
 def iso_date(value: str) -> date | None:

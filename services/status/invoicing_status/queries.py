@@ -10,7 +10,7 @@ from invoicing.v1 import common_pb2
 
 from invoicing_common.db import Database
 from invoicing_status.access import Parties, Viewer
-from invoicing_status.lifecycle import Status
+from invoicing_status.lifecycle import OWED, Status
 
 
 @dataclass(frozen=True)
@@ -21,14 +21,12 @@ class Filter:
     received_from: datetime | None = None
     received_to: datetime | None = None
     due_before: date | None = None
-    # Made available (203) or later, and neither cashed, refused nor rejected.
+    # Made available (203) or a later status, and not at an end (lifecycle.OWED).
     unpaid: bool = False
 
 
 # Statuses of an invoice still owed (Filter.unpaid).
-UNPAID = tuple(
-    s.value for s in Status if s >= Status.MADE_AVAILABLE and s not in (Status.CASHED, Status.REFUSED, Status.REJECTED)
-)
+UNPAID = tuple(sorted(s.value for s in OWED))
 
 
 @dataclass(frozen=True)

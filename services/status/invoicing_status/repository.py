@@ -14,7 +14,7 @@ from invoicing_common.db import Database
 from invoicing_status.batch import BatchApply, NeedsSequential
 from invoicing_status.domain import Change, Payment
 from invoicing_status.holds import Hold
-from invoicing_status.lifecycle import FINAL, Status
+from invoicing_status.lifecycle import FINAL, RELEASES_BUSINESS_KEY, Status
 from invoicing_status.records import (
     HISTORY_LOCK,
     INSERT_OUTBOX,
@@ -159,7 +159,7 @@ class StatusRepository:
         for change in changes:
             await self._append(conn, facts, change, previous, summary, trace_id, now)
             previous = change.status
-            if change.status is Status.REJECTED:
+            if change.status in RELEASES_BUSINESS_KEY:
                 await conn.execute("DELETE FROM business_keys WHERE invoice_id = $1", facts.invoice_id)
         return changes
 

@@ -15,12 +15,19 @@ from invoicing_common.archive import ORIGIN_EMBEDDED, ORIGIN_INVOICE, file_ref
 from invoicing_common.archive.model import sniff_media_type
 from invoicing_common.archive.postgres import CoalescingArchive, PostgresArchive
 from invoicing_common.kafka import Record, StreamApp, decode_event, register_lag_gauge, send
-from invoicing_common.telemetry import FINDINGS, VALIDATION_DURATION, record_invoice, tracer
+from invoicing_common.telemetry import (
+    FINDINGS,
+    RULES_SHADOW_DISAGREEMENTS,
+    VALIDATION_DURATION,
+    record_invoice,
+    tracer,
+)
 from invoicing_validate.checks import run_checks_many
 from invoicing_validate.dispatch import ChunkingDispatcher
 from invoicing_validate.domain import (
     CRASH_RULE,
     TIME_LIMIT_RULE,
+    shadow_diff,
     technical_failure,
     unique_name,
     validated_event,
@@ -40,8 +47,8 @@ async def with_attempts(
     """``submit(document, alone)`` until it gives a report, ``attempts``
     times at most, alone after the first (a document that kills its worker
     must not take a chunk of others down twice). When every attempt failed,
-    the report of a technical failure: the document ends 213 REJ_TECH, and
-    the partition moves on."""
+    the report of a technical failure: the document ends 501 INADMISSIBLE
+    (IRR_SYNTAX), and the partition moves on."""
     failure: ValidationReport | None = None
     for attempt in range(1, attempts + 1):
         try:
@@ -92,7 +99,7 @@ def register(
 ) -> None:
     """``time_limit``: seconds one document may take (a chunk of N gets N
     times that). ``attempts``: how often a document whose worker died or ran
-    out of time is tried, alone after the first, before it ends 213."""
+    out of time is tried, alone after the first, before it ends 501."""
 
     async def run_many(documents: list[tuple[bytes, str]]) -> Sequence[ValidationReport]:
         reports: Sequence[ValidationReport] = await pool.run(run_checks_many, (documents,), time_limit * len(documents))
@@ -100,6 +107,7 @@ def register(
 
     dispatcher: ChunkingDispatcher[tuple[bytes, str], ValidationReport] = ChunkingDispatcher(pool.size, run_many)
     validated = app.topic(topics.VALIDATED)
+    shadow_diffs = app.topic(topics.RULES_SHADOW)
     # The records in flight read their documents, and store the files
     # extracted from them, together.
     files = CoalescingArchive(archive)
@@ -133,6 +141,16 @@ def register(
                 FINDINGS.add(1, {"rule": f.rule, "severity": f.severity})
             embedded = await archive_embedded(files, event, report)
             out = validated_event(event, report, original, [*event.attachments, *embedded])
+            diff = shadow_diff(out, report)
+            if diff is not None:
+                kind = "verdict" if diff.active_valid != diff.shadow_valid else "rules"
+                pair = f"{diff.active_release}->{diff.shadow_release}"
+                RULES_SHADOW_DISAGREEMENTS.add(1, {"releases": pair, "kind": kind})
+                span.set_attribute("invoicing.rules_shadow.disagrees", kind)
+                # Before the validated event: a redelivery may repeat it
+                # (same event id, `invoicectl rules diff` shows it once),
+                # but never lose it.
+                await send(shadow_diffs, invoice_id, diff.SerializeToString(), diff.event_id)
             if not report.valid:
                 span.set_attribute("invoicing.reason_code", out.reason.code)
                 span.set_attribute("invoicing.reason", out.reason.text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from mode import Service
@@ -12,8 +13,10 @@ from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
 from invoicing_common.health import Check, HealthMonitor, database_reachable, stream_alive
 from invoicing_common.kafka import StreamApp
+from invoicing_common.rules import load_book
 from invoicing_validate import agents, checks
 from invoicing_validate.settings import ValidateSettings
+from invoicing_validate.validation.engine import ENV_RULES_SHADOW
 from invoicing_validate.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,13 @@ def bootstrap(settings: ValidateSettings) -> Validate:
         settings.database_url, schema="validate", command_timeout=settings.database_command_timeout_seconds
     )
     archive, archive_services = open_archive(database, settings)
+    shadow = settings.validate_rules_shadow.strip()
+    if shadow:
+        # An unknown release stops the service here, not in every worker.
+        load_book().get(shadow)
+        log.info("French rules release %s runs in shadow", shadow)
+    # The workers build their validator from the environment they inherit.
+    os.environ[ENV_RULES_SHADOW] = shadow
     app = StreamApp(settings.otel_service_name, settings)
     pool = WorkerPool(settings.validate_workers, warm_up=checks.warm_up)
     agents.register(

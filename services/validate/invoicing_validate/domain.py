@@ -9,27 +9,26 @@ from invoicing.v1 import common_pb2, events_pb2
 
 from invoicing_common.ids import stage_event_id
 from invoicing_common.parties import seller
+
+# The supervisor's rules are named here too: agents.py imports them from this module.
+from invoicing_validate.admissibility import CRASH_RULE as CRASH_RULE
+from invoicing_validate.admissibility import TIME_LIMIT_RULE as TIME_LIMIT_RULE
+from invoicing_validate.admissibility import inadmissibility
 from invoicing_validate.validation.model import FATAL, Finding, Summary, ValidationReport
 
+# The rules refused the document (213 REJECTED).
 REJECTION_CODE = "REJ_SEMAN"
 # The seller is not a company the submitting account acts for. REJ_COH
 # ("incohérence") is the reform's code for a document inconsistent with
 # its context; the finding's rule says which inconsistency.
 SELLER_REJECTION_CODE = "REJ_COH"
 SELLER_RULE = "SELLER-ACCOUNT"
-# The platform could not validate the document (its worker crashed on it,
-# or it ran past the time limit), however often it tried. Until the
-# technical-inadmissibility status (501) exists, such a document ends 213
-# with this code of the platform's own, so that it is told apart from a
-# document the rules refused.
-TECHNICAL_REJECTION_CODE = "REJ_TECH"
-TIME_LIMIT_RULE = "VALIDATION-TIME-LIMIT"
-CRASH_RULE = "VALIDATION-CRASH"
-TECHNICAL_RULES = frozenset({TIME_LIMIT_RULE, CRASH_RULE})
 
 
 def technical_failure(rule: str, message: str) -> ValidationReport:
-    """The report of a document the platform failed to validate."""
+    """The report of a document the platform failed to validate (its
+    worker crashed on it, or it ran past the time limit, every time it was
+    tried): the document ends 501 INADMISSIBLE (admissibility.py)."""
     return ValidationReport(
         valid=False,
         format="",
@@ -78,7 +77,13 @@ class ReportLike(Protocol):
 
 def finding_to_proto(finding: FindingLike) -> common_pb2.Finding:
     severity = common_pb2.SEVERITY_WARNING if finding.severity == "warning" else common_pb2.SEVERITY_FATAL
-    return common_pb2.Finding(rule=finding.rule, severity=severity, location=finding.location, message=finding.message)
+    return common_pb2.Finding(
+        rule=finding.rule,
+        severity=severity,
+        location=finding.location,
+        message=finding.message,
+        release=getattr(finding, "release", ""),
+    )
 
 
 def summary_to_proto(report: ReportLike) -> common_pb2.InvoiceSummary:
@@ -148,11 +153,17 @@ def validated_event(
 ) -> events_pb2.InvoiceValidated:
     """``original``: the archived document (the received record's own
     reference unless validate archived a legacy record's bytes);
-    ``attachments``: those sent beside it, then those extracted from it."""
+    ``attachments``: those sent beside it, then those extracted from it.
+
+    Not valid: ``inadmissible`` (501) with an IRR_* reason when the document
+    could not be processed at all, else rejected (213) with the rules'
+    reason."""
     findings = [finding_to_proto(f) for f in report.findings]
     summary = summary_to_proto(report)
+    unprocessable = None if report.valid else inadmissibility(report.findings)
     # A document that could not be read has no parties to check.
-    seller = seller_finding(summary, received.submitter_sirens) if report.format else None
+    readable = bool(report.format) and unprocessable is None
+    seller = seller_finding(summary, received.submitter_sirens) if readable else None
     event = events_pb2.InvoiceValidated(
         event_id=stage_event_id(received.invoice.invoice_id, "validated"),
         invoice=received.invoice,
@@ -161,21 +172,46 @@ def validated_event(
         summary=summary,
         original=original if original is not None else received.original,
         attachments=attachments,
+        rules_release=getattr(report, "rules_release", ""),
     )
     if event.valid:
         return event
-    if report.valid and seller is not None:
+    if unprocessable is not None:
+        code, finding = unprocessable
+        event.inadmissible = True
+        event.reason.code = code
+        event.reason.text = f"{finding.rule}: {finding.message}"[:1000]
+    elif report.valid and seller is not None:
         event.reason.code = SELLER_REJECTION_CODE
         event.reason.text = seller.message[:1000]
     else:
         # The rules' verdict comes first; a seller finding is listed too.
         fatal = [f for f in report.findings if f.severity != "warning"]
         first = fatal[0] if fatal else None
-        if fatal and all(f.rule in TECHNICAL_RULES for f in fatal):
-            event.reason.code = TECHNICAL_REJECTION_CODE
-            event.reason.text = fatal[0].message[:1000]
-            return event
         text = f"{len(fatal)} fatal finding(s)" + (f"; first: {first.rule}: {first.message}" if first else "")
         event.reason.code = REJECTION_CODE
         event.reason.text = text[:1000]
     return event
+
+
+def shadow_diff(validated: events_pb2.InvoiceValidated, report: ValidationReport) -> events_pb2.RulesShadowDiff | None:
+    """The record of a disagreement between the release applied and the one
+    in shadow, or None when they agree (or no shadow ran). The verdict
+    compared is the rules' own: the seller check does not depend on them."""
+    shadow = report.shadow
+    if shadow is None or not shadow.disagrees(report.valid):
+        return None
+    diff = events_pb2.RulesShadowDiff(
+        event_id=stage_event_id(validated.invoice.invoice_id, f"rules-shadow:{shadow.release}"),
+        invoice_id=validated.invoice.invoice_id,
+        active_release=report.rules_release,
+        shadow_release=shadow.release,
+        active_valid=report.valid,
+        shadow_valid=shadow.valid,
+        only_active=shadow.only_active,
+        only_shadow=shadow.only_shadow,
+        invoice_number=report.summary.invoice_number,
+        issue_date=report.summary.issue_date,
+    )
+    diff.occurred_at.GetCurrentTime()
+    return diff

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from invoicing_validate.validation.artefacts import Artefacts
+from invoicing_common.rules import load_book
+from invoicing_validate.validation.artefacts import Artefacts, release_key
 from invoicing_validate.validation.formats import classify_root
-from invoicing_validate.validation.model import FORMAT_CII, FORMAT_UBL_INVOICE
+from invoicing_validate.validation.model import FORMAT_CII, FORMAT_UBL_INVOICE, Finding
 from invoicing_validate.validation.parsing import parse_xml
-from invoicing_validate.validation.schematron import SchematronSet, rewrite_stylesheet
+from invoicing_validate.validation.schematron import SchematronError, SchematronSet, rewrite_stylesheet
 from tests.corpus import en16931_corpus
 
 ReadSample = Callable[[str], bytes]
@@ -35,8 +36,19 @@ _BAD_UBL = [
     ("<cbc:DocumentCurrencyCode>EUR<", "<cbc:DocumentCurrencyCode>EUX<"),
 ]
 _FACTURX = ["facturx-en16931", "facturx-basicwl", "facturx-extended", "facturx-basic", "facturx-minimum"]
-_CII = ["en16931-cii", "fr-ctc-cii", "extended-ctc-fr-cii", *_FACTURX]
-_UBL = ["en16931-ubl", "fr-ctc-ubl", "extended-ctc-fr-ubl"]
+
+
+def _release_keys(*kinds: str) -> list[str]:
+    """The French rules of every official release, each file once."""
+    keys: dict[str, str] = {}
+    for release in load_book().releases:
+        for kind in kinds:
+            keys.setdefault(release.file(kind), release_key(release, kind))
+    return list(keys.values())
+
+
+_CII = ["en16931-cii", *_release_keys("cii", "extended-cii"), *_FACTURX]
+_UBL = ["en16931-ubl", *_release_keys("ubl", "extended-ubl")]
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +77,22 @@ def _corpus(fmt: str) -> list[str]:
     return docs
 
 
+def _outcome(stylesheets: SchematronSet, key: str, text: str) -> list[Finding] | str:
+    """The findings, or the stylesheet's own dynamic error: the BR-FR 0.1
+    UBL rules stop on an attachment without a code, as shipped too."""
+    try:
+        return stylesheets.run(key, stylesheets.parse(text))
+    except SchematronError as exc:
+        return str(exc).split(": ", 1)[-1]
+
+
 def _same_findings(sets: tuple[SchematronSet, SchematronSet], key: str, docs: list[str]) -> list[int]:
     rewritten, shipped = sets
     counts = []
     for i, text in enumerate(docs):
-        fast = rewritten.run(key, rewritten.parse(text))
-        reference = shipped.run(key, shipped.parse(text))
+        fast, reference = _outcome(rewritten, key, text), _outcome(shipped, key, text)
         assert fast == reference, f"{key}: document {i}"
-        counts.append(len(reference))
+        counts.append(len(reference) if isinstance(reference, list) else 0)
     return counts
 
 
@@ -130,10 +150,15 @@ def test_the_skeleton_walks_that_output_nothing_are_cut() -> None:
         shipped = path.read_text(encoding="utf-8")
         rewritten = rewrite_stylesheet(path)
         # Every stylesheet we ship walks the document in the default mode
-        # once per pattern, and no rule of ours matches an attribute.
+        # once per pattern.
         assert rewritten.default_walks_dropped == shipped.count("<svrl:active-pattern") > 0, key
-        assert rewritten.walks_narrowed == shipped.count('select="@*|*"'), key
-        assert 'select="@*|*"' not in rewritten.text, key
+        walks = shipped.count('select="@*|*"')
+        # A walk is narrowed or left exactly as shipped, never lost.
+        assert rewritten.text.count('select="@*|*"') == walks - rewritten.walks_narrowed, key
+        if not key.startswith("br-fr/"):
+            # No rule of the CEN and Factur-X stylesheets matches an
+            # attribute, so all their walks narrow.
+            assert rewritten.walks_narrowed == walks, key
     assert rewrite_stylesheet(paths["facturx-en16931"]).walks_narrowed == 439
 
 

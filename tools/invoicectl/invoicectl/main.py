@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from invoicectl.accounts_cmd import accounts_app, token
 from invoicectl.bench.cli import bench
+from invoicectl.cdar_cmd import cdar
 from invoicectl.config import Endpoints, account_sirens, channel, sync_channel
 from invoicectl.directory_cmd import directory_app
 from invoicectl.dlq_cmd import dlq_app
@@ -42,6 +43,7 @@ from invoicectl.render import (
     status_event_json,
     status_event_line,
 )
+from invoicectl.rules_cmd import rules_app
 from invoicectl.topics_cmd import topics_app
 from invoicectl.transfer import (
     ByteProgress,
@@ -63,17 +65,20 @@ from invoicectl.transfer import (
 from invoicectl.validate_cmd import validate
 from invoicing_common.auth.client import ConfigError, TokenError
 from invoicing_status.api import RESUME_POSITION_KEY
+from invoicing_status.lifecycle import REACHED_THE_BUYER
 
 app = typer.Typer(help="Command-line client for the invoicing pipeline.", no_args_is_help=True, add_completion=False)
 out = Console(highlight=False, soft_wrap=True, markup=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 app.command()(validate)
+app.command()(cdar)
 app.command()(bench)
 app.command()(token)
 app.add_typer(directory_app, name="directory")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(topics_app, name="topics")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(rules_app, name="rules")
 
 # Uploads and downloads of up to the archive's limits (tens of MiB), on
 # slow links too.
@@ -175,7 +180,7 @@ async def _submit(
 
 async def _follow(follower: StatusFollower, pending: set[str], timeout: float, as_json: bool) -> set[str]:
     """Print status events of ``pending`` invoices until each has its first
-    final pipeline status (201, 203 or 213); returns those still pending."""
+    final pipeline status (201, 203, 213 or 501); returns those still pending."""
 
     async def consume() -> None:
         async for event in follower.events():
@@ -416,7 +421,7 @@ def list_invoices(
     limit: Annotated[int, typer.Option(help="Invoices to show (0: all).")] = 50,
     page_size: Annotated[int, typer.Option(help="Invoices per request (1-500).")] = 100,
     unpaid: Annotated[
-        bool, typer.Option("--unpaid", help="Only invoices still owed: 203 or later, not 210, 212 or 213.")
+        bool, typer.Option("--unpaid", help="Only invoices still owed: 203 or later, not final (210, 212, 220, 221).")
     ] = False,
     due_before: Annotated[
         str, typer.Option("--due-before", help="Only invoices due (BT-9) before this date (YYYY-MM-DD).")
@@ -436,8 +441,8 @@ def list_invoices(
 
 
 # A buyer's inbox: what was made available to it on this platform (203) and
-# on; 201 went to another platform, 213 never reached the buyer.
-INBOX_STATUSES = list(range(203, 213))
+# on; 201 went to another platform, 213 and 501 never reached the buyer.
+INBOX_STATUSES = sorted(s.value for s in REACHED_THE_BUYER)
 
 
 @app.command()
@@ -495,7 +500,9 @@ def print_list(items: list[status_pb2.InvoiceListItem], as_json: bool) -> None:
 def update(
     invoice_id: Annotated[str, typer.Argument(help="Invoice id.")],
     status_code: Annotated[int, typer.Option("--status", help="New status code, e.g. 204.")],
-    reason_code: Annotated[str, typer.Option(help="Reason code (required for 206, 207, 208, 210).")] = "",
+    reason_code: Annotated[
+        str, typer.Option(help="Reason code (required for 206, 207, 208, 210; codes: docs/lifecycle.md).")
+    ] = "",
     reason: Annotated[str, typer.Option(help="Reason text.")] = "",
     role: Annotated[str, typer.Option(hidden=True, help="Ignored (the account's role decides).")] = "",
     actor: Annotated[str, typer.Option(hidden=True, help="Ignored (the history records the account).")] = "",
@@ -505,10 +512,10 @@ def update(
     paid_on: Annotated[str, typer.Option(help="Date paid (211) or received (212), YYYY-MM-DD.")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
 ) -> None:
-    """Move an invoice on in its lifecycle: buyer statuses (204-208, 210, 211)
-    need an account acting for the buyer, supplier statuses (209, 212) one
-    acting for the seller; 211 and 212 carry the payment (--amount,
-    --paid-on)."""
+    """Move an invoice on in its lifecycle: buyer statuses (204-208, 210, 211,
+    214, 221) need an account acting for the buyer, supplier statuses (209,
+    212, 220, 224-228) one acting for the seller; 211 and 212 carry the
+    payment (--amount, --paid-on)."""
     if role or actor:
         err.print("[yellow]warning:[/yellow] --role and --actor are ignored: the account's token decides who acts")
     endpoints = Endpoints.from_env()

@@ -3,7 +3,7 @@
 For each invoice: the history rows in PostgreSQL and the StatusEvent records
 on invoicing.invoice.status.v1 must be the same transitions, each exactly
 once, in the same order, each allowed by the lifecycle table, starting at 200
-and reaching a pipeline outcome (201, 203 or 213).
+and reaching a pipeline outcome (201, 203, 213 or 501).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from invoicing.v1 import events_pb2
 from invoicing_common import topics
 from invoicing_common.kafka import assign_all, read_to_end
 from invoicing_common.settings import KafkaClientSettings
+from invoicing_status.lifecycle import PIPELINE_OUTCOMES, Status, is_allowed
 
-PIPELINE_OUTCOMES = {201, 203, 213}
+_OUTCOME_CODES = frozenset(s.value for s in PIPELINE_OUTCOMES)
 
 
 @dataclass
@@ -85,9 +86,6 @@ async def _events(kafka: KafkaClientSettings, wanted: set[str]) -> dict[str, lis
 
 
 async def reconcile(database_url: str, kafka: KafkaClientSettings, invoice_ids: list[str]) -> Reconciliation:
-    # Imported late: the lifecycle table lives with the status service.
-    from invoicing_status.lifecycle import Status, is_allowed
-
     history = await _history(database_url, invoice_ids)
     events = await _events(kafka, set(invoice_ids))
     result = Reconciliation(invoices=len(invoice_ids))
@@ -106,8 +104,8 @@ async def reconcile(database_url: str, kafka: KafkaClientSettings, invoice_ids: 
         for before, after in pairwise(codes):
             if not is_allowed(Status(before), Status(after)):
                 problems.append(f"history has an illegal step {before} -> {after}")
-        if codes and not PIPELINE_OUTCOMES & set(codes):
-            problems.append(f"no pipeline outcome (201/203/213) yet: {codes}")
+        if codes and not _OUTCOME_CODES & set(codes):
+            problems.append(f"no pipeline outcome ({'/'.join(map(str, sorted(_OUTCOME_CODES)))}) yet: {codes}")
         if published != rows:
             problems.append(f"status events {published} differ from history {rows}")
         if problems:

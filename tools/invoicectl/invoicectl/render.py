@@ -7,7 +7,9 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 from invoicing.v1 import common_pb2, events_pb2, status_pb2
 
-_FINAL_PIPELINE_CODES = frozenset({201, 203, 213})
+from invoicing_status.lifecycle import PIPELINE_OUTCOMES
+
+_FINAL_PIPELINE_CODES = frozenset(s.value for s in PIPELINE_OUTCOMES)
 
 
 def iso(ts: Timestamp) -> str:

@@ -25,31 +25,31 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19invoicing/v1/common.proto\x12\x0cinvoicing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"d\n\x07\x46inding\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12(\n\x08severity\x18\x02 \x01(\x0e\x32\x16.invoicing.v1.Severity\x12\x10\n\x08location\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"$\n\x06Reason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"0\n\x0fPartyIdentifier\x12\r\n\x05value\x18\x01 \x01(\t\x12\x0e\n\x06scheme\x18\x02 \x01(\t\"\xe9\x05\n\x0eInvoiceSummary\x12,\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x1c.invoicing.v1.DocumentFormat\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x16\n\x0einvoice_number\x18\x03 \x01(\t\x12\x11\n\ttype_code\x18\x04 \x01(\t\x12\x12\n\nissue_date\x18\x05 \x01(\t\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x13\n\x0bseller_name\x18\x07 \x01(\t\x12\x31\n\nseller_ids\x18\x08 \x03(\x0b\x32\x1d.invoicing.v1.PartyIdentifier\x12\x15\n\rseller_vat_id\x18\t \x01(\t\x12\x12\n\nbuyer_name\x18\n \x01(\t\x12\x30\n\tbuyer_ids\x18\x0b \x03(\x0b\x32\x1d.invoicing.v1.PartyIdentifier\x12\x14\n\x0c\x62uyer_vat_id\x18\x0c \x01(\t\x12\x35\n\x0e\x62uyer_endpoint\x18\r \x01(\x0b\x32\x1d.invoicing.v1.PartyIdentifier\x12\x17\n\x0f\x62uyer_reference\x18\x0e \x01(\t\x12 \n\x18purchase_order_reference\x18\x0f \x01(\t\x12\x12\n\nline_count\x18\x10 \x01(\x05\x12\x12\n\nline_total\x18\x11 \x01(\t\x12\x17\n\x0f\x61llowance_total\x18\x12 \x01(\t\x12\x14\n\x0c\x63harge_total\x18\x13 \x01(\t\x12\x1b\n\x13tax_exclusive_total\x18\x14 \x01(\t\x12\x11\n\ttax_total\x18\x15 \x01(\t\x12\x1c\n\x14tax_total_accounting\x18\x16 \x01(\t\x12\x1b\n\x13tax_inclusive_total\x18\x17 \x01(\t\x12\x15\n\rprepaid_total\x18\x18 \x01(\t\x12\x17\n\x0frounding_amount\x18\x19 \x01(\t\x12\x16\n\x0epayable_amount\x18\x1a \x01(\t\x12\x10\n\x08\x64ue_date\x18\x1b \x01(\t\"<\n\x07Payment\x12\x0e\n\x06\x61mount\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x0f\n\x07paid_on\x18\x03 \x01(\t\"\xe3\x01\n\x0cStatusChange\x12\x13\n\x0bstatus_code\x18\x01 \x01(\x05\x12\x0e\n\x06status\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06reason\x18\x04 \x01(\x0b\x32\x14.invoicing.v1.Reason\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x17\n\x0fsource_event_id\x18\x06 \x01(\t\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12&\n\x07payment\x18\x08 \x01(\x0b\x32\x15.invoicing.v1.Payment\"\x81\x01\n\x0b\x44ocumentRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x10\n\x08\x66ilename\x18\x04 \x01(\t\x12(\n\x06origin\x18\x05 \x01(\x0e\x32\x18.invoicing.v1.FileOrigin*\xb1\x01\n\x0e\x44ocumentFormat\x12\x1f\n\x1b\x44OCUMENT_FORMAT_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x44OCUMENT_FORMAT_UBL_INVOICE\x10\x01\x12#\n\x1f\x44OCUMENT_FORMAT_UBL_CREDIT_NOTE\x10\x02\x12\x17\n\x13\x44OCUMENT_FORMAT_CII\x10\x03\x12\x1f\n\x1b\x44OCUMENT_FORMAT_FACTURX_PDF\x10\x04*N\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x12\n\x0eSEVERITY_FATAL\x10\x01\x12\x14\n\x10SEVERITY_WARNING\x10\x02*w\n\nFileOrigin\x12\x1b\n\x17\x46ILE_ORIGIN_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46ILE_ORIGIN_INVOICE\x10\x01\x12\x19\n\x15\x46ILE_ORIGIN_SUBMITTED\x10\x02\x12\x18\n\x14\x46ILE_ORIGIN_EMBEDDED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19invoicing/v1/common.proto\x12\x0cinvoicing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"u\n\x07\x46inding\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12(\n\x08severity\x18\x02 \x01(\x0e\x32\x16.invoicing.v1.Severity\x12\x10\n\x08location\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0f\n\x07release\x18\x05 \x01(\t\"$\n\x06Reason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"0\n\x0fPartyIdentifier\x12\r\n\x05value\x18\x01 \x01(\t\x12\x0e\n\x06scheme\x18\x02 \x01(\t\"\xe9\x05\n\x0eInvoiceSummary\x12,\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x1c.invoicing.v1.DocumentFormat\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12\x16\n\x0einvoice_number\x18\x03 \x01(\t\x12\x11\n\ttype_code\x18\x04 \x01(\t\x12\x12\n\nissue_date\x18\x05 \x01(\t\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x13\n\x0bseller_name\x18\x07 \x01(\t\x12\x31\n\nseller_ids\x18\x08 \x03(\x0b\x32\x1d.invoicing.v1.PartyIdentifier\x12\x15\n\rseller_vat_id\x18\t \x01(\t\x12\x12\n\nbuyer_name\x18\n \x01(\t\x12\x30\n\tbuyer_ids\x18\x0b \x03(\x0b\x32\x1d.invoicing.v1.PartyIdentifier\x12\x14\n\x0c\x62uyer_vat_id\x18\x0c \x01(\t\x12\x35\n\x0e\x62uyer_endpoint\x18\r \x01(\x0b\x32\x1d.invoicing.v1.PartyIdentifier\x12\x17\n\x0f\x62uyer_reference\x18\x0e \x01(\t\x12 \n\x18purchase_order_reference\x18\x0f \x01(\t\x12\x12\n\nline_count\x18\x10 \x01(\x05\x12\x12\n\nline_total\x18\x11 \x01(\t\x12\x17\n\x0f\x61llowance_total\x18\x12 \x01(\t\x12\x14\n\x0c\x63harge_total\x18\x13 \x01(\t\x12\x1b\n\x13tax_exclusive_total\x18\x14 \x01(\t\x12\x11\n\ttax_total\x18\x15 \x01(\t\x12\x1c\n\x14tax_total_accounting\x18\x16 \x01(\t\x12\x1b\n\x13tax_inclusive_total\x18\x17 \x01(\t\x12\x15\n\rprepaid_total\x18\x18 \x01(\t\x12\x17\n\x0frounding_amount\x18\x19 \x01(\t\x12\x16\n\x0epayable_amount\x18\x1a \x01(\t\x12\x10\n\x08\x64ue_date\x18\x1b \x01(\t\"<\n\x07Payment\x12\x0e\n\x06\x61mount\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x0f\n\x07paid_on\x18\x03 \x01(\t\"\xe3\x01\n\x0cStatusChange\x12\x13\n\x0bstatus_code\x18\x01 \x01(\x05\x12\x0e\n\x06status\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06reason\x18\x04 \x01(\x0b\x32\x14.invoicing.v1.Reason\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x17\n\x0fsource_event_id\x18\x06 \x01(\t\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12&\n\x07payment\x18\x08 \x01(\x0b\x32\x15.invoicing.v1.Payment\"\x81\x01\n\x0b\x44ocumentRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x10\n\x08\x66ilename\x18\x04 \x01(\t\x12(\n\x06origin\x18\x05 \x01(\x0e\x32\x18.invoicing.v1.FileOrigin*\xb1\x01\n\x0e\x44ocumentFormat\x12\x1f\n\x1b\x44OCUMENT_FORMAT_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x44OCUMENT_FORMAT_UBL_INVOICE\x10\x01\x12#\n\x1f\x44OCUMENT_FORMAT_UBL_CREDIT_NOTE\x10\x02\x12\x17\n\x13\x44OCUMENT_FORMAT_CII\x10\x03\x12\x1f\n\x1b\x44OCUMENT_FORMAT_FACTURX_PDF\x10\x04*N\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x12\n\x0eSEVERITY_FATAL\x10\x01\x12\x14\n\x10SEVERITY_WARNING\x10\x02*w\n\nFileOrigin\x12\x1b\n\x17\x46ILE_ORIGIN_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46ILE_ORIGIN_INVOICE\x10\x01\x12\x19\n\x15\x46ILE_ORIGIN_SUBMITTED\x10\x02\x12\x18\n\x14\x46ILE_ORIGIN_EMBEDDED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'invoicing.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DOCUMENTFORMAT']._serialized_start=1439
-  _globals['_DOCUMENTFORMAT']._serialized_end=1616
-  _globals['_SEVERITY']._serialized_start=1618
-  _globals['_SEVERITY']._serialized_end=1696
-  _globals['_FILEORIGIN']._serialized_start=1698
-  _globals['_FILEORIGIN']._serialized_end=1817
+  _globals['_DOCUMENTFORMAT']._serialized_start=1456
+  _globals['_DOCUMENTFORMAT']._serialized_end=1633
+  _globals['_SEVERITY']._serialized_start=1635
+  _globals['_SEVERITY']._serialized_end=1713
+  _globals['_FILEORIGIN']._serialized_start=1715
+  _globals['_FILEORIGIN']._serialized_end=1834
   _globals['_FINDING']._serialized_start=76
-  _globals['_FINDING']._serialized_end=176
-  _globals['_REASON']._serialized_start=178
-  _globals['_REASON']._serialized_end=214
-  _globals['_PARTYIDENTIFIER']._serialized_start=216
-  _globals['_PARTYIDENTIFIER']._serialized_end=264
-  _globals['_INVOICESUMMARY']._serialized_start=267
-  _globals['_INVOICESUMMARY']._serialized_end=1012
-  _globals['_PAYMENT']._serialized_start=1014
-  _globals['_PAYMENT']._serialized_end=1074
-  _globals['_STATUSCHANGE']._serialized_start=1077
-  _globals['_STATUSCHANGE']._serialized_end=1304
-  _globals['_DOCUMENTREF']._serialized_start=1307
-  _globals['_DOCUMENTREF']._serialized_end=1436
+  _globals['_FINDING']._serialized_end=193
+  _globals['_REASON']._serialized_start=195
+  _globals['_REASON']._serialized_end=231
+  _globals['_PARTYIDENTIFIER']._serialized_start=233
+  _globals['_PARTYIDENTIFIER']._serialized_end=281
+  _globals['_INVOICESUMMARY']._serialized_start=284
+  _globals['_INVOICESUMMARY']._serialized_end=1029
+  _globals['_PAYMENT']._serialized_start=1031
+  _globals['_PAYMENT']._serialized_end=1091
+  _globals['_STATUSCHANGE']._serialized_start=1094
+  _globals['_STATUSCHANGE']._serialized_end=1321
+  _globals['_DOCUMENTREF']._serialized_start=1324
+  _globals['_DOCUMENTREF']._serialized_end=1453
 # @@protoc_insertion_point(module_scope)

@@ -99,12 +99,17 @@ class Finding(_message.Message):
     SEVERITY_FIELD_NUMBER: _builtins.int
     LOCATION_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
     rule: _builtins.str
     """Rule identifier, e.g. "BR-CO-10", "XSD", "PARSE", "FORMAT"."""
     severity: Global___Severity.ValueType
     location: _builtins.str
     """XPath of the offending node, empty when the document could not be parsed."""
     message: _builtins.str
+    release: _builtins.str
+    """The rule release that fired it, e.g. "BR-FR 1.3.0" or "EN16931 1.3.16";
+    empty for the platform's own checks (XSD, identifiers, format).
+    """
     def __init__(
         self,
         *,
@@ -112,10 +117,11 @@ class Finding(_message.Message):
         severity: Global___Severity.ValueType = ...,
         location: _builtins.str = ...,
         message: _builtins.str = ...,
+        release: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "message", b"message", "rule", b"rule", "severity", b"severity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "message", b"message", "release", b"release", "rule", b"rule", "severity", b"severity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -123,14 +129,16 @@ Global___Finding: _TypeAlias = Finding  # noqa: Y015
 
 @_typing.final
 class Reason(_message.Message):
-    """Why an invoice reached a status (mandatory for 206, 207, 208, 210, 213)."""
+    """Why an invoice reached a status (mandatory for 206, 207, 208, 210, 213,
+    501). The codes each status allows are in docs/lifecycle.md.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CODE_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     code: _builtins.str
-    """e.g. REJ_SEMAN, REJ_UNI, REJ_COH, REJ_ADR, REJ_CONT_B2G."""
+    """e.g. REJ_SEMAN, REJ_UNI, REJ_COH, REJ_ADR, REJ_CONT_B2G, IRR_SYNTAX."""
     text: _builtins.str
     def __init__(
         self,

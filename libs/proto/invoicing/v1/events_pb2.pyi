@@ -173,6 +173,8 @@ class InvoiceValidated(_message.Message):
     DOCUMENT_FIELD_NUMBER: _builtins.int
     ORIGINAL_FIELD_NUMBER: _builtins.int
     ATTACHMENTS_FIELD_NUMBER: _builtins.int
+    INADMISSIBLE_FIELD_NUMBER: _builtins.int
+    RULES_RELEASE_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     valid: _builtins.bool
     @_builtins.property
@@ -185,6 +187,18 @@ class InvoiceValidated(_message.Message):
     def document(self, value: _builtins.bytes) -> None:
         """No longer set: the document stays in the archive (see `original`)."""
 
+    inadmissible: _builtins.bool
+    """Set with valid = false when the document could not be processed at all
+    (empty, not an invoice format, unreadable, too large, or the platform
+    failed to validate it): the invoice ends 501 INADMISSIBLE, with an
+    IRR_* reason, rather than 213 REJECTED. False in events from producers
+    older than this field: theirs end 213.
+    """
+    rules_release: _builtins.str
+    """The release of the French rules (BR-FR) the invoice was checked with,
+    e.g. "1.3.0"; empty when the French rules did not apply. Which release
+    an invoice gets: docs/reform.md.
+    """
     @_builtins.property
     def invoice(self) -> Global___InvoiceRef: ...
     @_builtins.property
@@ -193,7 +207,7 @@ class InvoiceValidated(_message.Message):
     def summary(self) -> _common_pb2.InvoiceSummary: ...
     @_builtins.property
     def reason(self) -> _common_pb2.Reason:
-        """Set when valid is false, e.g. REJ_SEMAN."""
+        """Set when valid is false, e.g. REJ_SEMAN (213) or IRR_SYNTAX (501)."""
 
     @_builtins.property
     def original(self) -> _common_pb2.DocumentRef: ...
@@ -215,10 +229,12 @@ class InvoiceValidated(_message.Message):
         document: _builtins.bytes = ...,
         original: _common_pb2.DocumentRef | None = ...,
         attachments: _abc.Iterable[_common_pb2.DocumentRef] | None = ...,
+        inadmissible: _builtins.bool = ...,
+        rules_release: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice", "original", b"original", "reason", b"reason", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "document", b"document", "event_id", b"event_id", "findings", b"findings", "invoice", b"invoice", "original", b"original", "reason", b"reason", "summary", b"summary", "valid", b"valid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "document", b"document", "event_id", b"event_id", "findings", b"findings", "inadmissible", b"inadmissible", "invoice", b"invoice", "original", b"original", "reason", b"reason", "rules_release", b"rules_release", "summary", b"summary", "valid", b"valid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -447,3 +463,66 @@ class DeadLetterReplay(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeadLetterReplay: _TypeAlias = DeadLetterReplay  # noqa: Y015
+
+@_typing.final
+class RulesShadowDiff(_message.Message):
+    """Topic invoicing.rules.shadow.v1, written by validate when the release of
+    the French rules run in shadow (VALIDATE_RULES_SHADOW) disagrees with the
+    release the invoice was checked with: another verdict, or other fatal
+    rules. Keyed by invoice id. The shadow never changes the invoice's
+    verdict; this is for operators (`invoicectl rules diff`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    INVOICE_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    ACTIVE_RELEASE_FIELD_NUMBER: _builtins.int
+    SHADOW_RELEASE_FIELD_NUMBER: _builtins.int
+    ACTIVE_VALID_FIELD_NUMBER: _builtins.int
+    SHADOW_VALID_FIELD_NUMBER: _builtins.int
+    ONLY_ACTIVE_FIELD_NUMBER: _builtins.int
+    ONLY_SHADOW_FIELD_NUMBER: _builtins.int
+    INVOICE_NUMBER_FIELD_NUMBER: _builtins.int
+    ISSUE_DATE_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    invoice_id: _builtins.str
+    active_release: _builtins.str
+    """The release the invoice was checked with, and the one in shadow."""
+    shadow_release: _builtins.str
+    active_valid: _builtins.bool
+    shadow_valid: _builtins.bool
+    invoice_number: _builtins.str
+    """BT-1 and BT-2, so that an operator can find the invoice."""
+    issue_date: _builtins.str
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def only_active(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Fatal French rules that fired in one release only."""
+
+    @_builtins.property
+    def only_shadow(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        invoice_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        active_release: _builtins.str = ...,
+        shadow_release: _builtins.str = ...,
+        active_valid: _builtins.bool = ...,
+        shadow_valid: _builtins.bool = ...,
+        only_active: _abc.Iterable[_builtins.str] | None = ...,
+        only_shadow: _abc.Iterable[_builtins.str] | None = ...,
+        invoice_number: _builtins.str = ...,
+        issue_date: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_release", b"active_release", "active_valid", b"active_valid", "event_id", b"event_id", "invoice_id", b"invoice_id", "invoice_number", b"invoice_number", "issue_date", b"issue_date", "occurred_at", b"occurred_at", "only_active", b"only_active", "only_shadow", b"only_shadow", "shadow_release", b"shadow_release", "shadow_valid", b"shadow_valid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RulesShadowDiff: _TypeAlias = RulesShadowDiff  # noqa: Y015

@@ -35,17 +35,17 @@ class _ActorRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActorRole.V
     DESCRIPTOR: _descriptor.EnumDescriptor
     ACTOR_ROLE_UNSPECIFIED: _ActorRole.ValueType  # 0
     ACTOR_ROLE_BUYER: _ActorRole.ValueType  # 1
-    """The buyer or its receiving platform: 204, 205, 206, 207, 208, 210, 211."""
+    """The buyer or its receiving platform: 204-208, 210, 211, 214, 221."""
     ACTOR_ROLE_SUPPLIER: _ActorRole.ValueType  # 2
-    """The supplier: 209 after 208, 212 after 211."""
+    """The supplier: 209 after 208, 212 after 211, 220, 224-228."""
 
 class ActorRole(_ActorRole, metaclass=_ActorRoleEnumTypeWrapper): ...
 
 ACTOR_ROLE_UNSPECIFIED: ActorRole.ValueType  # 0
 ACTOR_ROLE_BUYER: ActorRole.ValueType  # 1
-"""The buyer or its receiving platform: 204, 205, 206, 207, 208, 210, 211."""
+"""The buyer or its receiving platform: 204-208, 210, 211, 214, 221."""
 ACTOR_ROLE_SUPPLIER: ActorRole.ValueType  # 2
-"""The supplier: 209 after 208, 212 after 211."""
+"""The supplier: 209 after 208, 212 after 211, 220, 224-228."""
 Global___ActorRole: _TypeAlias = ActorRole  # noqa: Y015
 
 @_typing.final
@@ -233,8 +233,9 @@ class InvoiceFilter(_message.Message):
     due_before: _builtins.str
     """ISO 8601 date: invoices whose payment due date (BT-9) is before it."""
     unpaid: _builtins.bool
-    """Invoices still owed: made available (203) or later, not cashed (212),
-    refused (210) or rejected (213).
+    """Invoices still owed: made available (203) or a later status, and not
+    at an end: cashed (212), refused (210), cancelled (220) or routing
+    error (221).
     """
     @_builtins.property
     def status_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...

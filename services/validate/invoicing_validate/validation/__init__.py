@@ -11,12 +11,13 @@ expensive) or call :func:`validate_document`, which does that lazily.
 
 from .embedded import EmbeddedFile, extract_attachments
 from .engine import Validator, default_validator, validate_document
-from .model import ArtefactsMissing, Finding, Summary, ValidationReport
+from .model import ArtefactsMissing, Finding, ShadowOutcome, Summary, ValidationReport
 
 __all__ = [
     "ArtefactsMissing",
     "EmbeddedFile",
     "Finding",
+    "ShadowOutcome",
     "Summary",
     "ValidationReport",
     "Validator",

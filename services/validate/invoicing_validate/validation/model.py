@@ -35,6 +35,9 @@ class Finding:
     severity: str
     location: str
     message: str
+    # The rule release that fired it, e.g. "BR-FR 1.3.0" or "EN16931 1.3.16";
+    # empty for checks of our own (XSD, identifiers, format).
+    release: str = ""
 
     @property
     def is_fatal(self) -> bool:
@@ -73,6 +76,20 @@ class Summary:
     due_date: str = ""  # BT-9, ISO YYYY-MM-DD
 
 
+@dataclass(frozen=True)
+class ShadowOutcome:
+    """What a release run in shadow would have decided."""
+
+    release: str
+    valid: bool
+    # Fatal French rules that fired in one release and not the other.
+    only_active: list[str]
+    only_shadow: list[str]
+
+    def disagrees(self, active_valid: bool) -> bool:
+        return self.valid != active_valid or bool(self.only_active or self.only_shadow)
+
+
 @dataclass
 class ValidationReport:
     """Verdict on one document: valid means no fatal finding."""
@@ -85,6 +102,12 @@ class ValidationReport:
     # The files the invoice carries (embedded.py), whenever it could be read,
     # valid or not; the invoice's own XML too when it came in a PDF.
     attachments: list[EmbeddedFile] = field(default_factory=list)
+    # The French rules release applied ("" when the French rules did not
+    # apply) and how it was chosen: issue-date, in-force or requested.
+    rules_release: str = ""
+    rules_selection: str = ""
+    # The shadow release's verdict, when one runs (never changes `valid`).
+    shadow: ShadowOutcome | None = None
 
     @property
     def fatal_findings(self) -> list[Finding]:

@@ -63,6 +63,9 @@ _SUCCESSFUL_REPORT: Final = f"{{{SVRL_NS}}}successful-report"
 _TEXT: Final = f"{{{SVRL_NS}}}text"
 _WARNING_FLAGS: Final = frozenset({"warning", "warn", "information", "info"})
 _BRACKETED_ID = re.compile(r"^\[([A-Za-z0-9][A-Za-z0-9._\-]*)\]")
+# The BR-FR 0.1 asserts carry no id; their text opens with it, as in
+# "BR-FR-01/BT-1 : ...".
+_LEADING_ID = re.compile(r"^(BR-FR-[A-Z0-9]+(?:-[A-Z0-9]+)*)\s*(?:/|:|\u2014)")
 _XSL_NS: Final = "http://www.w3.org/1999/XSL/Transform"
 # document('name.xml') with a constant, local, relative file name.
 _CONSTANT_DOCUMENT = re.compile(r"document\(\s*'([A-Za-z0-9][A-Za-z0-9._\-]*\.xml)'\s*\)")
@@ -93,6 +96,7 @@ _SUCCESSFUL_REPORT_TAG: Final = "successful-report"
 # not survive fork(), hence the pid check.
 _processor_lock = threading.Lock()
 _processor: tuple[int, PySaxonProcessor] | None = None
+_OPTIMIZATION_LEVEL = "http://saxon.sf.net/feature/optimizationLevel"
 
 
 def saxon_processor() -> PySaxonProcessor:
@@ -101,7 +105,14 @@ def saxon_processor() -> PySaxonProcessor:
         if _processor is None or _processor[0] != os.getpid():
             from saxonche import PySaxonProcessor
 
-            _processor = (os.getpid(), PySaxonProcessor(license=False))
+            processor = PySaxonProcessor(license=False)
+            # Saxon's loop lifting ("l") fails on the official BR-FR 0.1 and
+            # 1.2.0 stylesheets ("Bad parent pointer in expression tree"),
+            # and on their rewritten form it aborts the whole process. The
+            # other optimisations stay; on the CEN rules the difference is
+            # within noise (5.0-6.6 ms/document either way, 43 documents).
+            processor.set_configuration_property(_OPTIMIZATION_LEVEL, "-l")
+            _processor = (os.getpid(), processor)
         return _processor[1]
 
 
@@ -126,7 +137,7 @@ def svrl_findings(svrl: str) -> list[Finding]:
         text = " ".join("".join(text_el.itertext()).split()) if text_el is not None else ""
         rule = (el.get("id") or "").strip()
         if not rule:
-            match = _BRACKETED_ID.match(text)
+            match = _BRACKETED_ID.match(text) or _LEADING_ID.match(text)
             rule = match.group(1) if match else "SCHEMATRON"
         findings.append(
             Finding(

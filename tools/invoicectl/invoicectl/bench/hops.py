@@ -5,7 +5,7 @@
 * 200: ``occurred_at`` of the SUBMITTED status event (ingest's receipt time);
 * validated, routed: the record timestamps of the invoice's records on the
   validated and routed topics (CreateTime, set by the producing service);
-* final: ``occurred_at`` of the first final status event (201, 203, 213).
+* final: ``occurred_at`` of the first final status event (201, 203, 213, 501).
 
 Every clock is the local stack's wall clock, on the same machine as the
 bench. An invoice rejected by validation has no routed record: its

@@ -35,10 +35,12 @@ from invoicectl.config import GRPC_OPTIONS, Endpoints, client_config
 from invoicectl.kafka_follow import StatusFollower
 from invoicing_common import topics
 from invoicing_common.auth.client import secure_channel
+from invoicing_status.lifecycle import PIPELINE_OUTCOMES, PLATFORM_REFUSALS
 
 SUBMITTED = 200
-FINAL_CODES = frozenset({201, 203, 213})
-REJECTED = 213
+FINAL_CODES = frozenset(s.value for s in PIPELINE_OUTCOMES)
+# The platform refused the document: rejected (213) or inadmissible (501).
+REFUSED = frozenset(s.value for s in PLATFORM_REFUSALS)
 SUBMIT_TIMEOUT_SECONDS = 120.0
 CONNECT_TIMEOUT_SECONDS = 10.0
 
@@ -343,7 +345,7 @@ def figures(
         e2e_invoices_per_s_steady=steady_rate(final_times),
         lost=len(missing),
         finals=dict(sorted(codes.items())),
-        valid_rejected=sum(1 for s, (code, _) in ours if s.document.expect_valid and code == REJECTED),
-        invalid_accepted=sum(1 for s, (code, _) in ours if not s.document.expect_valid and code != REJECTED),
+        valid_rejected=sum(1 for s, (code, _) in ours if s.document.expect_valid and code in REFUSED),
+        invalid_accepted=sum(1 for s, (code, _) in ours if not s.document.expect_valid and code not in REFUSED),
         lost_invoice_ids=sorted(missing)[:100],
     )
