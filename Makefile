@@ -6,6 +6,11 @@ BIN := $(VENV)/bin
 PACKAGES := libs/proto libs/common services/ingest services/validate services/route services/status tools/invoicectl
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard proto/invoicing/v1/*.proto)
+# `make up PLATFORMS=2` (or run, test, ...): platform B (`peer`) beside the
+# first, on the same Kafka, PostgreSQL and Keycloak (docs/deploy.md, "Two
+# platforms on one machine"). Exported: deploy/local/stack.py reads it.
+PLATFORMS ?= 1
+export PLATFORMS
 
 .PHONY: install run up down status test test-unit lint proto proto-check clean bench bench-quick chaos \
 	images deploy-local undeploy-local test-images scale-out compose-images compose-up compose-ps compose-down compose-clean
@@ -33,9 +38,11 @@ run: install
 			cii-invoice-valid.xml ubl-invoice-with-attachment.xml facturx-invoice-valid.pdf
 	@echo "The stack stays up: 'source .run/env' to use it, 'make down' to stop it."
 
+## Start Kafka, PostgreSQL, Keycloak and the services (both platforms' with PLATFORMS=2).
 up: install
 	$(BIN)/python deploy/local/stack.py up
 
+## Stop everything the stack started, platform B's services included.
 down:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python deploy/local/stack.py down; fi
 

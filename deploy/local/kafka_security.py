@@ -10,6 +10,11 @@ certificate's common name is the principal, under the same ACLs. It is
 how librdkafka tools reach the cluster: kcat from Debian's packages is
 built on librdkafka 2.0, whose SCRAM exchange Kafka 4 refuses (fixed in
 librdkafka 2.6.1).
+
+Platforms sharing the cluster (`make up PLATFORMS=2`) share the principals
+too: every grant of principals.toml is made once per platform topic prefix
+(INVOICING_TOPIC_PREFIX), for its topics and its consumer groups, which are
+the services' OTEL_SERVICE_NAME and carry the same prefix.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from credentials import write_private
@@ -49,18 +54,20 @@ def _pattern(name: str) -> tuple[str, str]:
     return ("PREFIXED", name[:-1]) if name.endswith("*") else ("LITERAL", name)
 
 
-def acl_lines(principals: Mapping[str, Mapping[str, Iterable[str]]]) -> list[str]:
-    """`acl PRINCIPAL TYPE PATTERN NAME OPERATION` lines for Provision.java."""
+def acl_lines(principals: Mapping[str, Mapping[str, Iterable[str]]], prefixes: Sequence[str] = ("",)) -> list[str]:
+    """`acl PRINCIPAL TYPE PATTERN NAME OPERATION` lines for Provision.java:
+    each grant once per platform topic prefix of ``prefixes``."""
     lines: list[str] = []
-    for name, grants in principals.items():
-        principal = f"User:{name}"
-        for kind, operations in _TOPIC_OPERATIONS.items():
-            for topic in grants.get(kind, ()):
-                pattern, resource = _pattern(topic)
-                lines += [f"acl {principal} TOPIC {pattern} {resource} {op}" for op in operations]
-        for group in grants.get("groups", ()):
-            pattern, resource = _pattern(group)
-            lines += [f"acl {principal} GROUP {pattern} {resource} {op}" for op in ("READ", "DESCRIBE")]
+    for prefix in dict.fromkeys(prefixes):
+        for name, grants in principals.items():
+            principal = f"User:{name}"
+            for kind, operations in _TOPIC_OPERATIONS.items():
+                for topic in grants.get(kind, ()):
+                    pattern, resource = _pattern(prefix + topic)
+                    lines += [f"acl {principal} TOPIC {pattern} {resource} {op}" for op in operations]
+            for group in grants.get("groups", ()):
+                pattern, resource = _pattern(prefix + group)
+                lines += [f"acl {principal} GROUP {pattern} {resource} {op}" for op in ("READ", "DESCRIBE")]
     return lines
 
 
@@ -140,14 +147,24 @@ def kcat_properties(bootstrap: str, ca_file: Path, cert_file: Path, key_file: Pa
     )
 
 
-def provision(classpath: Path, home: Path, bootstrap: str, admin_password: str, passwords: Mapping[str, str]) -> bool:
-    """Apply every principal's SCRAM credential and ACLs; skipped when
-    nothing changed since the last run. Returns whether it ran."""
+def provision(
+    classpath: Path,
+    home: Path,
+    bootstrap: str,
+    admin_password: str,
+    passwords: Mapping[str, str],
+    prefixes: Sequence[str] = ("",),
+) -> bool:
+    """Apply every principal's SCRAM credential and ACLs, granted for each
+    topic prefix of ``prefixes`` (those of the platforms that run); skipped
+    when nothing changed since the last run. Returns whether it ran. The
+    list is the whole truth: the grants of a prefix left out are revoked."""
     principals = load_principals()
     missing = sorted(set(principals) - set(passwords))
     if missing:
         raise SystemExit(f"no password for Kafka principal(s) {', '.join(missing)}")
-    commands = [f"keep {ADMIN}"] + [f"scram {name} {passwords[name]}" for name in principals] + acl_lines(principals)
+    credentials = [f"keep {ADMIN}"] + [f"scram {name} {passwords[name]}" for name in principals]
+    commands = credentials + acl_lines(principals, prefixes)
     text = "\n".join(commands) + "\n"
     digest = hashlib.sha256((text + PROVISION_SOURCE.read_text()).encode()).hexdigest()
     marker = home / "provisioned"

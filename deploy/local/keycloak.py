@@ -6,6 +6,10 @@ to 127.0.0.1, its database (H2, file) under `.run/keycloak/`. The realm
 `deploy/local/keycloak/invoicing-realm.json` is created through the admin
 API once the server is ready. The services know nothing of Keycloak: they
 are given an issuer URL and an audience (docs/security.md).
+
+The platform accounts (`platform-local`, `platform-peer`: what one platform
+calls another with, docs/reform.md) are made or brought up to date
+at every start, so that a realm made before they existed gets them too.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import shutil
 import ssl
 import subprocess
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -29,6 +33,9 @@ REALM = "invoicing"
 AUDIENCE = "invoicing-api"
 DEMO_CLIENT_ID = "invoicing-demo"
 ADMIN_USER = "admin"
+# The realm role of another approved platform's account
+# (invoicing_common.auth.principal.ROLE_PLATFORM).
+PLATFORM_ROLE = "platform"
 
 
 def resolve(cache: Path, say: Callable[[str], None] = print) -> Path:
@@ -130,3 +137,69 @@ def ensure_realm(port: int, ca_file: Path, admin_password: str, demo_secret: str
         if reply.status_code != 201:
             raise SystemExit(f"keycloak: creating realm {REALM} failed ({reply.status_code}): {reply.text[:500]}")
     return True
+
+
+def platform_client(client_id: str, secret: str) -> dict[str, object]:
+    """A platform's account: a confidential client whose service account
+    holds the `platform` role. Its scope is that role alone (no full scope),
+    so its tokens say roles ["platform"], and it has no sirens claim: it
+    acts for no company of its own. The realm's default client scope,
+    `invoicing-api`, gives the audience and the roles claim."""
+    return {
+        "clientId": client_id,
+        "name": f"Platform account {client_id} (platform-to-platform exchange)",
+        "enabled": True,
+        "publicClient": False,
+        "clientAuthenticatorType": "client-secret",
+        "secret": secret,
+        "serviceAccountsEnabled": True,
+        "standardFlowEnabled": False,
+        "implicitFlowEnabled": False,
+        "directAccessGrantsEnabled": False,
+        "fullScopeAllowed": False,
+        "defaultClientScopes": [AUDIENCE],
+        "optionalClientScopes": [],
+    }
+
+
+def ensure_platform_clients(port: int, ca_file: Path, admin_password: str, secrets: Mapping[str, str]) -> list[str]:
+    """Make each client of ``secrets`` (client id -> secret) a platform
+    account with that secret, creating the `platform` role and the client
+    when missing; returns the client ids created. Idempotent."""
+    headers = {"Authorization": f"Bearer {admin_token(port, ca_file, admin_password)}"}
+    realm_url = f"{base_url(port)}/admin/realms/{REALM}"
+    created: list[str] = []
+    with httpx.Client(verify=_trust(ca_file), timeout=60, headers=headers, base_url=realm_url) as client:
+        role = _ensure_role(client, PLATFORM_ROLE, "Another approved platform: delivers its sellers' invoices "
+                            "and sends CDAR lifecycle messages")  # fmt: skip
+        for client_id, secret in secrets.items():
+            representation = platform_client(client_id, secret)
+            found = _checked(client.get("/clients", params={"clientId": client_id}), f"look {client_id} up").json()
+            if found:
+                internal_id = found[0]["id"]
+                # PUT changes the fields given: the secret follows the file.
+                _checked(client.put(f"/clients/{internal_id}", json=representation), f"update {client_id}")
+            else:
+                reply = _checked(client.post("/clients", json=representation), f"create {client_id}")
+                internal_id = reply.headers["Location"].rstrip("/").rsplit("/", 1)[1]
+                created.append(client_id)
+            user = _checked(client.get(f"/clients/{internal_id}/service-account-user"), f"read {client_id}'s user")
+            # Both grants are idempotent: granting a held role changes nothing.
+            _checked(client.post(f"/users/{user.json()['id']}/role-mappings/realm", json=[role]), "grant the role")
+            _checked(client.post(f"/clients/{internal_id}/scope-mappings/realm", json=[role]), "scope the role")
+    return created
+
+
+def _ensure_role(client: httpx.Client, name: str, description: str) -> dict[str, object]:
+    reply = client.get(f"/roles/{name}")
+    if reply.status_code == 404:
+        _checked(client.post("/roles", json={"name": name, "description": description}), f"create role {name}")
+        reply = client.get(f"/roles/{name}")
+    role: dict[str, object] = _checked(reply, f"read role {name}").json()
+    return role
+
+
+def _checked(reply: httpx.Response, what: str) -> httpx.Response:
+    if reply.status_code >= 400:
+        raise SystemExit(f"keycloak: could not {what} ({reply.status_code}): {reply.text[:500]}")
+    return reply

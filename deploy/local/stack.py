@@ -3,21 +3,30 @@ Connect provider) and the four services, every connection authenticated.
 
     python deploy/local/stack.py up       start what is not running, wait until ready
     python deploy/local/stack.py down     stop what `up` started, by pid
-    python deploy/local/stack.py status   show what runs
+    python deploy/local/stack.py status   show what runs (and whether each service is SERVING)
     python deploy/local/stack.py restart-services
-                                          restart the four services with the current environment
+                                          restart the services (B's too when it runs) with the
+                                          current environment
     python deploy/local/stack.py infra    Kafka, PostgreSQL and Keycloak only, provisioned (for services
                                           run in containers: make deploy-local)
     python deploy/local/stack.py stop NAME...
-                                          stop these parts only (e.g. validate, to run it elsewhere)
+                                          stop these parts only (e.g. validate, to run it elsewhere;
+                                          peer-validate for platform B's)
     python deploy/local/stack.py stop-services
-                                          stop the four services, keep Kafka and PostgreSQL (`up` restarts them)
+                                          stop the services (both platforms'), keep Kafka and
+                                          PostgreSQL (`up` restarts them)
     python deploy/local/stack.py test -- [pytest args]
                                           up, run the whole suite, then stop
                                           whatever this command started
     python deploy/local/stack.py test-images -- [pytest args]
                                           the same with the services run from the
                                           project's image (make test-images)
+
+PLATFORMS=2 (`make up PLATFORMS=2`) also runs a second platform, `peer`, beside the first
+(`local`): its four services as parts peer-ingest, peer-validate, peer-route and peer-status on
+the ports + 10, its database `invoicing_peer`, its topics prefixed `peer.`, on the same Kafka,
+PostgreSQL and Keycloak; .run/platforms-local.toml and .run/platforms-peer.toml tell each how
+to reach the other (deploy/local/platform_pair.py, docs/deploy.md).
 
 Everything lives under .run/ (git-ignored; STACK_RUN_DIR moves it): data, logs, pid files,
 secrets/ (random passwords, made on first start), tls/ (a local CA and the server certificate),
@@ -41,7 +50,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -50,6 +59,7 @@ import kafka_security
 import keycloak
 import pki
 from credentials import Secrets, write_private
+from platform_pair import PEER, PeerEntry, Platform, platform_a, registry_text
 
 ROOT = Path(__file__).resolve().parents[2]
 # STACK_RUN_DIR lets two stacks (e.g. with other *_PORT values) run side by side.
@@ -88,37 +98,67 @@ PG_ADMIN = "invoicing"
 PG_DATABASE = "invoicing"
 TOPIC_PARTITIONS = int(os.environ.get("TOPIC_PARTITIONS", "6"))
 PLATFORM_ID = os.environ.get("PLATFORM_ID", "local")
+# 1: one platform (PLATFORM_ID); 2: platform `peer` too (platform_pair.py).
+PLATFORMS = os.environ.get("PLATFORMS") or "1"
+if PLATFORMS not in ("1", "2"):
+    raise SystemExit(f"PLATFORMS={PLATFORMS}: 1 (the default) or 2")
+LOCAL = platform_a(PLATFORM_ID, PG_DATABASE)
 STARTUP_TIMEOUT = float(os.environ.get("STACK_STARTUP_TIMEOUT", "180"))
 
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    name: str
+    # ingest, validate, route or status: also its Kafka principal and
+    # database role, which both platforms share.
+    service: str
     module: str
-    port: int
-    addr_var: str
+    # Platform A's port; another platform's is offset from it.
+    base_port: int
     # The PostgreSQL schema this service's login role owns (None: no database).
     schema: str | None
+    platform: Platform = LOCAL
+
+    @property
+    def name(self) -> str:
+        """The stack's part: pid file, log, `stop NAME` (peer-ingest for B)."""
+        return self.platform.part_prefix + self.service
+
+    @property
+    def port(self) -> int:
+        return self.base_port + self.platform.port_offset
+
+    @property
+    def env_name(self) -> str:
+        """INGEST, or PEER_INGEST: the stem of its variables."""
+        return f"{self.platform.env_prefix}{self.service}".upper()
+
+    @property
+    def addr_var(self) -> str:
+        return f"{self.env_name}_ADDR"
 
     @property
     def metrics_port(self) -> int:
         # Prometheus scrape port: the gRPC port + 100 unless set explicitly.
-        return int(os.environ.get(f"{self.name.upper()}_METRICS_PORT", str(self.port + 100)))
+        return int(os.environ.get(f"{self.env_name}_METRICS_PORT", str(self.port + 100)))
 
     @property
     def health_port(self) -> int:
         # Plaintext grpc.health.v1 only (the kubelet's probes): the gRPC port + 200.
-        return int(os.environ.get(f"{self.name.upper()}_HEALTH_PORT", str(self.port + 200)))
+        return int(os.environ.get(f"{self.env_name}_HEALTH_PORT", str(self.port + 200)))
+
+    def on(self, platform: Platform) -> ServiceSpec:
+        """The same service of another platform."""
+        return replace(self, platform=platform)
 
 
 SERVICES = (
-    ServiceSpec("ingest", "invoicing_ingest", int(os.environ.get("INGEST_PORT", "17001")), "INGEST_ADDR", "ingest"),
-    ServiceSpec(
-        "validate", "invoicing_validate", int(os.environ.get("VALIDATE_PORT", "17002")), "VALIDATE_ADDR", "validate"
-    ),
-    ServiceSpec("route", "invoicing_route", int(os.environ.get("ROUTE_PORT", "17003")), "ROUTE_ADDR", "directory"),
-    ServiceSpec("status", "invoicing_status", int(os.environ.get("STATUS_PORT", "17004")), "STATUS_ADDR", "status"),
+    ServiceSpec("ingest", "invoicing_ingest", int(os.environ.get("INGEST_PORT", "17001")), "ingest"),
+    ServiceSpec("validate", "invoicing_validate", int(os.environ.get("VALIDATE_PORT", "17002")), "validate"),
+    ServiceSpec("route", "invoicing_route", int(os.environ.get("ROUTE_PORT", "17003")), "directory"),
+    ServiceSpec("status", "invoicing_status", int(os.environ.get("STATUS_PORT", "17004")), "status"),
 )
+# Platform B's: started only with PLATFORMS=2.
+PEER_SERVICES = tuple(spec.on(PEER) for spec in SERVICES)
 
 
 def say(message: str) -> None:
@@ -619,9 +659,9 @@ def postgres_ready(url: str, password: str | None = None) -> bool:
     return asyncio.run(probe())
 
 
-def pgpass_line(user: str, password: str) -> str:
+def pgpass_lines(user: str, password: str, databases: list[str]) -> str:
     # Any port of loopback: the fault-injection suite's latency proxy too.
-    return f"127.0.0.1:*:{PG_DATABASE}:{user}:{password}\n"
+    return "".join(f"127.0.0.1:*:{database}:{user}:{password}\n" for database in databases)
 
 
 async def provision_archive(conn: Any) -> None:
@@ -631,31 +671,24 @@ async def provision_archive(conn: Any) -> None:
     await grant_archive(conn)
 
 
-def provision_database() -> None:
-    """The `invoicing` database and one login role per service, owning its
-    own schema and nothing else. Nobody else may connect (no PUBLIC grant).
-    Idempotent: passwords are (re)set from .run/secrets at each start."""
+def provision_database(databases: list[str]) -> None:
+    """Each platform's database (`invoicing`, and `invoicing_peer` with
+    PLATFORMS=2) and one login role per service, shared by the platforms,
+    owning its own schema in each and nothing else. Nobody else may
+    connect (no PUBLIC grant). Idempotent: passwords are (re)set from
+    .run/secrets at each start."""
     import asyncpg
 
     admin_password = SECRETS.get("postgres-admin")
+    roles = {spec.service: SECRETS.get(f"postgres-{spec.service}") for spec in SERVICES if spec.schema is not None}
 
     async def provision() -> None:
         conn = await asyncpg.connect(f"postgresql://{PG_ADMIN}@127.0.0.1:{PG_PORT}/postgres", password=admin_password)
         try:
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", PG_DATABASE):
-                await conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
-        finally:
-            await conn.close()
-        conn = await asyncpg.connect(
-            f"postgresql://{PG_ADMIN}@127.0.0.1:{PG_PORT}/{PG_DATABASE}", password=admin_password
-        )
-        try:
-            await conn.execute(f'REVOKE ALL ON DATABASE "{PG_DATABASE}" FROM PUBLIC')
-            await conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
-            for spec in SERVICES:
-                if spec.schema is None:
-                    continue
-                role, password = spec.name, SECRETS.get(f"postgres-{spec.name}")
+            for database in databases:
+                if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+                    await conn.execute(f'CREATE DATABASE "{database}"')
+            for role, password in roles.items():
                 if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
                     await conn.execute(f'CREATE ROLE "{role}" LOGIN')
                 # format() quotes the password as a literal on the server.
@@ -663,15 +696,31 @@ def provision_database() -> None:
                     "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)", role, password
                 )
                 await conn.execute(statement)
+        finally:
+            await conn.close()
+        for database in databases:
+            await provision_schemas(database)
+        # One passfile per role, a line per database: both platforms' services log in alike.
+        for role, password in roles.items():
+            write_private(SECRETS.folder / f"pgpass-{role}", pgpass_lines(role, password, databases))
+        write_private(SECRETS.folder / "pgpass-admin", pgpass_lines(PG_ADMIN, admin_password, databases))
+
+    async def provision_schemas(database: str) -> None:
+        conn = await asyncpg.connect(f"postgresql://{PG_ADMIN}@127.0.0.1:{PG_PORT}/{database}", password=admin_password)
+        try:
+            await conn.execute(f'REVOKE ALL ON DATABASE "{database}" FROM PUBLIC')
+            await conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+            for spec in SERVICES:
+                if spec.schema is None:
+                    continue
+                role = spec.service
                 # TEMPORARY: session-private tables (route's bulk import stages rows in one).
-                await conn.execute(f'GRANT CONNECT, TEMPORARY ON DATABASE "{PG_DATABASE}" TO "{role}"')
+                await conn.execute(f'GRANT CONNECT, TEMPORARY ON DATABASE "{database}" TO "{role}"')
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{spec.schema}" AUTHORIZATION "{role}"')
                 await conn.execute(f'ALTER SCHEMA "{spec.schema}" OWNER TO "{role}"')
-                write_private(SECRETS.folder / f"pgpass-{spec.name}", pgpass_line(role, password))
             await provision_archive(conn)
         finally:
             await conn.close()
-        write_private(SECRETS.folder / "pgpass-admin", pgpass_line(PG_ADMIN, admin_password))
 
     asyncio.run(provision())
 
@@ -717,12 +766,65 @@ def service_ready(port: int, ca_file: Path) -> bool:
 
 # Never inherited by a service from the shell that ran `make up` (which may
 # have sourced .run/env): each gets its own credentials (a stray PGPASSWORD
-# would win over its passfile), and none gets another's or the CLI's.
+# would win over its passfile), and none gets another's or the CLI's. A
+# topic prefix left in the shell (to use platform B's) must not move A's.
 _NOT_INHERITED = (
     "PGPASSWORD", "PGPASSFILE", "DATABASE_URL", "KAFKA_SASL_PASSWORD", "KAFKA_SASL_PASSWORD_FILE",
     "KAFKA_SASL_USERNAME", "KAFKA_SECURITY_PROTOCOL", "KAFKA_ADMIN_USERNAME", "KAFKA_ADMIN_PASSWORD_FILE",
     "INVOICING_CLIENT_ID", "INVOICING_CLIENT_SECRET", "INVOICING_TOKEN_URL", "KEYCLOAK_ADMIN_PASSWORD_FILE",
+    "INVOICING_TOPIC_PREFIX",
 )  # fmt: skip
+
+
+# --- platforms -------------------------------------------------------------------
+
+
+def platform_count() -> int:
+    """2 with PLATFORMS=2, or while a service of platform B runs: a plain
+    `up` (`make test`, `restart-services`) then keeps B's topics, ACLs and
+    registry rather than revoking what its running services use."""
+    if PLATFORMS == "2" or any(running_pid(spec.name) for spec in PEER_SERVICES):
+        return 2
+    return 1
+
+
+def stack_platforms(count: int) -> list[Platform]:
+    return [LOCAL, PEER][:count]
+
+
+def stack_services(count: int) -> tuple[ServiceSpec, ...]:
+    return SERVICES + (PEER_SERVICES if count == 2 else ())
+
+
+def service_of(service: str, platform: Platform) -> ServiceSpec:
+    return next(spec for spec in SERVICES if spec.service == service).on(platform)
+
+
+def registry_file(platform: Platform) -> Path:
+    """Its PLATFORMS_FILE: the other platform, as it sees it."""
+    return RUN / f"platforms-{platform.id}.toml"
+
+
+def archive_bucket(platform: Platform) -> str:
+    return S3_BUCKET if platform == LOCAL else f"{S3_BUCKET}-{platform.id}"
+
+
+def write_registries(values: dict[str, str]) -> None:
+    """.run/platforms-local.toml (knows `peer`) and .run/platforms-peer.toml
+    (knows `local`): each calls the other with its own account."""
+    for this, other in ((LOCAL, PEER), (PEER, LOCAL)):
+        entry = PeerEntry(
+            platform=other,
+            ingest=f"127.0.0.1:{service_of('ingest', other).port}",
+            exchange=f"127.0.0.1:{service_of('status', other).port}",
+            ca_file=Path(values["INVOICING_CA_FILE"]),
+            token_url=values["INVOICING_TOKEN_URL"],
+            client_id=this.client_id,
+            client_secret_file=SECRETS.path(f"keycloak-{this.client_id}"),
+            caller_client_id=other.client_id,
+        )
+        # It names a secret file, not the secret; private all the same.
+        write_private(registry_file(this), registry_text(entry))
 
 
 def service_environment(spec: ServiceSpec, values: dict[str, str]) -> dict[str, str]:
@@ -730,11 +832,12 @@ def service_environment(spec: ServiceSpec, values: dict[str, str]) -> dict[str, 
     principal and database role, the TLS files and the token issuer.
     Secrets are passed as file paths. Written to .run/services/NAME.env so
     that tests can start more instances configured the same way."""
+    platform = spec.platform
     env = {
         "GRPC_PORT": str(spec.port),
         "METRICS_PORT": str(spec.metrics_port),
         "GRPC_HEALTH_PORT": str(spec.health_port),
-        "PLATFORM_ID": values["PLATFORM_ID"],
+        "PLATFORM_ID": platform.id,
         "KAFKA_BOOTSTRAP_SERVERS": values["KAFKA_BOOTSTRAP_SERVERS"],
         "GRPC_TLS_CERT_FILE": str(TLS_DIR / "server.pem"),
         "GRPC_TLS_KEY_FILE": str(TLS_DIR / "server.key"),
@@ -742,18 +845,24 @@ def service_environment(spec: ServiceSpec, values: dict[str, str]) -> dict[str, 
         "OIDC_AUDIENCE": keycloak.AUDIENCE,
         "OIDC_CA_FILE": values["INVOICING_CA_FILE"],
     }
-    if spec.name in ("ingest", "validate") and local_s3():
+    if platform.topic_prefix:
+        # Its consumer groups are its service name: prefixed like its topics.
+        env["INVOICING_TOPIC_PREFIX"] = platform.topic_prefix
+        env["OTEL_SERVICE_NAME"] = platform.service_name(spec.service)
+    if values.get("PLATFORMS") == "2":
+        env["PLATFORMS_FILE"] = str(registry_file(platform))
+    # Route's delivery stage reads documents from the archive too.
+    if spec.service in ("ingest", "validate", "route") and local_s3():
         env |= {
             "ARCHIVE_STORE": "s3",
             "ARCHIVE_S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
-            "ARCHIVE_S3_BUCKET": S3_BUCKET,
+            "ARCHIVE_S3_BUCKET": archive_bucket(platform),
             "ARCHIVE_S3_ACCESS_KEY_ID": "local",
             "ARCHIVE_S3_SECRET_ACCESS_KEY_FILE": str(SECRETS.path("s3-local")),
         }
-    if spec.name == "ingest":
+    if spec.service == "ingest":
         # Downloads ask status who may read an invoice (with the caller's token).
-        status = next(s for s in SERVICES if s.name == "status")
-        env["STATUS_ADDRESS"] = f"127.0.0.1:{status.port}"
+        env["STATUS_ADDRESS"] = f"127.0.0.1:{service_of('status', platform).port}"
         env["STATUS_CA_FILE"] = values["INVOICING_CA_FILE"]
     if values["STACK_EXTERNAL_INFRA"] == "1":
         # An external cluster and database: the caller's settings, shared.
@@ -766,15 +875,15 @@ def service_environment(spec: ServiceSpec, values: dict[str, str]) -> dict[str, 
     env |= {
         "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
         "KAFKA_SASL_MECHANISM": kafka_security.MECHANISM,
-        "KAFKA_SASL_USERNAME": spec.name,
-        "KAFKA_SASL_PASSWORD_FILE": str(SECRETS.path(f"kafka-{spec.name}")),
+        "KAFKA_SASL_USERNAME": spec.service,
+        "KAFKA_SASL_PASSWORD_FILE": str(SECRETS.path(f"kafka-{spec.service}")),
     }
     if spec.schema is not None:
         # The fault-injection suite puts a latency proxy in front of the
         # database by pointing the services at another port.
         port = os.environ.get("STACK_SERVICE_DATABASE_PORT", str(PG_PORT))
-        env["DATABASE_URL"] = f"postgresql://{spec.name}@127.0.0.1:{port}/{PG_DATABASE}"
-        env["PGPASSFILE"] = str(SECRETS.folder / f"pgpass-{spec.name}")
+        env["DATABASE_URL"] = f"postgresql://{spec.service}@127.0.0.1:{port}/{platform.database}"
+        env["PGPASSFILE"] = str(SECRETS.folder / f"pgpass-{spec.service}")
     return env
 
 
@@ -790,7 +899,8 @@ def start_service(spec: ServiceSpec, values: dict[str, str]) -> None:
         say(f"{spec.name} already running on 127.0.0.1:{spec.port}")
         return
     if port_open(spec.port):
-        raise SystemExit(f"port {spec.port} is taken by another process; set {spec.name.upper()}_PORT")
+        hint = f"set {spec.service.upper()}_PORT" + (" (platform B's is it + 10)" if spec.platform != LOCAL else "")
+        raise SystemExit(f"port {spec.port} is taken by another process; {hint}")
     own = write_service_environment(spec, values)
     inherited = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
     say(f"starting {spec.name} on 127.0.0.1:{spec.port}")
@@ -800,11 +910,13 @@ def start_service(spec: ServiceSpec, values: dict[str, str]) -> None:
 # --- commands ------------------------------------------------------------------
 
 
-def endpoints() -> dict[str, str]:
+def endpoints(count: int | None = None) -> dict[str, str]:
     """What .run/env exports: where everything is, and the credentials of
     the demo account (OAuth2 client), the Kafka `operator` principal and
     the database administrator. Secrets stay in files under .run/secrets,
-    except the demo client's secret, which the CLI reads from here."""
+    except the demo client's secret, which the CLI reads from here. With
+    two platforms, platform B's too (PEER_*)."""
+    count = platform_count() if count is None else count
     # A shell that sourced .run/env has both set, and says STACK_EXTERNAL_INFRA=0.
     external = os.environ.get("STACK_EXTERNAL_INFRA") == "1" or (
         "STACK_EXTERNAL_INFRA" not in os.environ
@@ -844,10 +956,18 @@ def endpoints() -> dict[str, str]:
             "KAFKA_ADMIN_USERNAME": kafka_security.ADMIN,
             "KAFKA_ADMIN_PASSWORD_FILE": str(SECRETS.path("kafka-admin")),
         }
-    for spec in SERVICES:
+    if count == 2:
+        values |= {
+            "PLATFORMS": "2",
+            "PEER_PLATFORM_ID": PEER.id,
+            # INVOICING_TOPIC_PREFIX=$PEER_TOPIC_PREFIX points the CLI at B's topics.
+            "PEER_TOPIC_PREFIX": PEER.topic_prefix,
+            "PEER_DATABASE_URL": f"postgresql://{PG_ADMIN}@127.0.0.1:{PG_PORT}/{PEER.database}",
+        }
+    for spec in stack_services(count):
         values[spec.addr_var] = f"127.0.0.1:{spec.port}"
-        values[f"{spec.name.upper()}_METRICS_ADDR"] = f"127.0.0.1:{spec.metrics_port}"
-        values[f"{spec.name.upper()}_HEALTH_ADDR"] = f"127.0.0.1:{spec.health_port}"
+        values[f"{spec.env_name}_METRICS_ADDR"] = f"127.0.0.1:{spec.metrics_port}"
+        values[f"{spec.env_name}_HEALTH_ADDR"] = f"127.0.0.1:{spec.health_port}"
     return values
 
 
@@ -859,15 +979,18 @@ def write_env(values: dict[str, str]) -> None:
 
 
 def all_parts() -> tuple[str, ...]:
-    return (*(n.name for n in kafka_nodes()), "postgres", "keycloak", "s3", *(s.name for s in SERVICES))
+    """Every part `status`, `stop` and `down` know: platform B's services
+    when PLATFORMS=2 or when they have a pid file."""
+    peers = [spec.name for spec in PEER_SERVICES if PLATFORMS == "2" or _pid_file(spec.name).exists()]
+    return (*(n.name for n in kafka_nodes()), "postgres", "keycloak", "s3", *(s.name for s in SERVICES), *peers)
 
 
 def local_s3() -> bool:
     return os.environ.get("ARCHIVE_STORE") == "s3" and not os.environ.get("ARCHIVE_S3_ENDPOINT_URL")
 
 
-def start_s3() -> None:
-    """The local object store for ARCHIVE_STORE=s3, with the archive's bucket."""
+def start_s3(buckets: list[str]) -> None:
+    """The local object store for ARCHIVE_STORE=s3, with each platform's archive bucket."""
     import httpx
 
     if running_pid("s3") is None:
@@ -876,19 +999,21 @@ def start_s3() -> None:
         say(f"starting s3 (moto server) on 127.0.0.1:{S3_PORT}")
         spawn("s3", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(S3_PORT)], server_environment())
     wait_until("s3", lambda: port_open(S3_PORT), "s3")
-    # Creating a bucket that exists answers 409 and changes nothing.
-    httpx.put(f"http://127.0.0.1:{S3_PORT}/{S3_BUCKET}", timeout=10)
+    for bucket in buckets:
+        # Creating a bucket that exists answers 409 and changes nothing.
+        httpx.put(f"http://127.0.0.1:{S3_PORT}/{bucket}", timeout=10)
 
 
-def up(services: bool = True) -> list[str]:
+def up(services: bool = True, count: int | None = None) -> list[str]:
     """Start what is not running; returns the names started by this call.
     If start-up fails, what this call started is stopped again: a failed
     `make up` or `make test` leaves no process behind. Without services:
     Kafka, PostgreSQL and Keycloak only, provisioned, for services run
-    elsewhere (containers: `make deploy-local`)."""
+    elsewhere (containers: `make deploy-local`). ``count``: the platforms
+    (None: platform_count())."""
     before = {name for name in all_parts() if running_pid(name)}
     try:
-        _up(services)
+        _up(services, platform_count() if count is None else count)
     except BaseException:
         started = [name for name in all_parts() if name not in before and running_pid(name)]
         if started:
@@ -899,8 +1024,11 @@ def up(services: bool = True) -> list[str]:
     return sorted(after - before)
 
 
-def _up(services: bool = True) -> None:
-    values = endpoints()
+def _up(services: bool, count: int) -> None:
+    values = endpoints(count)
+    platforms = stack_platforms(count)
+    if count == 2 and values["STACK_EXTERNAL_INFRA"] == "1":
+        raise SystemExit("PLATFORMS=2 needs the stack's own Kafka and PostgreSQL (it provisions B's database)")
     tls = pki.ensure(TLS_DIR, clients=KAFKA_CERT_PRINCIPALS)
     sys.path.insert(0, str(ROOT / "libs" / "common"))
     from invoicing_common.kafka import admin as topic_admin
@@ -909,7 +1037,7 @@ def _up(services: bool = True) -> None:
     # Keycloak takes longest to start: first, so it boots while the rest does.
     start_keycloak(tls)
     if local_s3():
-        start_s3()
+        start_s3([archive_bucket(p) for p in platforms])
     if values["STACK_EXTERNAL_INFRA"] == "1":
         say("KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL are set: using them, starting no broker or database")
         kafka_admin = KafkaClientSettings()
@@ -924,12 +1052,12 @@ def _up(services: bool = True) -> None:
             lambda: postgres_ready(f"postgresql://{PG_ADMIN}@127.0.0.1:{PG_PORT}/postgres", admin_password),
             "postgres",
         )
-        provision_database()
+        provision_database([p.database for p in platforms])
         kafka_admin = kafka_admin_settings(values["KAFKA_BOOTSTRAP_SERVERS"])
         wait_until("kafka", lambda: kafka_ready(kafka_admin), "kafka")
         if kafka_security.provision(
             kafka_classpath(), RUN / "kafka", values["KAFKA_BOOTSTRAP_SERVERS"], SECRETS.get("kafka-admin"),
-            _kafka_passwords(),
+            _kafka_passwords(), prefixes=[p.topic_prefix for p in platforms],
         ):  # fmt: skip
             say(f"kafka principals and ACLs applied from {kafka_security.PRINCIPALS_FILE.relative_to(ROOT)}")
         operator = pki.client_files(TLS_DIR, "operator")
@@ -937,39 +1065,58 @@ def _up(services: bool = True) -> None:
             RUN / "kcat.conf",
             kafka_security.kcat_properties(f"127.0.0.1:{KAFKA_TLS_PORT}", tls.ca_cert, operator.cert, operator.key),
         )
-    # The services create no topic: they are provisioned from deploy/kafka/topics.toml.
+    # The services create no topic: they are provisioned from deploy/kafka/topics.toml,
+    # once per platform, with its prefix.
     replication, min_isr = (1, 1) if values["STACK_EXTERNAL_INFRA"] == "1" else kafka_replication()
-    specs = topic_admin.load(
-        partitions=TOPIC_PARTITIONS,
-        replication_factor=replication if replication > 1 else None,
-        min_insync_replicas=min_isr if min_isr > 1 else None,
-    )
-    steps = asyncio.run(topic_admin.apply(kafka_admin, specs))
-    for step in steps:
-        if step.action != "unchanged":
-            say(f"topic {step.topic}: {step.action} {step.detail}".rstrip())
+    for platform in platforms:
+        specs = topic_admin.load(
+            partitions=TOPIC_PARTITIONS,
+            replication_factor=replication if replication > 1 else None,
+            min_insync_replicas=min_isr if min_isr > 1 else None,
+            prefix=platform.topic_prefix,
+        )
+        steps = asyncio.run(topic_admin.apply(kafka_admin, specs))
+        for step in steps:
+            if step.action != "unchanged":
+                say(f"topic {step.topic}: {step.action} {step.detail}".rstrip())
     wait_until("keycloak", lambda: keycloak.ready(KEYCLOAK_MANAGEMENT_PORT, tls.ca_cert), "keycloak")
     if keycloak.ensure_realm(
         KEYCLOAK_PORT, tls.ca_cert, SECRETS.get("keycloak-admin"), values["INVOICING_CLIENT_SECRET"]
     ):
         say(f"keycloak realm {keycloak.REALM} created from {keycloak.REALM_TEMPLATE.relative_to(ROOT)}")
+    # Both platform accounts, whatever PLATFORMS says: the realm is the same
+    # for one platform or two, and a realm made before them gets them here.
+    accounts = {p.client_id: SECRETS.get(f"keycloak-{p.client_id}") for p in (LOCAL, PEER)}
+    for client_id in keycloak.ensure_platform_clients(
+        KEYCLOAK_PORT, tls.ca_cert, SECRETS.get("keycloak-admin"), accounts
+    ):
+        say(f"keycloak platform account {client_id} created")
+    if count == 2:
+        write_registries(values)
+    chosen = stack_services(count)
     if services:
-        for spec in SERVICES:
+        for spec in chosen:
             start_service(spec, values)
-        for spec in SERVICES:
+        for spec in chosen:
             wait_until(f"{spec.name} health", partial(service_ready, spec.port, tls.ca_cert), spec.name)
             say(f"{spec.name} SERVING on 127.0.0.1:{spec.port} (TLS)")
     else:
         # What the services would be given, for whoever runs them instead.
-        for spec in SERVICES:
+        for spec in chosen:
             write_service_environment(spec, values)
     write_env(values)
     say(f"ready; endpoints written to {RUN / 'env'}")
 
 
+def _service_steps() -> list[list[str]]:
+    """Both platforms' services, last stage first; one service of each
+    platform stopped together."""
+    return [[peer.name, spec.name] for spec, peer in zip(reversed(SERVICES), reversed(PEER_SERVICES), strict=True)]
+
+
 def down(names: list[str] | None = None) -> None:
     steps = [
-        *([s.name] for s in reversed(SERVICES)),
+        *_service_steps(),
         ["keycloak"],
         [n.name for n in kafka_nodes()],
         ["postgres"],
@@ -983,18 +1130,31 @@ def down(names: list[str] | None = None) -> None:
         (RUN / "env").unlink(missing_ok=True)
 
 
+def stop_services() -> None:
+    for step in _service_steps():
+        stop_together(step)
+
+
 def restart_services() -> None:
-    """Stop the four services and start them again with this process's
-    environment (e.g. to point OTEL_EXPORTER_OTLP_ENDPOINT somewhere)."""
-    for spec in reversed(SERVICES):
-        stop(spec.name)
-    up()
+    """Stop the services (both platforms') and start them again with this
+    process's environment (e.g. to point OTEL_EXPORTER_OTLP_ENDPOINT somewhere)."""
+    count = platform_count()  # before B's services stop: they are restarted too
+    stop_services()
+    up(count=count)
 
 
 def status() -> int:
-    for name in all_parts():
+    """What runs; for a running service, whether its health says SERVING."""
+    parts = all_parts()
+    specs = {spec.name: spec for spec in (*SERVICES, *PEER_SERVICES)}
+    ca_file = TLS_DIR / "ca.pem"
+    width = max(len(name) for name in parts)
+    for name in parts:
         pid = running_pid(name)
-        say(f"{name:9} {'running, pid ' + str(pid) if pid else 'stopped'}")
+        state = f"running, pid {pid}" if pid else "stopped"
+        if pid and name in specs and ca_file.exists():
+            state += ", SERVING" if service_ready(specs[name].port, ca_file) else ", not serving"
+        say(f"{name:{width}} {state}")
     return 0
 
 
@@ -1052,8 +1212,7 @@ def main(argv: list[str]) -> int:
             stop(name)
         return 0
     if command == "stop-services":
-        for spec in reversed(SERVICES):
-            stop(spec.name)
+        stop_services()
         return 0
     if command in ("test", "test-images"):
         rest = argv[2:]

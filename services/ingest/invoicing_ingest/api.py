@@ -3,7 +3,9 @@
 The submitter is the authenticated account (its token's subject), never
 something the request says: receipts, idempotency keys and byte-identical
 retries are scoped to it, and the SIRENs it acts for travel with the
-invoice so that validate can check the seller against them.
+invoice so that validate can check the seller against them. Another
+platform (role platform, registered in PLATFORMS_FILE) submits for the
+sellers it authenticated: its invoices carry its id (origin_platform).
 """
 
 from __future__ import annotations
@@ -21,21 +23,25 @@ from invoicing_common import topics
 from invoicing_common.auth.principal import (
     ROLE_BUYER,
     ROLE_OPERATOR,
+    ROLE_PLATFORM,
     ROLE_SUPPLIER,
     Principal,
     current_principal,
 )
 from invoicing_common.kafka.errors import is_transient
 from invoicing_common.kafka.outbox import OutboxMessage
+from invoicing_common.platforms import Registry
 from invoicing_common.telemetry import SUBMISSIONS, current_trace_id, record_invoice
 from invoicing_ingest.documents import DocumentServicer
 from invoicing_ingest.domain import (
     Receipt,
     Submission,
     SubmissionError,
+    UnregisteredPlatform,
     check_submission,
     new_receipt,
     received_event,
+    submitting_platform,
 )
 from invoicing_ingest.errors import RequestError
 from invoicing_ingest.repository import ConflictingRetry, ReceiptRepository
@@ -48,10 +54,12 @@ _SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 _DOCUMENTS = ingest_pb2.DESCRIPTOR.services_by_name["DocumentService"].full_name
 # Who may call what (enforced by the server's auth interceptor). Which
 # invoices' files a caller may read is decided per invoice (documents.py).
+# A platform account submits the invoices another platform delivers here
+# (and must be registered: submitting_platform).
 ACCESS_POLICY: dict[str, frozenset[str]] = {
-    f"/{_SERVICE}/SubmitInvoice": frozenset({ROLE_SUPPLIER}),
-    f"/{_SERVICE}/SubmitInvoices": frozenset({ROLE_SUPPLIER}),
-    f"/{_SERVICE}/UploadInvoice": frozenset({ROLE_SUPPLIER}),
+    f"/{_SERVICE}/SubmitInvoice": frozenset({ROLE_SUPPLIER, ROLE_PLATFORM}),
+    f"/{_SERVICE}/SubmitInvoices": frozenset({ROLE_SUPPLIER, ROLE_PLATFORM}),
+    f"/{_SERVICE}/UploadInvoice": frozenset({ROLE_SUPPLIER, ROLE_PLATFORM}),
     f"/{_DOCUMENTS}/GetInvoiceDocument": frozenset({ROLE_SUPPLIER, ROLE_BUYER, ROLE_OPERATOR}),
 }
 # Counted against the account's concurrent streams (QUOTA_STREAMS).
@@ -69,13 +77,25 @@ def _announcer(submission: Submission, trace_id: str) -> Callable[[Receipt], Out
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, settings: IngestSettings, receipts: ReceiptRepository, uploader: Uploader) -> None:
+    def __init__(
+        self, settings: IngestSettings, receipts: ReceiptRepository, uploader: Uploader, platforms: Registry
+    ) -> None:
         self._settings = settings
         self._receipts = receipts
         self._uploader = uploader
+        self._platforms = platforms
+
+    def _origin(self, submitter: Principal) -> str:
+        """The submitting platform's id ("" for a seller's account)."""
+        try:
+            return submitting_platform(submitter, self._platforms)
+        except UnregisteredPlatform as exc:
+            SUBMISSIONS.add(1, {"outcome": "forbidden"})
+            log.warning("submission refused: client %s: %s", submitter.client_id or "(none)", exc)
+            raise RequestError(grpc.StatusCode.PERMISSION_DENIED, "", str(exc)) from exc
 
     async def _submit(
-        self, request: ingest_pb2.SubmitInvoiceRequest, submitter: Principal
+        self, request: ingest_pb2.SubmitInvoiceRequest, submitter: Principal, origin_platform: str
     ) -> ingest_pb2.SubmitInvoiceResponse:
         try:
             submission = check_submission(
@@ -85,6 +105,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 submitter.subject,
                 self._settings.max_document_bytes,
                 submitter.sirens,
+                origin_platform,
             )
         except SubmissionError as exc:
             SUBMISSIONS.add(1, {"outcome": "invalid"})
@@ -138,8 +159,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         submitter = current_principal()
         trace_id = current_trace_id()
         try:
+            origin_platform = self._origin(submitter)
+        except RequestError as exc:
+            await context.abort(exc.code, exc.details)
+        try:
             uploaded = await self._uploader.upload(
-                request_iterator, submitter, lambda submission: _announcer(submission, trace_id)
+                request_iterator, submitter, lambda submission: _announcer(submission, trace_id), origin_platform
             )
         except RequestError as exc:
             SUBMISSIONS.add(1, {"outcome": "invalid"})
@@ -164,8 +189,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def SubmitInvoice(  # noqa: N802 - gRPC method name
         self, request: ingest_pb2.SubmitInvoiceRequest, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.SubmitInvoiceResponse:
+        submitter = current_principal()
         try:
-            return await self._submit(request, current_principal())
+            return await self._submit(request, submitter, self._origin(submitter))
         except RequestError as exc:
             await context.abort(exc.code, exc.details)
             raise  # unreachable: abort raises
@@ -174,9 +200,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request_iterator: AsyncIterator[ingest_pb2.SubmitInvoiceRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ingest_pb2.SubmitInvoiceResponse]:
         submitter = current_principal()
+        try:
+            origin_platform = self._origin(submitter)
+        except RequestError as exc:
+            # The account, not one document: the whole stream is refused.
+            await context.abort(exc.code, exc.details)
         async for request in request_iterator:
             try:
-                yield await self._submit(request, submitter)
+                yield await self._submit(request, submitter, origin_platform)
             except RequestError as exc:
                 # One bad document must not end the batch: report it in place.
                 yield ingest_pb2.SubmitInvoiceResponse(

@@ -13,6 +13,7 @@ from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
 from invoicing_common.health import HealthMonitor, database_reachable
 from invoicing_common.kafka.outbox import OutboxRelay
+from invoicing_common.platforms import load_registry
 from invoicing_ingest.api import ACCESS_POLICY, STREAMING_METHODS, IngestServicer, registrar
 from invoicing_ingest.documents import DocumentServicer
 from invoicing_ingest.repository import OUTBOX, ReceiptRepository
@@ -56,7 +57,10 @@ def bootstrap(settings: IngestSettings) -> Ingest:
         database, OUTBOX, settings, f"{settings.otel_service_name}-outbox", topics=[topics.RECEIVED], linger_ms=5
     )
     receipts = ReceiptRepository(database, archive, on_commit=relay.wake)
-    servicer = IngestServicer(settings, receipts, Uploader(settings, database, archive, receipts))
+    # The other platforms that may submit here (PLATFORMS_FILE); a wrong
+    # file stops the start.
+    platforms = load_registry()
+    servicer = IngestServicer(settings, receipts, Uploader(settings, database, archive, receipts), platforms)
     documents = DocumentServicer(
         archive, settings.status_address, str(settings.status_ca_file) if settings.status_ca_file else None
     )

@@ -11,7 +11,9 @@ from invoicing.v1 import events_pb2
 
 from invoicing_common.archive import ORIGIN_INVOICE, FileRef
 from invoicing_common.archive.model import sniff_media_type
+from invoicing_common.auth.principal import ROLE_PLATFORM, Principal
 from invoicing_common.ids import new_invoice_id, stage_event_id
+from invoicing_common.platforms import Registry
 
 MAX_FILENAME_CHARS = 255
 MAX_IDEMPOTENCY_KEY_CHARS = 128
@@ -24,6 +26,17 @@ class SubmissionError(ValueError):
         super().__init__(message)
         self.field = field
         self.message = message
+
+
+class UnregisteredPlatform(Exception):
+    """An account with the platform role that the registry does not name:
+    it may not submit (as a platform or otherwise)."""
+
+    def __init__(self) -> None:
+        # The caller learns why, not which platforms or accounts this one knows.
+        super().__init__(
+            "this account has the platform role but is not registered as a platform this one exchanges invoices with"
+        )
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,9 @@ class Submission:
     # empty; its size is the archived one.
     size_bytes: int = 0
     attachments: tuple[FileRef, ...] = ()
+    # The platform that delivered it (its registry id), when the submitter
+    # is another platform rather than a seller's account here.
+    origin_platform: str = ""
 
     @property
     def original(self) -> FileRef:
@@ -72,6 +88,19 @@ def check_idempotency_key(idempotency_key: str) -> None:
         raise SubmissionError("idempotency_key", "idempotency_key contains non-printable characters")
 
 
+def submitting_platform(submitter: Principal, registry: Registry) -> str:
+    """The registry id of the platform submitting, or "" for an account of
+    this platform's own users. A registered platform submits for sellers it
+    authenticated itself: its token carries no SIRENs, and validate skips the
+    seller-account check for what it delivers (origin_platform)."""
+    if not submitter.has_role(ROLE_PLATFORM):
+        return ""
+    peer = registry.calling(submitter.client_id) if submitter.client_id else None
+    if peer is None:
+        raise UnregisteredPlatform()
+    return peer.id
+
+
 def check_submission(
     document: bytes,
     filename: str,
@@ -79,6 +108,7 @@ def check_submission(
     submitter: str,
     max_document_bytes: int,
     submitter_sirens: frozenset[str] = frozenset(),
+    origin_platform: str = "",
 ) -> Submission:
     if not submitter:
         # The server's authentication guarantees one; never an anonymous scope.
@@ -98,6 +128,7 @@ def check_submission(
         submitter_sirens=submitter_sirens,
         media_type=sniff_media_type(document[:64]),
         size_bytes=len(document),
+        origin_platform=origin_platform,
     )
 
 
@@ -120,6 +151,7 @@ def received_event(submission: Submission, receipt: Receipt, trace_id: str) -> e
             filename=submission.filename,
             submitter=submission.submitter,
             trace_id=trace_id,
+            origin_platform=submission.origin_platform,
         ),
         sha256=submission.sha256,
         idempotency_key=submission.idempotency_key or "",

@@ -87,7 +87,10 @@ class Uploader:
         requests: AsyncIterator[ingest_pb2.UploadInvoiceRequest],
         submitter: Principal,
         announcer: Callable[[Submission], Announce],
+        origin_platform: str = "",
     ) -> Uploaded:
+        """``origin_platform``: the registry id of the platform submitting
+        (api.py decides it), "" for a seller's account."""
         messages = _Messages(requests, self._settings.upload_idle_timeout_seconds)
         first = await messages.next()
         if first is None or first.WhichOneof("part") != "file":
@@ -109,6 +112,7 @@ class Uploader:
                     media_type=files[0].media_type,
                     size_bytes=files[0].size_bytes,
                     attachments=tuple(files[1:]),
+                    origin_platform=origin_platform,
                 )
                 receipt = await self._receipts.store_in(
                     conn, submission, new_receipt(datetime.now(UTC)), announcer(submission)

@@ -17,7 +17,16 @@ def main() -> None:
         run(
             settings.otel_service_name,
             settings.log_level,
-            [route.database, route.relay, route.feed, route.app, route.grpc, route.health],
+            [
+                route.database,
+                *route.archive,
+                route.relay,
+                route.feed,
+                route.app,
+                route.delivery,
+                route.grpc,
+                route.health,
+            ],
             on_ready=route.grpc.mark_serving,
         )
     finally:

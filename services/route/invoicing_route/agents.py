@@ -9,7 +9,7 @@ from invoicing.v1 import events_pb2
 from opentelemetry.trace import Status, StatusCode
 
 from invoicing_common import topics
-from invoicing_common.kafka import Record, StreamApp, decode_event, register_lag_gauge, send
+from invoicing_common.kafka import Record, StreamApp, decode_event, send
 from invoicing_common.telemetry import ROUTING_OUTCOMES, record_invoice, tracer
 from invoicing_route.domain import BuyerIdentifiers, routed_event
 from invoicing_route.settings import RouteSettings
@@ -50,5 +50,4 @@ def register(app: StreamApp, settings: RouteSettings, directory: Directory) -> N
         )
         await send(routed, out.invoice.invoice_id, out.SerializeToString(), out.event_id)
 
-    register_lag_gauge(app)
     app.consume(topics.VALIDATED, handler=handle)

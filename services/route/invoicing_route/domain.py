@@ -234,6 +234,9 @@ def routed_event(
         invoice=validated.invoice,
         summary=validated.summary,
         directory_entry_id=resolution.entry.entry_id if resolution.entry is not None else "",
+        # What the delivery stage sends on when the buyer is on another platform.
+        original=validated.original,
+        attachments=validated.attachments,
     )
     if resolution.routed:
         destination = resolution.destination()

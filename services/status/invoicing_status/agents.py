@@ -1,4 +1,4 @@
-"""Stream handler: projects received/validated/routed events into the store."""
+"""Stream handler: projects received/validated/routed/delivered events into the store."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, Span
 
 from invoicing_common import topics
-from invoicing_common.kafka import PermanentError, Record, StreamApp, is_transient, register_lag_gauge
+from invoicing_common.kafka import PermanentError, Record, StreamApp, is_transient
 from invoicing_common.parties import seller_sirens
 from invoicing_common.telemetry import HOLDS, record_invoice, tracer
 from invoicing_status.domain import Change, Outcome, Submitted, business_key, plan
@@ -34,6 +34,7 @@ def _facts(ref: events_pb2.InvoiceRef) -> tuple[InvoiceFacts, Submitted]:
         submitter=ref.submitter,
         received_at=received_at,
         trace_id=ref.trace_id,
+        origin_platform=ref.origin_platform,
     )
     return facts, Submitted(received_event_id=ref.received_event_id, received_at=received_at)
 
@@ -58,6 +59,7 @@ def interpret(record: Record, now: datetime) -> tuple[str, InvoiceFacts, Submitt
         topics.RECEIVED: events_pb2.InvoiceReceived.FromString,
         topics.VALIDATED: events_pb2.InvoiceValidated.FromString,
         topics.ROUTED: events_pb2.InvoiceRouted.FromString,
+        topics.DELIVERED: events_pb2.InvoiceDelivered.FromString,
     }
     decoded = decoders[record.topic](record.value)
     ref: events_pb2.InvoiceRef = decoded.invoice  # type: ignore[attr-defined]
@@ -90,6 +92,13 @@ def interpret(record: Record, now: datetime) -> tuple[str, InvoiceFacts, Submitt
             return event_id, facts, submitted, Outcome(Status.INADMISSIBLE, "validate", now, event_id, reason)
         reason = Reason(decoded.reason.code or "REJ_SEMAN", decoded.reason.text)
         return event_id, facts, submitted, Outcome(Status.REJECTED, "validate", now, event_id, reason)
+    if isinstance(decoded, events_pb2.InvoiceDelivered):
+        # The destination platform acknowledged it (route's delivery stage):
+        # 202. It was issued to that platform first, whichever of the two
+        # events this service reads first.
+        facts.destination_platform = decoded.destination_platform
+        outcome = Outcome(Status.RECEIVED, "route", now, event_id, implies=Status.ISSUED)
+        return event_id, facts, submitted, outcome
     assert isinstance(decoded, events_pb2.InvoiceRouted)
     facts.summary = decoded.summary
     facts.parties_checked = True  # only valid invoices are routed
@@ -103,6 +112,8 @@ def interpret(record: Record, now: datetime) -> tuple[str, InvoiceFacts, Submitt
     }
     if decoded.outcome == events_pb2.ROUTING_OUTCOME_ROUTED:
         facts.business_key = _business_key(decoded.summary)
+        if not decoded.local_delivery:
+            facts.destination_platform = decoded.destination_platform
         status = Status.MADE_AVAILABLE if decoded.local_delivery else Status.ISSUED
         return event_id, facts, submitted, Outcome(status, "route", now, event_id)
     reason = Reason(decoded.reason.code or "REJ_ADR", decoded.reason.text)
@@ -205,8 +216,6 @@ def register(
         if any(results):
             on_change()
 
-    register_lag_gauge(app)
-
     # Batches: one transaction (one commit) per batch; events of one
     # partition keep their order inside it. Offsets are committed after it.
     # The DLQ too: a dead letter of an invoice's event holds the invoice.
@@ -214,6 +223,7 @@ def register(
         topics.RECEIVED,
         topics.VALIDATED,
         topics.ROUTED,
+        topics.DELIVERED,
         topics.DLQ,
         handler=handle_batch,
         batch_size=batch_size,

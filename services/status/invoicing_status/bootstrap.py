@@ -6,15 +6,24 @@ from dataclasses import dataclass
 from datetime import timedelta
 from importlib.resources import files
 
+import grpc
+
 from invoicing_common import topics
+from invoicing_common.cdar import default_artefacts_dir
 from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
 from invoicing_common.health import HealthMonitor, database_reachable, stream_alive
-from invoicing_common.kafka import StreamApp
+from invoicing_common.kafka import StreamApp, register_lag_gauge
 from invoicing_common.kafka.outbox import OutboxRelay
-from invoicing_status import agents
+from invoicing_common.platforms import load_registry
+from invoicing_common.rules import load_book
+from invoicing_status import agents, exchange_api, exchange_stage
 from invoicing_status.api import ACCESS_POLICY, WATCH_METHOD, StatusServicer, registrar
 from invoicing_status.backfill import PartiesBackfill
+from invoicing_status.cdar_rules import CdarRules
+from invoicing_status.exchange_api import EXCHANGE_POLICY, ExchangeServicer
+from invoicing_status.exchange_client import ExchangeClient
+from invoicing_status.exchange_stage import ExchangeStage, stoppable_pause
 from invoicing_status.housekeeping import Housekeeping
 from invoicing_status.notifier import ChangeNotifier
 from invoicing_status.outbox import OUTBOX, sequence_of
@@ -33,6 +42,11 @@ class StatusApp:
     notifier: ChangeNotifier
     grpc: GrpcServer
     health: HealthMonitor
+    # The exchange with other platforms: the rules its messages are
+    # checked with, its client, and its stage (its own consumer group).
+    cdar_rules: CdarRules
+    exchange_client: ExchangeClient
+    exchange: StreamApp
 
 
 def bootstrap(settings: StatusSettings) -> StatusApp:
@@ -43,6 +57,7 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
         command_timeout=settings.database_command_timeout_seconds,
     )
     repository = StatusRepository(database)
+    queries = StatusQueries(database)
     relay = OutboxRelay(
         database,
         OUTBOX,
@@ -58,11 +73,30 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
     agents.register(
         app, repository, relay.wake, settings.status_batch_size, settings.status_batch_window_ms / 1000, interval
     )
+
+    # Other platforms (PLATFORMS_FILE): read once, at start. Without any,
+    # nothing is shared and the rules are compiled only if a message comes.
+    registry = load_registry()
+    cdar_rules = CdarRules(load_book(), default_artefacts_dir(), compile_at_start=bool(registry.peers))
+    exchange_client = ExchangeClient(settings.exchange_call_timeout_seconds)
+    exchange = StreamApp(settings.exchange_group, settings)
+    exchange_stage.register(
+        exchange,
+        ExchangeStage(queries, registry, cdar_rules, exchange_client, settings.platform_id, stoppable_pause(exchange)),
+    )
+    register_lag_gauge(app, exchange)
+
     notifier = ChangeNotifier(database)
+    status_servicer = registrar(StatusServicer(repository, queries, notifier))
+    exchange_servicer = exchange_api.registrar(ExchangeServicer(registry, cdar_rules, repository, queries))
+
+    def register_services(server: grpc.aio.Server) -> list[str]:
+        return [*status_servicer(server), *exchange_servicer(server)]
+
     server = GrpcServer(
         settings,
-        registrar(StatusServicer(repository, StatusQueries(database), notifier)),
-        ACCESS_POLICY,
+        register_services,
+        {**ACCESS_POLICY, **EXCHANGE_POLICY},
         limited_streams=frozenset({WATCH_METHOD}),
     )
     return StatusApp(
@@ -74,6 +108,14 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
         notifier=notifier,
         grpc=server,
         health=HealthMonitor(
-            server, [database_reachable(database, settings.health_database_grace_seconds), stream_alive(app)]
+            server,
+            [
+                database_reachable(database, settings.health_database_grace_seconds),
+                stream_alive(app),
+                stream_alive(exchange),
+            ],
         ),
+        cdar_rules=cdar_rules,
+        exchange_client=exchange_client,
+        exchange=exchange,
     )

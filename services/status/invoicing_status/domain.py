@@ -64,6 +64,9 @@ class Outcome:
     source_event_id: str
     reason: Reason | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    # A status this outcome proves the invoice reached before it (the
+    # destination platform acknowledged it: it was issued to it).
+    implies: Status | None = None
 
 
 def plan(
@@ -75,7 +78,9 @@ def plan(
     the received event: SUBMITTED is then recorded first from the facts every
     event carries (same source event id, so it is recorded once). An outcome
     that is not a legal next step (late, duplicate or out of order) changes
-    nothing: an invoice never moves backwards.
+    nothing: an invoice never moves backwards. For the same reason an
+    outcome may come before the event of the status it ``implies``: that
+    status is recorded first, from this event.
     """
     changes: list[Change] = []
     state = current
@@ -95,6 +100,16 @@ def plan(
                 "duplicate of an invoice already received from this seller (same invoice number, year and type)",
             ),
         )
+    implied = outcome.implies
+    if (
+        implied is not None
+        and outcome.status is not None
+        and not is_allowed(state, outcome.status)
+        and is_allowed(state, implied)
+        and is_allowed(implied, outcome.status)
+    ):
+        changes.append(Change(implied, outcome.actor, outcome.occurred_at, outcome.source_event_id))
+        state = implied
     if outcome.status is not None and is_allowed(state, outcome.status):
         changes.append(
             Change(outcome.status, outcome.actor, outcome.occurred_at, outcome.source_event_id, outcome.reason)
@@ -147,8 +162,12 @@ def _allowed_text(current: Status) -> str:
     return ", ".join(f"{s.value} {s.name}" for s in nxt) if nxt else "none (final status)"
 
 
-def check_update(current: Status, new_code: int, reason: Reason | None) -> Status:
-    """Validate a party's status update against the lifecycle."""
+def check_update(current: Status, new_code: int, reason: Reason | None, text_required: bool = True) -> Status:
+    """Validate a party's status update against the lifecycle.
+
+    ``text_required``: a required reason needs its text as well as its code
+    (UpdateStatus). Another platform's CDAR message needs the code only, as
+    the official rules do (BR-FR-CDV-15)."""
     try:
         new = Status(new_code)
     except ValueError:
@@ -162,8 +181,9 @@ def check_update(current: Status, new_code: int, reason: Reason | None) -> Statu
             f"allowed: {_allowed_text(current)}",
             True,
         )
-    if new in REASON_REQUIRED and (reason is None or not reason.code or not reason.text):
-        raise TransitionError("reason", f"status {new.value} {new.name} requires a reason code and text", False)
+    if new in REASON_REQUIRED and (reason is None or not reason.code or (text_required and not reason.text)):
+        needed = "a reason code and text" if text_required else "a reason code"
+        raise TransitionError("reason", f"status {new.value} {new.name} requires {needed}", False)
     if reason is not None and reason.code:
         check_reason_code(new, reason.code)
     return new

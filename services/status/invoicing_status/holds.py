@@ -21,9 +21,10 @@ from invoicing_common import topics
 from invoicing_common.ids import stage_event_id
 from invoicing_common.kafka import PermanentError, Record
 
-# Pipeline topics in the order an invoice goes through them.
-RANK = {topics.RECEIVED: 0, topics.VALIDATED: 1, topics.ROUTED: 2}
-_STAGE_EVENTS = ("received", "validated", "routed")
+# Pipeline topics in the order an invoice goes through them (delivered:
+# only for an invoice routed to another platform).
+RANK = {topics.RECEIVED: 0, topics.VALIDATED: 1, topics.ROUTED: 2, topics.DELIVERED: 3}
+_STAGE_EVENTS = ("received", "validated", "routed", "delivered")
 HELD_TECH = "HELD_TECH"
 
 
@@ -60,7 +61,8 @@ def hold_of(record: Record) -> Hold | None:
     invoice_id = letter.key.decode("utf-8", errors="replace")
     if rank is None or not _is_uuid(invoice_id):
         return None
-    stage = letter.consumer_group.removeprefix("invoicing-") or "unknown"
+    # A platform's groups carry its topic prefix (peer.invoicing-route-delivery).
+    stage = letter.consumer_group.removeprefix(topics.PREFIX).removeprefix("invoicing-") or "unknown"
     # Another stage's fault clears once that stage has produced its event
     # (a later rank); status's own, once it applies an event of that topic.
     clears_from = rank if stage == "status" else rank + 1

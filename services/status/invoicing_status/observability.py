@@ -1,5 +1,6 @@
 """Span attributes and metrics for status transitions, shared by the
-stream handler (pipeline events) and the API (UpdateStatus)."""
+stream handler (pipeline events) and the APIs (UpdateStatus, another
+platform's messages), and the metrics of the exchange with other platforms."""
 
 from __future__ import annotations
 
@@ -7,9 +8,32 @@ from datetime import datetime
 
 from opentelemetry.trace import Span
 
-from invoicing_common.telemetry import E2E_LATENCY, STATUS_TRANSITIONS
+from invoicing_common.telemetry import E2E_LATENCY, STATUS_TRANSITIONS, meter
 from invoicing_status.domain import Change
 from invoicing_status.lifecycle import PIPELINE_OUTCOMES
+
+EXCHANGE_SENT = meter().create_counter(
+    "invoicing.exchange.sent",
+    unit="{message}",
+    description="CDAR messages another platform accepted, by platform and status code",
+)
+EXCHANGE_REFUSED = meter().create_counter(
+    "invoicing.exchange.refused",
+    unit="{message}",
+    description="CDAR messages another platform refused for good (not sent again), by platform and gRPC code",
+)
+EXCHANGE_CDAR_INVALID = meter().create_counter(
+    "invoicing.exchange.cdar_invalid",
+    unit="{message}",
+    description="CDAR messages not sent: the official rules refuse them, or the invoice cannot be expressed"
+    " (a bug to report), by platform and status code",
+)
+EXCHANGE_RECEIVED = meter().create_counter(
+    "invoicing.exchange.received",
+    unit="{message}",
+    description="CDAR messages received from other platforms, by platform, status code and outcome"
+    " (applied, duplicate, or the gRPC code of the refusal)",
+)
 
 
 def observe_changes(span: Span, changes: list[Change], received_at: datetime | None) -> None:

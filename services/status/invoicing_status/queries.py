@@ -1,7 +1,9 @@
-"""Status store, read side: list, watch, positions."""
+"""Status store, read side: list, watch, positions, and what the exchange
+with other platforms reads (shared invoices, a status to send)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -11,6 +13,7 @@ from invoicing.v1 import common_pb2
 from invoicing_common.db import Database
 from invoicing_status.access import Parties, Viewer
 from invoicing_status.lifecycle import OWED, Status
+from invoicing_status.sharing import Candidate, Shared
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,22 @@ class ListItem:
     reason_code: str
     reason_text: str
     due_date: date | None = None
+
+
+@dataclass(frozen=True)
+class SharedStatus:
+    """One row of a shared invoice's history, as a CDAR message needs it."""
+
+    invoice_id: str
+    shared: Shared
+    summary: common_pb2.InvoiceSummary
+    change: common_pb2.StatusChange
+    # Its rank in the invoice's history, from 0 (the message id derives from it).
+    position: int
+
+
+# Candidates a message's invoice number may name: more is not one invoice.
+_MAX_CANDIDATES = 20
 
 
 @dataclass(frozen=True)
@@ -171,3 +190,63 @@ class StatusQueries:
             return None
         # NULL: not known (yet), or not to be trusted (failed validation).
         return Parties(row["submitter"], frozenset(row["seller_sirens"] or ()), frozenset(row["buyer_sirens"] or ()))
+
+    async def shared_candidates(self, peer_id: str, seller_siren: str, number: str) -> list[Candidate]:
+        """Invoices shared with ``peer_id`` whose number is ``number`` and
+        whose seller is ``seller_siren`` (sharing.match picks the one)."""
+        rows = await self._database.pool.fetch(
+            "SELECT invoice_id, status_code, seller_sirens, summary, origin_platform, destination_platform"
+            " FROM invoices WHERE (origin_platform IS NOT NULL OR destination_platform IS NOT NULL)"
+            " AND (origin_platform = $1 OR destination_platform = $1)"
+            " AND btrim(invoice_number) = $2 AND $3 = ANY(seller_sirens) AND summary IS NOT NULL"
+            " ORDER BY invoice_id LIMIT $4",
+            peer_id,
+            number.strip(),
+            seller_siren,
+            _MAX_CANDIDATES,
+        )
+        return [
+            Candidate(
+                invoice_id=str(r["invoice_id"]),
+                status=Status(r["status_code"]),
+                seller_sirens=frozenset(r["seller_sirens"] or ()),
+                summary=common_pb2.InvoiceSummary.FromString(r["summary"]),
+                shared=Shared(r["origin_platform"] or "", r["destination_platform"] or ""),
+            )
+            for r in rows
+        ]
+
+    async def shared_status(self, position: int) -> SharedStatus | None:
+        """The history row at ``position`` (StatusEvent.sequence) with its
+        invoice's sharing and summary; None when there is no such row."""
+        r = await self._database.pool.fetchrow(
+            "SELECT h.invoice_id, h.status_code, h.actor, h.occurred_at, h.reason_code, h.reason_text,"
+            " h.source_event_id, h.trace_id, h.payment, i.summary, i.origin_platform, i.destination_platform,"
+            " (SELECT count(*) FROM status_history p WHERE p.invoice_id = h.invoice_id AND p.seq < h.seq)"
+            " AS position FROM status_history h JOIN invoices i ON i.invoice_id = h.invoice_id WHERE h.seq = $1",
+            position,
+        )
+        if r is None:
+            return None
+        status = Status(r["status_code"])
+        change = common_pb2.StatusChange(
+            status_code=status.value,
+            status=status.name,
+            actor=r["actor"],
+            source_event_id=r["source_event_id"],
+            trace_id=r["trace_id"],
+        )
+        change.at.FromDatetime(r["occurred_at"])
+        if r["reason_code"] or r["reason_text"]:
+            change.reason.code, change.reason.text = r["reason_code"] or "", r["reason_text"] or ""
+        if r["payment"]:
+            payment = json.loads(r["payment"])
+            change.payment.amount, change.payment.currency = payment["amount"], payment["currency"]
+            change.payment.paid_on = payment["paid_on"]
+        return SharedStatus(
+            invoice_id=str(r["invoice_id"]),
+            shared=Shared(r["origin_platform"] or "", r["destination_platform"] or ""),
+            summary=common_pb2.InvoiceSummary.FromString(r["summary"]) if r["summary"] else common_pb2.InvoiceSummary(),
+            change=change,
+            position=int(r["position"]),
+        )

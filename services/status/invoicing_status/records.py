@@ -44,6 +44,10 @@ class InvoiceFacts:
     # The archived document and attachments this event names (files_json).
     received_files: str | None = None
     validated_files: str | None = None
+    # The platform that delivered the invoice here, or the one this
+    # platform delivered it to (migration 008); "" when the event does not say.
+    origin_platform: str = ""
+    destination_platform: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,16 @@ class InvoiceView:
     files: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """Another platform's CDAR message, kept with the status it set."""
+
+    platform: str
+    message_id: str
+    status_code: int
+    body: bytes
+
+
 # (current status, id of the invoice already holding the business key) -> changes
 Planner = Callable[[Status | None, str | None], list[Change]]
 # Serialises history appends across writers and instances, so positions
@@ -102,13 +116,19 @@ RECORD_FACTS = (
     " buyer_sirens = COALESCE($13::text[], buyer_sirens),"
     " due_date = COALESCE($14::date, due_date),"
     " received_files = COALESCE($15::jsonb, received_files),"
-    " validated_files = COALESCE($16::jsonb, validated_files)"
+    " validated_files = COALESCE($16::jsonb, validated_files),"
+    " origin_platform = COALESCE(NULLIF($17, ''), origin_platform),"
+    " destination_platform = COALESCE(NULLIF($18, ''), destination_platform)"
     " WHERE invoice_id = $1"
 )
 SET_STATUS = (
     "UPDATE invoices SET status_code = $2, reason_code = $3, reason_text = $4, updated_at = $5 WHERE invoice_id = $1"
 )
 INSERT_OUTBOX = "INSERT INTO outbox (seq, invoice_id, payload, headers) VALUES ($1, $2, $3, $4::jsonb)"
+INSERT_RECEIVED_MESSAGE = (
+    "INSERT INTO received_lifecycle_messages (platform, message_id, invoice_id, status_code, body)"
+    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
+)
 
 
 def facts_args(facts: InvoiceFacts) -> tuple[Any, ...]:
@@ -131,6 +151,8 @@ def facts_args(facts: InvoiceFacts) -> tuple[Any, ...]:
         iso_date(summary.due_date) if summary is not None else None,
         facts.received_files,
         facts.validated_files,
+        facts.origin_platform,
+        facts.destination_platform,
     )
 
 

@@ -18,6 +18,7 @@ from invoicing_status.lifecycle import FINAL, RELEASES_BUSINESS_KEY, Status
 from invoicing_status.records import (
     HISTORY_LOCK,
     INSERT_OUTBOX,
+    INSERT_RECEIVED_MESSAGE,
     OUTBOX_CHANNEL,
     RECORD_FACTS,
     SET_STATUS,
@@ -25,6 +26,7 @@ from invoicing_status.records import (
     InvoiceFacts,
     InvoiceView,
     Planner,
+    ReceivedMessage,
     facts_args,
     status_event,
 )
@@ -36,12 +38,21 @@ class StatusRepository:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def apply(self, event_id: str, facts: InvoiceFacts, planner: Planner) -> list[Change]:
+    async def apply(
+        self, event_id: str, facts: InvoiceFacts, planner: Planner, received: ReceivedMessage | None = None
+    ) -> list[Change]:
         """Apply one consumed event or request exactly once; returns the
-        changes made ([] when ``event_id`` was already applied)."""
+        changes made ([] when ``event_id`` was already applied).
+        ``received``: the other platform's message that asks for them, kept
+        with them."""
         async with self._database.pool.acquire() as conn, conn.transaction():
             changes = await self._apply_in(conn, event_id, facts, planner)
             if changes:
+                if received is not None:
+                    await conn.execute(
+                        INSERT_RECEIVED_MESSAGE, received.platform, received.message_id, facts.invoice_id,
+                        received.status_code, received.body,
+                    )  # fmt: skip
                 await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
             return changes
 

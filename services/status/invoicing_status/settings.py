@@ -24,4 +24,13 @@ class StatusSettings(GrpcSettings):
     # redelivered record can find its id gone; as long as WatchInvoices can
     # resume.
     status_retention_days: int = Field(default=30, ge=8, le=3650)
+    # The deadline of one call to another platform's ExchangeService (the
+    # exchange stage sending a CDAR message; retried after it).
+    exchange_call_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     otel_service_name: str = "invoicing-status"
+
+    @property
+    def exchange_group(self) -> str:
+        """The exchange stage's consumer group, beside the pipeline's (the
+        service name): it reads the status topic this service writes."""
+        return f"{self.otel_service_name}-exchange"

@@ -161,9 +161,13 @@ def validated_event(
     findings = [finding_to_proto(f) for f in report.findings]
     summary = summary_to_proto(report)
     unprocessable = None if report.valid else inadmissibility(report.findings)
-    # A document that could not be read has no parties to check.
+    # A document that could not be read has no parties to check. One that
+    # another platform delivered (origin_platform) was submitted there by
+    # its seller's account, which that platform authenticated and checked:
+    # its own account here acts for no SIREN.
     readable = bool(report.format) and unprocessable is None
-    seller = seller_finding(summary, received.submitter_sirens) if readable else None
+    checks_seller = readable and not received.invoice.origin_platform
+    seller = seller_finding(summary, received.submitter_sirens) if checks_seller else None
     event = events_pb2.InvoiceValidated(
         event_id=stage_event_id(received.invoice.invoice_id, "validated"),
         invoice=received.invoice,

@@ -35,7 +35,13 @@ class ConfigError(Exception):
 
 
 class TokenError(Exception):
-    pass
+    """No token. ``transient``: the endpoint could not be reached or was
+    unwell (a retry may succeed); otherwise it refused, or answered
+    something unusable, and a retry would get the same."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -142,7 +148,7 @@ class TokenSource:
                 headers={"Accept": "application/json"},
             )
         except httpx.HTTPError as exc:
-            raise TokenError(f"cannot reach the token endpoint {url}: {exc}") from None
+            raise TokenError(f"cannot reach the token endpoint {url}: {exc}", transient=True) from None
         body = _json_object(response)
         if response.status_code in (400, 401) and isinstance(body.get("error"), str):
             error = body["error"]
@@ -152,7 +158,9 @@ class TokenSource:
                 raise TokenError(f"the token endpoint refused the client credentials: {detail}")
             raise TokenError(f"the token endpoint {url} refused the request: {detail}")
         if response.status_code != 200:
-            raise TokenError(f"the token endpoint {url} answered HTTP {response.status_code}")
+            # 429 and 5xx: the endpoint is overloaded or down, not refusing us.
+            unwell = response.status_code == 429 or response.status_code >= 500
+            raise TokenError(f"the token endpoint {url} answered HTTP {response.status_code}", transient=unwell)
         token = body.get("access_token")
         if not isinstance(token, str) or not token:
             raise TokenError(f"the token endpoint {url} answered without an access_token")

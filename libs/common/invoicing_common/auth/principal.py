@@ -14,7 +14,10 @@ ROLE_SUPPLIER = "supplier"
 ROLE_BUYER = "buyer"
 ROLE_DIRECTORY_ADMIN = "directory-admin"
 ROLE_OPERATOR = "operator"
-ROLES = frozenset({ROLE_SUPPLIER, ROLE_BUYER, ROLE_DIRECTORY_ADMIN, ROLE_OPERATOR})
+# Another approved platform (its OAuth2 client): delivers invoices of its
+# sellers and sends CDAR lifecycle messages; PLATFORMS_FILE says which.
+ROLE_PLATFORM = "platform"
+ROLES = frozenset({ROLE_SUPPLIER, ROLE_BUYER, ROLE_DIRECTORY_ADMIN, ROLE_OPERATOR, ROLE_PLATFORM})
 
 
 @dataclass(frozen=True)

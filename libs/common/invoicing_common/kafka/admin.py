@@ -7,11 +7,18 @@ names. What it cannot change in place (fewer partitions, another
 replication factor) it reports. ``missing`` is what a service checks at
 start: a topic it needs that is absent, or that its principal may not
 see, stops it with a message that says how to provision it.
+
+The file lists the contract's base names; ``load`` puts the platform's
+topic prefix in front of each (INVOICING_TOPIC_PREFIX, see
+`invoicing_common.topics`), so one file provisions every platform that
+shares a cluster.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,9 +69,12 @@ def load(
     partitions: int | None = None,
     replication_factor: int | None = None,
     min_insync_replicas: int | None = None,
+    prefix: str | None = None,
 ) -> list[TopicSpec]:
-    """The topics of ``path``; the overrides replace its defaults (a topic's
-    own values still win)."""
+    """The topics of ``path``, named with ``prefix`` (None: this process's
+    INVOICING_TOPIC_PREFIX, as `invoicing_common.topics` read it); the
+    overrides replace the file's defaults (a topic's own values still win)."""
+    name_prefix = topics.PREFIX if prefix is None else prefix
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -80,7 +90,7 @@ def load(
             raise TopicFileError(f"{path}: topic {name}: unknown key(s) {', '.join(sorted(unknown))}")
         specs.append(
             TopicSpec(
-                name=name,
+                name=topics.prefixed(name, name_prefix),
                 partitions=int(topic.get("partitions", partitions or defaults.get("partitions", 1))),
                 replication_factor=int(
                     topic.get("replication_factor", replication_factor or defaults.get("replication_factor", 1))
@@ -95,6 +105,9 @@ def load(
 
 def _admin(kafka: KafkaClientSettings) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**kafka.kafka_client_kwargs(), client_id="invoicing-topics")
+
+
+_VISIBLE_WITHIN_SECONDS = 30.0
 
 
 async def _existing(admin: AIOKafkaAdminClient, names: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -214,6 +227,14 @@ async def ensure_topics(
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass
+        # The controller answers before every broker has the new topics in
+        # its metadata: a service started right after would find them
+        # missing. Created means visible.
+        deadline = time.monotonic() + _VISIBLE_WITHIN_SECONDS
+        while created and len(await _existing(admin, created)) < len(created):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topics {', '.join(created)} created but not visible within 30 s")
+            await asyncio.sleep(0.1)  # polling the brokers' metadata, bounded by the deadline
         return created
     finally:
         await admin.close()

@@ -613,9 +613,12 @@ async def send(topic: OutTopic, key: str, value: bytes, message_id: str = "") ->
         await topic.send(key=key.encode(), value=value, headers=headers)
 
 
-def register_lag_gauge(app: StreamApp) -> None:
-    """messaging.kafka.consumer.lag per topic and partition: the high
-    watermark minus the next offset this instance will read."""
+def register_lag_gauge(*apps: StreamApp) -> None:
+    """messaging.kafka.consumer.lag per group, topic and partition: the high
+    watermark minus the next offset this instance will read. A service with
+    several stream apps (consumer groups) registers them in one call: a
+    second gauge of the same name would be dropped by the SDK, its
+    callback with it."""
 
     def observe(_options: CallbackOptions) -> Iterable[Observation]:
         return [
@@ -627,6 +630,7 @@ def register_lag_gauge(app: StreamApp) -> None:
                     "messaging.consumer.group.name": app.group_id,
                 },
             )
+            for app in apps
             for tp, lag in app.lag().items()
         ]
 

@@ -60,6 +60,7 @@ class InvoiceRef(_message.Message):
     FILENAME_FIELD_NUMBER: _builtins.int
     SUBMITTER_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    ORIGIN_PLATFORM_FIELD_NUMBER: _builtins.int
     invoice_id: _builtins.str
     received_event_id: _builtins.str
     """Event id of the InvoiceReceived record; status uses it to record 200
@@ -69,6 +70,11 @@ class InvoiceRef(_message.Message):
     submitter: _builtins.str
     """The authenticated account that submitted it (its token's subject)."""
     trace_id: _builtins.str
+    origin_platform: _builtins.str
+    """Set when another platform delivered the invoice (its id in this
+    platform's registry, PLATFORMS_FILE): the seller is that platform's
+    customer, and the statuses set here travel back to it as CDAR.
+    """
     @_builtins.property
     def received_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -80,10 +86,11 @@ class InvoiceRef(_message.Message):
         filename: _builtins.str = ...,
         submitter: _builtins.str = ...,
         trace_id: _builtins.str = ...,
+        origin_platform: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["received_at", b"received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "invoice_id", b"invoice_id", "received_at", b"received_at", "received_event_id", b"received_event_id", "submitter", b"submitter", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filename", b"filename", "invoice_id", b"invoice_id", "origin_platform", b"origin_platform", "received_at", b"received_at", "received_event_id", b"received_event_id", "submitter", b"submitter", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -254,6 +261,8 @@ class InvoiceRouted(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     DIRECTORY_ENTRY_ID_FIELD_NUMBER: _builtins.int
+    ORIGINAL_FIELD_NUMBER: _builtins.int
+    ATTACHMENTS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     outcome: Global___RoutingOutcome.ValueType
     destination_platform: _builtins.str
@@ -269,6 +278,15 @@ class InvoiceRouted(_message.Message):
     def reason(self) -> _common_pb2.Reason: ...
     @_builtins.property
     def summary(self) -> _common_pb2.InvoiceSummary: ...
+    @_builtins.property
+    def original(self) -> _common_pb2.DocumentRef:
+        """The archived invoice document and its attachments, as validated named
+        them (claim check): route's delivery stage reads them from the archive
+        to send the invoice on to destination_platform.
+        """
+
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.DocumentRef]: ...
     def __init__(
         self,
         *,
@@ -280,10 +298,12 @@ class InvoiceRouted(_message.Message):
         reason: _common_pb2.Reason | None = ...,
         summary: _common_pb2.InvoiceSummary | None = ...,
         directory_entry_id: _builtins.str = ...,
+        original: _common_pb2.DocumentRef | None = ...,
+        attachments: _abc.Iterable[_common_pb2.DocumentRef] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice", "reason", b"reason", "summary", b"summary"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invoice", b"invoice", "original", b"original", "reason", b"reason", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination_platform", b"destination_platform", "directory_entry_id", b"directory_entry_id", "event_id", b"event_id", "invoice", b"invoice", "local_delivery", b"local_delivery", "outcome", b"outcome", "reason", b"reason", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "destination_platform", b"destination_platform", "directory_entry_id", b"directory_entry_id", "event_id", b"event_id", "invoice", b"invoice", "local_delivery", b"local_delivery", "original", b"original", "outcome", b"outcome", "reason", b"reason", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -526,3 +546,51 @@ class RulesShadowDiff(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RulesShadowDiff: _TypeAlias = RulesShadowDiff  # noqa: Y015
+
+@_typing.final
+class InvoiceDelivered(_message.Message):
+    """Topic invoicing.invoice.delivered.v1, written by route's delivery stage
+    when the destination platform acknowledged an invoice routed to it (its
+    ingest answered: the invoice is durable there). Status records 202.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    INVOICE_FIELD_NUMBER: _builtins.int
+    DESTINATION_PLATFORM_FIELD_NUMBER: _builtins.int
+    REMOTE_INVOICE_ID_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_AT_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    destination_platform: _builtins.str
+    """The destination platform's id (directory and PLATFORMS_FILE)."""
+    remote_invoice_id: _builtins.str
+    """The invoice's id on the destination platform."""
+    duplicate: _builtins.bool
+    """True when the destination had it already (a retry after a lost answer)."""
+    attempts: _builtins.int
+    """Delivery attempts it took, this one included."""
+    @_builtins.property
+    def invoice(self) -> Global___InvoiceRef: ...
+    @_builtins.property
+    def acknowledged_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        invoice: Global___InvoiceRef | None = ...,
+        destination_platform: _builtins.str = ...,
+        remote_invoice_id: _builtins.str = ...,
+        duplicate: _builtins.bool = ...,
+        acknowledged_at: _timestamp_pb2.Timestamp | None = ...,
+        attempts: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "invoice", b"invoice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "attempts", b"attempts", "destination_platform", b"destination_platform", "duplicate", b"duplicate", "event_id", b"event_id", "invoice", b"invoice", "remote_invoice_id", b"remote_invoice_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvoiceDelivered: _TypeAlias = InvoiceDelivered  # noqa: Y015
