@@ -198,6 +198,12 @@ async def test_an_invoice_goes_to_the_buyers_platform_and_its_statuses_come_back
     await _update(peer.status, buyer, remote.invoice_id, 205)
     await _update(peer.status, buyer, remote.invoice_id, 211, amount="828.00", paid_on=since.date().isoformat())
     await _reaches(stack.status, invoice_id, supplier, 211)
+    # The buyer's statuses of this invoice come from B only: on A's copy
+    # they are refused, so the two histories cannot disagree.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _update(stack.status, buyer, invoice_id, 210)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "delivered to platform peer" in (refused.value.details() or "")
     # The supplier, on A: cashed. B learns it from A's CDAR.
     await _update(stack.status, supplier, invoice_id, 212, amount="828.00", paid_on=since.date().isoformat())
     there = await _reaches(peer.status, remote.invoice_id, buyer, 212)

@@ -122,8 +122,9 @@ def test_psql_without_a_password_is_refused(stack: Stack) -> None:
         ("ingest", "ingest.receipts", ("status.invoices", "directory.entries")),
         # Validate reads documents from the archive ingest owns, and nothing else.
         ("validate", "archive.documents", ("ingest.receipts", "status.invoices", "directory.entries")),
-        # Route and status never touch document bytes.
-        ("route", "directory.entries", ("status.invoices", "ingest.receipts", "archive.chunks")),
+        # Route reads documents to deliver them to other platforms (below);
+        # status never touches document bytes.
+        ("route", "directory.entries", ("status.invoices", "ingest.receipts")),
         ("status", "status.invoices", ("ingest.receipts", "directory.entries", "archive.chunks")),
     ],
 )
@@ -139,6 +140,18 @@ async def test_each_service_role_reaches_its_own_schema_only(
                 await conn.fetchval(f"SELECT count(*) FROM {table}")
         with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
             await conn.execute("CREATE SCHEMA intruder")
+    finally:
+        await conn.close()
+
+
+async def test_route_reads_the_archive_and_cannot_change_it(stack: Stack) -> None:
+    passfile = stack.run_dir / "secrets" / "pgpass-route"
+    conn = await asyncpg.connect(_pg("route", stack)["dsn"], passfile=str(passfile))
+    try:
+        for table in ("archive.documents", "archive.chunks"):
+            assert await conn.fetchval(f"SELECT count(*) >= 0 FROM {table}")
+            with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+                await conn.execute(f"DELETE FROM {table} WHERE false")
     finally:
         await conn.close()
 

@@ -287,3 +287,13 @@ def test_what_a_message_asks_for() -> None:
     # More places than cents stay as written: the payment check refuses them.
     assert peer_status(_message(Decimal("100.005"))).amount == "100.005"
     assert peer_status(_message()).amount == "" and peer_status(_message()).reason is None
+
+
+def test_a_party_here_may_not_set_the_other_sides_statuses_of_a_shared_invoice() -> None:
+    sent = Shared(destination_platform="peer")
+    received = Shared(origin_platform="local")
+    assert sent.set_elsewhere(205) is not None and "platform peer" in (sent.set_elsewhere(205) or "")
+    assert sent.set_elsewhere(212) is None  # the supplier is here
+    assert received.set_elsewhere(212) is not None and "platform local" in (received.set_elsewhere(212) or "")
+    assert received.set_elsewhere(205) is None  # the buyer is here
+    assert Shared().set_elsewhere(205) is None and Shared().set_elsewhere(212) is None

@@ -304,6 +304,9 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{exc.field}: {exc.message}")
         except NotYourPart as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"status_code: {exc}")
+        elsewhere = (await self._queries.shared(invoice_id)).set_elsewhere(request.status_code)
+        if elsewhere is not None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"status_code: {elsewhere}")
         reason = Reason(request.reason.code, request.reason.text) if request.HasField("reason") else None
         p = request.payment
         invoice_currency = await self._queries.currency(invoice_id) if p.amount and not p.currency else ""

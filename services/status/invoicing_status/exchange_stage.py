@@ -131,6 +131,8 @@ class ExchangeStage:
     async def handle(self, record: Record) -> None:
         if record.value is None:
             raise PermanentError("record has no value")
+        if not self._registry.peers:
+            return  # no other platform: nothing is shared, and no read per event
         event = events_pb2.StatusEvent.FromString(record.value)
         if event.status_code not in _EXCHANGED_CODES or event.sequence <= 0:
             return  # most statuses are this platform's own business: no read

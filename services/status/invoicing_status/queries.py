@@ -191,6 +191,15 @@ class StatusQueries:
         # NULL: not known (yet), or not to be trusted (failed validation).
         return Parties(row["submitter"], frozenset(row["seller_sirens"] or ()), frozenset(row["buyer_sirens"] or ()))
 
+    async def shared(self, invoice_id: str) -> Shared:
+        """The platform the invoice is shared with, if any."""
+        row = await self._database.pool.fetchrow(
+            "SELECT origin_platform, destination_platform FROM invoices WHERE invoice_id = $1", invoice_id
+        )
+        if row is None:
+            return Shared()
+        return Shared(row["origin_platform"] or "", row["destination_platform"] or "")
+
     async def shared_candidates(self, peer_id: str, seller_siren: str, number: str) -> list[Candidate]:
         """Invoices shared with ``peer_id`` whose number is ``number`` and
         whose seller is ``seller_siren`` (sharing.match picks the one)."""

@@ -85,6 +85,23 @@ class Shared:
             return destination
         return None
 
+    def set_elsewhere(self, status_code: int) -> str | None:
+        """Why a party on this platform may not set ``status_code`` through
+        UpdateStatus (None: it may): on a shared invoice, the other side's
+        statuses come from that platform's messages only, so that the two
+        histories never disagree."""
+        if self.destination_platform and status_code in {s.value for s in RECEIVING_SIDE}:
+            return (
+                f"the invoice was delivered to platform {self.destination_platform}:"
+                f" status {status_code} is set there, by its buyer, and comes back from it"
+            )
+        if self.origin_platform and status_code in {s.value for s in SENDING_SIDE}:
+            return (
+                f"the invoice came from platform {self.origin_platform}:"
+                f" status {status_code} is set there, by its supplier, and comes from it"
+            )
+        return None
+
     def settable_by(self, peer_id: str) -> frozenset[Status]:
         """The statuses ``peer_id`` may set on this invoice: those of its side."""
         allowed: frozenset[Status] = frozenset()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from invoicing_common.rules import ReleaseConfigError, UnknownRelease, load_book, parse_book
+from invoicing_common.rules import DEFAULT_FILE, ReleaseConfigError, UnknownRelease, load_book, parse_book
 from invoicing_validate.validation import Validator
 from tests.validators import make_validator
 
@@ -57,6 +57,7 @@ cii = "b/cii.xslt"
 [[release]]
 version = "C"
 published = 2025-09-01
+profiles = ["urn:example:fr-ctc:release-c"]
 ubl = "c/ubl.xslt"
 cii = "c/cii.xslt"
 """
@@ -78,6 +79,16 @@ def test_a_date_outside_every_window_or_unreadable_gets_the_release_in_force_tod
     assert book.choose("2024-12-31", dt.date(2025, 2, 1)).release.version == "A"
 
 
+def test_a_profile_that_names_a_release_gets_it_whatever_the_date() -> None:
+    book = parse_book(_BOOK)
+    choice = book.choose("2025-03-01", TODAY, profile=" urn:example:fr-ctc:release-c ")
+    assert (choice.release.version, choice.selection) == ("C", "profile")
+    assert (
+        book.choose("2025-03-01", TODAY, requested="B", profile="urn:example:fr-ctc:release-c").release.version == "B"
+    )
+    assert book.choose("2025-03-01", TODAY, profile="urn:cen.eu:en16931:2017").release.version == "A"
+
+
 def test_a_release_without_a_window_runs_only_when_asked_for() -> None:
     book = parse_book(_BOOK)
     assert all(book.choose(d, TODAY).release.version != "C" for d in ("2025-09-01", "2026-12-01"))
@@ -97,6 +108,11 @@ def test_a_release_without_a_window_runs_only_when_asked_for() -> None:
         (('ubl = "b/ubl.xslt"\n', 'ubl = "../b/ubl.xslt"\n'), "release B: 'ubl' must be a path inside"),
         (('version = "C"\n', 'version = "C"\nvalid_form = 2025-09-01\n'), "release C: unknown field(s) valid_form"),
         (('version = "C"\n', 'version = "B"\n'), "release B is listed twice"),
+        (
+            ('version = "B"\n', 'version = "B"\nprofiles = ["urn:example:fr-ctc:release-c"]\n'),
+            "profile 'urn:example:fr-ctc:release-c' names releases B and C",
+        ),
+        (('profiles = ["urn:example:fr-ctc:release-c"]', 'profiles = "x"'), "release C: 'profiles' must be a list"),
         (("valid_from = 2025-07-01\n", "valid_from = 2025-07-01\nvalid_to = 2025-06-01\n"), "release B: 'valid_to'"),
     ],
 )
@@ -192,3 +208,21 @@ def test_no_shadow_outcome_when_the_invoice_already_gets_the_shadow_release(
 def test_an_unknown_shadow_release_is_refused_at_start(validator: Validator) -> None:
     with pytest.raises(UnknownRelease, match=r"'2\.0'"):
         Validator(validator.artefacts.cache_dir, shadow="2.0")
+
+
+def test_an_invoice_whose_profile_names_a_release_is_checked_with_it(
+    validator: Validator, read_sample: ReadSample
+) -> None:
+    shipped = (DEFAULT_FILE).read_text(encoding="utf-8")
+    fr_ctc = "urn:cen.eu:en16931:2017#compliant#urn.cpro.gouv.fr:1p0:einvoicingF2"
+    anchor = 'version = "0.1"\n'
+    assert anchor in shipped
+    book = parse_book(shipped.replace(anchor, f'{anchor}profiles = ["{fr_ctc}"]\n', 1))
+    pinned = Validator(validator.artefacts.cache_dir, releases=book)
+    document = _ubl(read_sample, "2026-03-02").replace(
+        b"<cbc:CustomizationID>urn:cen.eu:en16931:2017</cbc:CustomizationID>",
+        f"<cbc:CustomizationID>{fr_ctc}</cbc:CustomizationID>".encode(),
+    )
+    report = pinned.validate(document, today=TODAY)
+    assert (report.profile, report.rules_release, report.rules_selection) == ("fr-ctc", "0.1", "profile")
+    assert validator.validate(document, today=TODAY).rules_release == "1.3.0"

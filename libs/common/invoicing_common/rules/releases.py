@@ -23,10 +23,10 @@ ENV_RELEASES_FILE: Final = "RULES_RELEASES_FILE"
 DEFAULT_FILE: Final = Path(__file__).with_name("br-fr-releases.toml")
 
 KINDS: Final = ("ubl", "cii", "cdar", "extended-ubl", "extended-cii")
-_RELEASE_KEYS: Final = frozenset({"version", "published", "valid_from", "valid_to", *KINDS})
+_RELEASE_KEYS: Final = frozenset({"version", "published", "valid_from", "valid_to", "profiles", *KINDS})
 
 # How the release of an invoice was chosen.
-Selection = Literal["issue-date", "in-force", "requested"]
+Selection = Literal["issue-date", "in-force", "requested", "profile"]
 
 
 class ReleaseConfigError(ValueError):
@@ -55,6 +55,9 @@ class RuleRelease:
     valid_to: dt.date | None
     # Kind ("ubl", "cii", "cdar", ...) -> path relative to the artefacts folder.
     files: Mapping[str, str]
+    # Specification identifiers (BT-24) that name this release: an invoice
+    # declaring one gets it, whatever its date.
+    profiles: frozenset[str] = frozenset()
 
     @property
     def label(self) -> str:
@@ -104,12 +107,19 @@ class ReleaseBook:
             raise ReleaseConfigError(f"no rules release is in force on {today.isoformat()}")
         return max(opened, key=lambda r: (r.valid_from, r.published))
 
-    def choose(self, issue_date: str, today: dt.date, requested: str | None = None) -> Choice:
+    def choose(self, issue_date: str, today: dt.date, requested: str | None = None, profile: str = "") -> Choice:
         """The release for an invoice issued on ``issue_date`` (BT-2, ISO
-        ``YYYY-MM-DD``). An explicit request wins; a date that is missing,
-        unreadable or outside every window gets the release in force today."""
+        ``YYYY-MM-DD``) that declares ``profile`` (BT-24). An explicit
+        request wins, then a release the profile names; a date that is
+        missing, unreadable or outside every window gets the release in
+        force today."""
         if requested:
             return Choice(self.get(requested), "requested")
+        declared = profile.strip()
+        if declared:
+            for release in self.releases:
+                if declared in release.profiles:
+                    return Choice(release, "profile")
         day = parse_day(issue_date)
         if day is not None:
             for release in self.releases:
@@ -159,6 +169,9 @@ def parse_book(text: str, source: str = "<text>") -> ReleaseBook:
         valid_to = _date(entry, "valid_to", where)
         if valid_to is not None and (valid_from is None or valid_to < valid_from):
             raise ReleaseConfigError(f"{where}: 'valid_to' needs a 'valid_from' on or before it")
+        profiles = entry.get("profiles", [])
+        if not isinstance(profiles, list) or not all(isinstance(p, str) and p.strip() for p in profiles):
+            raise ReleaseConfigError(f"{where}: 'profiles' must be a list of specification identifiers (BT-24)")
         files = {kind: entry[kind] for kind in KINDS if kind in entry}
         for kind, path in files.items():
             if not isinstance(path, str) or not path or Path(path).is_absolute() or ".." in Path(path).parts:
@@ -166,12 +179,20 @@ def parse_book(text: str, source: str = "<text>") -> ReleaseBook:
         for kind in ("ubl", "cii"):
             if kind not in files:
                 raise ReleaseConfigError(f"{where}: '{kind}' is required")
-        releases.append(RuleRelease(version.strip(), published, valid_from, valid_to, files))
+        named = frozenset(p.strip() for p in profiles)
+        releases.append(RuleRelease(version.strip(), published, valid_from, valid_to, files, named))
     seen: set[str] = set()
+    naming: dict[str, str] = {}
     for release in releases:
         if release.version in seen:
             raise ReleaseConfigError(f"{source}: release {release.version} is listed twice")
         seen.add(release.version)
+        for profile in release.profiles:
+            if profile in naming:
+                raise ReleaseConfigError(
+                    f"{source}: profile {profile!r} names releases {naming[profile]} and {release.version}"
+                )
+            naming[profile] = release.version
     windowed = sorted((r for r in releases if r.valid_from is not None), key=lambda r: r.valid_from or dt.date.min)
     for earlier, later in itertools.pairwise(windowed):
         assert later.valid_from is not None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
-from invoicing_common.rules import Choice, RuleRelease
+from invoicing_common.rules import Choice, ReleaseBook, RuleRelease
 
 from .artefacts import EN16931_RELEASE, Artefacts, release_key
 from .embedded import MAX_EMBEDDED_BYTES, MAX_EMBEDDED_FILES, AttachmentCollector
@@ -160,10 +160,14 @@ class Validator:
 
     ``shadow``: a French rules release run beside the one each invoice
     gets; it never changes a verdict, the report says where they differ.
+    ``releases``: the release book (default: RULES_RELEASES_FILE or the
+    one shipped).
     """
 
-    def __init__(self, artefacts_dir: Path | None = None, shadow: str | None = None) -> None:
-        self.artefacts = Artefacts.locate(artefacts_dir)
+    def __init__(
+        self, artefacts_dir: Path | None = None, shadow: str | None = None, releases: ReleaseBook | None = None
+    ) -> None:
+        self.artefacts = Artefacts.locate(artefacts_dir, releases)
         self.releases = self.artefacts.releases
         # Raises UnknownRelease at start rather than on the first invoice.
         self.shadow: RuleRelease | None = self.releases.get(shadow) if shadow else None
@@ -296,7 +300,9 @@ class Validator:
             release_freed_memory()
         french = [k for k in plan.schematrons if k in _FRENCH_KINDS]
         if french:
-            state.choice = self.releases.choose(state.summary.issue_date, state.today, state.requested_release)
+            state.choice = self.releases.choose(
+                state.summary.issue_date, state.today, state.requested_release, state.summary.profile
+            )
         try:
             node = self._schematrons.parse(text)
             del text
