@@ -844,6 +844,12 @@ def service_environment(spec: ServiceSpec, values: dict[str, str]) -> dict[str, 
         "OIDC_ISSUER": values["OIDC_ISSUER"],
         "OIDC_AUDIENCE": keycloak.AUDIENCE,
         "OIDC_CA_FILE": values["INVOICING_CA_FILE"],
+        # Streamed uploads arrive in 1 MiB chunks. glibc raises its mmap
+        # threshold after the first such chunk is freed, and later ones come
+        # from fragmented heap arenas: a just-started ingest then grew by
+        # 67-95 MiB for a 100 MiB upload (3 of 5 runs); with the threshold
+        # fixed, under 64 MiB every time (docs/operations.md).
+        "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "262144"),
     }
     if platform.topic_prefix:
         # Its consumer groups are its service name: prefixed like its topics.
