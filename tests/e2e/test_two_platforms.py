@@ -30,7 +30,7 @@ import grpc
 import pytest
 from invoicing.v1 import directory_pb2, directory_pb2_grpc, status_pb2, status_pb2_grpc
 
-from invoicing_common.cdar import CdvRules, default_artefacts_dir
+from invoicing_common.cdar import CdvRules
 from invoicing_common.rules import load_book
 from tests.e2e.test_routing import invoice_for
 from tests.integration.test_directory_api import fresh_siren, siret_of
@@ -170,7 +170,7 @@ async def _received_messages(peer_or_local_url: str, invoice_id: str) -> list[as
 @pytest.fixture(scope="module")
 def cdv() -> CdvRules:
     release = load_book().in_force(datetime.now(UTC).date())
-    return CdvRules(default_artefacts_dir() / release.file("cdar"))
+    return CdvRules.of(release)
 
 
 async def test_an_invoice_goes_to_the_buyers_platform_and_its_statuses_come_back(

@@ -19,7 +19,7 @@ from invoicing.v1 import common_pb2, events_pb2, exchange_pb2
 
 from invoicing_common import topics
 from invoicing_common.auth.principal import ROLE_PLATFORM, Principal, bind_principal, reset_principal
-from invoicing_common.cdar import default_artefacts_dir, from_xml, to_xml
+from invoicing_common.cdar import from_xml, to_xml
 from invoicing_common.cdar.history import lifecycle_message
 from invoicing_common.db import Database
 from invoicing_common.ids import stage_event_id
@@ -27,6 +27,7 @@ from invoicing_common.kafka import Record, StreamApp
 from invoicing_common.kafka.testing import StreamHarness
 from invoicing_common.platforms import Peer, Registry
 from invoicing_common.rules import load_book
+from invoicing_common.schematron import artefacts_dir
 from invoicing_common.settings import ServiceSettings
 from invoicing_status.agents import interpret
 from invoicing_status.cdar_rules import CdarRules
@@ -58,7 +59,7 @@ async def store(stack: Stack) -> AsyncIterator[Database]:
 
 @pytest.fixture(scope="module")
 def rules() -> CdarRules:
-    return CdarRules(load_book(), default_artefacts_dir(), compile_at_start=False)
+    return CdarRules(load_book(), artefacts_dir(), compile_at_start=False)
 
 
 def _summary(number: str = "FA-2026-0042") -> common_pb2.InvoiceSummary:

@@ -23,11 +23,12 @@ from invoicing_common.cdar import (
     LifecycleMessage,
     Party,
     Reason,
-    default_artefacts_dir,
     from_xml,
     to_xml,
 )
 from invoicing_common.cdar.names import NSMAP, RAM, UDT
+from invoicing_common.rules import load_book
+from invoicing_common.schematron import artefacts_dir
 
 RELEASES = ("1.2.0", "1.3.0")
 LIFECYCLE_STATUSES = (*range(200, 215), 220, 221, *range(224, 229), 501)
@@ -82,7 +83,8 @@ def message_for(status: int, **changes: object) -> LifecycleMessage:
 @pytest.fixture(scope="module")
 def rules() -> dict[str, CdvRules]:
     # Compiled once for the module: compiling is the expensive part.
-    return {version: CdvRules.for_release(default_artefacts_dir(), version) for version in RELEASES}
+    book = load_book()
+    return {version: CdvRules.of(book.get(version)) for version in RELEASES}
 
 
 def rule_ids(findings: list[Finding]) -> set[str]:
@@ -163,9 +165,9 @@ def test_findings_keep_the_flag_of_the_rules(rules: dict[str, CdvRules]) -> None
     assert finding.message.startswith("[BR-FR-CDV-14/MDT-207]")
 
 
-def test_an_unknown_release_has_no_rules() -> None:
+def test_a_missing_stylesheet_is_refused_at_once() -> None:
     with pytest.raises(CdvRulesMissing):
-        CdvRules.for_release(default_artefacts_dir(), "0.0.0")
+        CdvRules(artefacts_dir() / "br-fr" / "0.0.0" / "xslt" / "BR-FR-CDV-CDAR.xslt")
 
 
 def test_a_shared_instance_serves_several_threads(rules: dict[str, CdvRules]) -> None:

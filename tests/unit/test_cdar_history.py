@@ -10,7 +10,7 @@ import datetime as dt
 import pytest
 from invoicing.v1 import common_pb2
 
-from invoicing_common.cdar import CdvRules, default_artefacts_dir, from_xml, to_xml
+from invoicing_common.cdar import CdvRules, from_xml, to_xml
 from invoicing_common.cdar.history import NotExpressible, lifecycle_message, message_id
 from invoicing_common.rules import load_book
 
@@ -46,7 +46,7 @@ def _change(status: int) -> common_pb2.StatusChange:
 @pytest.fixture(scope="module")
 def rules() -> dict[str, CdvRules]:
     book = load_book()
-    return {r.version: CdvRules(default_artefacts_dir() / r.file("cdar")) for r in book.releases}
+    return {r.version: CdvRules.of(r) for r in book.releases}
 
 
 @pytest.mark.parametrize("status", [*BY_PLATFORM, *BY_BUYER, *BY_SUPPLIER])

@@ -11,6 +11,7 @@ from functools import cache
 import pytest
 from lxml import etree
 
+from invoicing_common.schematron import artefacts_dir
 from invoicing_route.domain import REJ_ADR, REJ_CONT_B2G
 from invoicing_status.lifecycle import (
     OFFICIAL_CODES_NOT_PRODUCED,
@@ -22,7 +23,6 @@ from invoicing_status.lifecycle import (
 )
 from invoicing_validate import admissibility
 from invoicing_validate.domain import REJECTION_CODE, SELLER_REJECTION_CODE
-from invoicing_validate.validation.artefacts import default_cache_dir
 
 RELEASE = "1.3.0"
 XSL = "{http://www.w3.org/1999/XSL/Transform}"
@@ -35,7 +35,7 @@ _REASON_REQUIRED_TAIL = "../ram:SpecifiedDocumentStatus/ram:ReasonCode"
 
 @cache
 def _stylesheet() -> etree._Element:
-    folder = default_cache_dir() / "br-fr" / RELEASE / "xslt"
+    folder = artefacts_dir() / "br-fr" / RELEASE / "xslt"
     found = sorted(folder.glob(f"*BR-FR-CDV-Schematron-CDAR_V{RELEASE}.xslt"))
     assert found, f"no CDAR stylesheet under {folder}: run scripts/fetch_artefacts.py"
     # Our own download, but parsed as any XML from outside is.

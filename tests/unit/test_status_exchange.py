@@ -18,12 +18,13 @@ from invoicing.v1 import common_pb2, events_pb2, exchange_pb2
 
 from invoicing_common import topics
 from invoicing_common.auth.principal import ROLE_PLATFORM, ROLE_SUPPLIER, Principal, bind_principal, reset_principal
-from invoicing_common.cdar import default_artefacts_dir, from_xml, to_xml
+from invoicing_common.cdar import from_xml, to_xml
 from invoicing_common.cdar.history import lifecycle_message
 from invoicing_common.kafka import StreamApp
 from invoicing_common.kafka.testing import StreamHarness
 from invoicing_common.platforms import Peer, Registry
 from invoicing_common.rules import load_book
+from invoicing_common.schematron import artefacts_dir
 from invoicing_common.settings import ServiceSettings
 from invoicing_status.cdar_rules import CdarRules
 from invoicing_status.domain import Change, Payment
@@ -215,7 +216,7 @@ class Platform:
 
 @pytest.fixture(scope="module")
 def rules() -> CdarRules:
-    return CdarRules(load_book(), default_artefacts_dir(), compile_at_start=False)
+    return CdarRules(load_book(), artefacts_dir(), compile_at_start=False)
 
 
 @dataclass

@@ -9,7 +9,6 @@ from importlib.resources import files
 import grpc
 
 from invoicing_common import topics
-from invoicing_common.cdar import default_artefacts_dir
 from invoicing_common.db import Database
 from invoicing_common.grpc_server import GrpcServer
 from invoicing_common.health import HealthMonitor, database_reachable, stream_alive
@@ -17,6 +16,7 @@ from invoicing_common.kafka import StreamApp, register_lag_gauge
 from invoicing_common.kafka.outbox import OutboxRelay
 from invoicing_common.platforms import load_registry
 from invoicing_common.rules import load_book
+from invoicing_common.schematron import artefacts_dir
 from invoicing_status import agents, exchange_api, exchange_stage
 from invoicing_status.api import ACCESS_POLICY, WATCH_METHOD, StatusServicer, registrar
 from invoicing_status.backfill import PartiesBackfill
@@ -77,7 +77,7 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
     # Other platforms (PLATFORMS_FILE): read once, at start. Without any,
     # nothing is shared and the rules are compiled only if a message comes.
     registry = load_registry()
-    cdar_rules = CdarRules(load_book(), default_artefacts_dir(), compile_at_start=bool(registry.peers))
+    cdar_rules = CdarRules(load_book(), artefacts_dir(), compile_at_start=bool(registry.peers))
     exchange_client = ExchangeClient(settings.exchange_call_timeout_seconds)
     exchange = StreamApp(settings.exchange_group, settings)
     exchange_stage.register(

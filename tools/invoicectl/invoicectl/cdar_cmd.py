@@ -22,7 +22,7 @@ from invoicing.v1 import status_pb2, status_pb2_grpc
 from rich.console import Console
 
 from invoicectl.config import Endpoints, channel
-from invoicing_common.cdar import CdvRules, CdvRulesMissing, default_artefacts_dir, to_xml
+from invoicing_common.cdar import CdvRules, CdvRulesMissing, to_xml
 from invoicing_common.cdar.history import NotExpressible, lifecycle_message
 from invoicing_common.rules import ReleaseConfigError, UnknownRelease, load_book
 
@@ -52,7 +52,7 @@ def cdar(
     try:
         book = load_book()
         chosen = book.get(release) if release else book.in_force(datetime.now(UTC).date())
-        rules = CdvRules(default_artefacts_dir() / chosen.file("cdar"))
+        rules = CdvRules.of(chosen)
     except (ReleaseConfigError, UnknownRelease, CdvRulesMissing) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -10,13 +10,15 @@ official BR-FR-CDV rules of a release (validation.CdvRules). It does no
 other I/O and knows nothing of the services; docs/reform.md explains where
 the messages go and which release applies.
 
-    rules = CdvRules.for_release(default_artefacts_dir(), "1.3.0")
+    rules = CdvRules.of(load_book().get("1.3.0"))
     data = to_xml(message)
     if rules.check(data):  # any finding: every BR-FR-CDV assert is a "warning"
         ...  # a bug: alert, never send
 """
 
 from __future__ import annotations
+
+from invoicing_common.schematron import FATAL, WARNING
 
 from .build import to_xml
 from .model import (
@@ -31,8 +33,7 @@ from .model import (
     phase_of,
 )
 from .parse import DEFAULT_MAX_BYTES, CdarError, from_xml
-from .svrl import FATAL, WARNING, Finding
-from .validation import CdvError, CdvRules, CdvRulesMissing, default_artefacts_dir
+from .validation import CdvError, CdvRules, CdvRulesMissing, Finding
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -51,7 +52,6 @@ __all__ = [
     "LifecycleMessage",
     "Party",
     "Reason",
-    "default_artefacts_dir",
     "from_xml",
     "phase_of",
     "to_xml",

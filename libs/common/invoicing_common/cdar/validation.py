@@ -25,24 +25,24 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from lxml import etree
 
+from invoicing_common.rules import RuleRelease
+from invoicing_common.schematron import SvrlFinding, artefacts_dir, saxon_processor, svrl_findings
+
 from .parse import DEFAULT_MAX_BYTES, parse_tree
-from .svrl import Finding, findings
 
-if TYPE_CHECKING:
-    from saxonche import PySaxonProcessor
+# The BR-FR-CDV rules flag every assert; findings keep the flag as given.
+Finding = SvrlFinding
 
-# Same variable and folder as the validate service's artefacts.
-ENV_ARTEFACTS_DIR: Final = "INVOICING_VALIDATION_ARTEFACTS"
-_RELEASE_GLOB: Final = "*CDAR*.xslt"
 # What findings() reads: a report with neither has nothing to parse.
 _FINDING_TAGS: Final = ("failed-assert", "successful-report")
 
+# SaxonC objects are not documented as thread-safe: this module's calls
+# into the process's processor hold one lock.
 _lock = threading.RLock()
-_processor: tuple[int, PySaxonProcessor] | None = None
 
 
 class CdvRulesMissing(FileNotFoundError):
@@ -51,29 +51,6 @@ class CdvRulesMissing(FileNotFoundError):
 
 class CdvError(RuntimeError):
     """Saxon could not compile or run the rules (not a rule failure)."""
-
-
-def default_artefacts_dir() -> Path:
-    """The artefacts folder: $INVOICING_VALIDATION_ARTEFACTS, else the
-    ``.cache/artefacts`` of the repository this package is installed from."""
-    env = os.environ.get(ENV_ARTEFACTS_DIR)
-    if env:
-        return Path(env)
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / ".cache" / "artefacts"
-        if candidate.is_dir():
-            return candidate
-    return Path.cwd() / ".cache" / "artefacts"
-
-
-def _saxon() -> PySaxonProcessor:
-    """The process's SaxonC processor; call with ``_lock`` held."""
-    global _processor
-    if _processor is None or _processor[0] != os.getpid():
-        from saxonche import PySaxonProcessor
-
-        _processor = (os.getpid(), PySaxonProcessor(license=False))
-    return _processor[1]
 
 
 class CdvRules:
@@ -90,14 +67,11 @@ class CdvRules:
             self._executable()
 
     @classmethod
-    def for_release(cls, artefacts_dir: Path, version: str) -> CdvRules:
-        """The rules of ``version`` (e.g. "1.3.0"), from the one
-        ``*CDAR*.xslt`` under ``br-fr/<version>/xslt/``."""
-        folder = Path(artefacts_dir) / "br-fr" / version / "xslt"
-        found = sorted(folder.glob(_RELEASE_GLOB))
-        if len(found) != 1:
-            raise CdvRulesMissing(f"expected one {_RELEASE_GLOB} in {folder}, found {len(found)}")
-        return cls(found[0])
+    def of(cls, release: RuleRelease, folder: Path | None = None) -> CdvRules:
+        """The BR-FR-CDV rules of ``release``: the stylesheet its entry in
+        the release book names (its own, or one it borrows), under the
+        artefacts folder."""
+        return cls((folder or artefacts_dir()) / release.file("cdar"))
 
     def __repr__(self) -> str:
         return f"CdvRules({self.path.name})"
@@ -109,7 +83,7 @@ class CdvRules:
             from saxonche import PySaxonApiError
 
             try:
-                executable = _saxon().new_xslt30_processor().compile_stylesheet(stylesheet_file=str(self.path))
+                executable = saxon_processor().new_xslt30_processor().compile_stylesheet(stylesheet_file=str(self.path))
             except PySaxonApiError as exc:
                 raise CdvError(f"could not compile {self.path.name}: {exc}") from exc
             if executable is None:
@@ -130,7 +104,7 @@ class CdvRules:
             from saxonche import PySaxonApiError
 
             try:
-                node = _saxon().parse_xml(xml_text=text)
+                node = saxon_processor().parse_xml(xml_text=text)
                 svrl = self._executable().transform_to_string(xdm_node=node)
             except PySaxonApiError as exc:
                 raise CdvError(f"{self.path.name}: {exc}") from exc
@@ -139,4 +113,7 @@ class CdvRules:
         # Most messages pass: a substring test spares parsing the report.
         if not any(tag in svrl for tag in _FINDING_TAGS):
             return []
-        return findings(svrl)
+        # The report echoes message values: parsed with the same care as input.
+        parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+        report = etree.fromstring(svrl.encode("utf-8"), parser)
+        return svrl_findings(report, plain_locations=True)

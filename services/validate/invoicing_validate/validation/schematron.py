@@ -41,31 +41,21 @@ the shipped stylesheets give the same findings.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from lxml import etree
 
-from .model import FATAL, WARNING, Finding
+from invoicing_common.schematron import SVRL_NS, saxon_processor
+from invoicing_common.schematron import svrl_findings as schematron_findings
+
+from .model import Finding
 from .parsing import parse_trusted_output
 
-if TYPE_CHECKING:
-    from saxonche import PySaxonProcessor
-
-SVRL_NS: Final = "http://purl.oclc.org/dsdl/svrl"
-_FAILED_ASSERT: Final = f"{{{SVRL_NS}}}failed-assert"
-_SUCCESSFUL_REPORT: Final = f"{{{SVRL_NS}}}successful-report"
-_TEXT: Final = f"{{{SVRL_NS}}}text"
-_WARNING_FLAGS: Final = frozenset({"warning", "warn", "information", "info"})
-_BRACKETED_ID = re.compile(r"^\[([A-Za-z0-9][A-Za-z0-9._\-]*)\]")
-# The BR-FR 0.1 asserts carry no id; their text opens with it, as in
-# "BR-FR-01/BT-1 : ...".
-_LEADING_ID = re.compile(r"^(BR-FR-[A-Z0-9]+(?:-[A-Z0-9]+)*)\s*(?:/|:|\u2014)")
 _XSL_NS: Final = "http://www.w3.org/1999/XSL/Transform"
 # document('name.xml') with a constant, local, relative file name.
 _CONSTANT_DOCUMENT = re.compile(r"document\(\s*'([A-Za-z0-9][A-Za-z0-9._\-]*\.xml)'\s*\)")
@@ -92,62 +82,17 @@ _PREFIX_WILDCARD = re.compile(r"^[A-Za-z_][\w.\-]*:\*$")
 _FAILED_ASSERT_TAG: Final = "failed-assert"
 _SUCCESSFUL_REPORT_TAG: Final = "successful-report"
 
-# One SaxonC processor per process: it wraps a GraalVM isolate which does
-# not survive fork(), hence the pid check.
-_processor_lock = threading.Lock()
-_processor: tuple[int, PySaxonProcessor] | None = None
-_OPTIMIZATION_LEVEL = "http://saxon.sf.net/feature/optimizationLevel"
-
-
-def saxon_processor() -> PySaxonProcessor:
-    global _processor
-    with _processor_lock:
-        if _processor is None or _processor[0] != os.getpid():
-            from saxonche import PySaxonProcessor
-
-            processor = PySaxonProcessor(license=False)
-            # Saxon's loop lifting ("l") fails on the official BR-FR 0.1 and
-            # 1.2.0 stylesheets ("Bad parent pointer in expression tree"),
-            # and on their rewritten form it aborts the whole process. The
-            # other optimisations stay; on the CEN rules the difference is
-            # within noise (5.0-6.6 ms/document either way, 43 documents).
-            processor.set_configuration_property(_OPTIMIZATION_LEVEL, "-l")
-            _processor = (os.getpid(), processor)
-        return _processor[1]
-
 
 class SchematronError(RuntimeError):
     """Saxon failed to run a stylesheet (not a rule failure)."""
 
 
-def _severity(element_tag: str, flag: str | None) -> str:
-    if flag is None or not flag.strip():
-        # Factur-X schematrons leave errors unflagged and use unflagged
-        # reports for "not used in this profile" notices.
-        return WARNING if element_tag == _SUCCESSFUL_REPORT else FATAL
-    return WARNING if flag.strip().lower() in _WARNING_FLAGS else FATAL
-
-
 def svrl_findings(svrl: str) -> list[Finding]:
     """Findings of an SVRL report, in document order."""
-    root = parse_trusted_output(svrl)
-    findings: list[Finding] = []
-    for el in root.iter(_FAILED_ASSERT, _SUCCESSFUL_REPORT):
-        text_el = el.find(_TEXT)
-        text = " ".join("".join(text_el.itertext()).split()) if text_el is not None else ""
-        rule = (el.get("id") or "").strip()
-        if not rule:
-            match = _BRACKETED_ID.match(text) or _LEADING_ID.match(text)
-            rule = match.group(1) if match else "SCHEMATRON"
-        findings.append(
-            Finding(
-                rule=rule,
-                severity=_severity(str(el.tag), el.get("flag")),
-                location=el.get("location") or "",
-                message=text,
-            )
-        )
-    return findings
+    return [
+        Finding(rule=f.rule, severity=f.severity, location=f.location, message=f.message)
+        for f in schematron_findings(parse_trusted_output(svrl))
+    ]
 
 
 @dataclass(frozen=True)
