@@ -23,7 +23,7 @@ from invoicing_common import topics
 from invoicing_common.archive import DocumentDamaged, DocumentMissing
 from invoicing_common.auth.client import TokenError
 from invoicing_common.ids import stage_event_id
-from invoicing_common.kafka import PermanentError, StreamApp
+from invoicing_common.kafka import PermanentError, StreamApp, backoff_delays
 from invoicing_common.kafka.errors import Fault
 from invoicing_common.kafka.testing import StreamHarness
 from invoicing_common.platforms import Peer, PlatformsConfigError, Registry
@@ -33,7 +33,6 @@ from invoicing_route.delivery_domain import (
     DeliveryRefused,
     Parcel,
     UnknownPlatform,
-    backoff_delays,
     delivered_event,
     failure_reason,
     fault_of,
@@ -393,7 +392,7 @@ async def test_a_refusal_and_an_unknown_platform_hold_the_invoice() -> None:
 async def test_waiting_stops_at_once_when_the_service_stops() -> None:
     settings = _settings()
     app = StreamApp(settings.delivery_group, settings)
-    pause = delivery.stoppable_pause(app)
+    pause = app.retry_pause
     await app.stop()
     # Given up, as the drain would after its timeout: not committed, not dead-lettered.
     with pytest.raises(asyncio.CancelledError):

@@ -20,7 +20,7 @@ from invoicing_common import topics
 from invoicing_common.auth.principal import ROLE_PLATFORM, ROLE_SUPPLIER, Principal, bind_principal, reset_principal
 from invoicing_common.cdar import from_xml, to_xml
 from invoicing_common.cdar.history import lifecycle_message
-from invoicing_common.kafka import StreamApp
+from invoicing_common.kafka import StreamApp, backoff_delays
 from invoicing_common.kafka.testing import StreamHarness
 from invoicing_common.platforms import Peer, Registry
 from invoicing_common.rules import load_book
@@ -29,7 +29,13 @@ from invoicing_common.settings import ServiceSettings
 from invoicing_status.cdar_rules import CdarRules
 from invoicing_status.domain import Change, Payment
 from invoicing_status.exchange_api import EXCHANGE_POLICY, ExchangeServicer
-from invoicing_status.exchange_stage import NOT_FOUND_GRACE_SECONDS, ExchangeStage, delays, register
+from invoicing_status.exchange_stage import (
+    FIRST_DELAY_SECONDS,
+    MAX_DELAY_SECONDS,
+    NOT_FOUND_GRACE_SECONDS,
+    ExchangeStage,
+    register,
+)
 from invoicing_status.lifecycle import Reason, Status
 from invoicing_status.queries import SharedStatus
 from invoicing_status.records import InvoiceFacts, Planner, ReceivedMessage, payment_proto, status_event
@@ -308,7 +314,7 @@ async def test_a_platform_away_is_waited_for_with_growing_pauses(pair: Pair) -> 
     await pair.b.publish()
     assert pair.b.pauses == [0.5, 1.0, 2.0, 4.0]
     assert pair.a.store.invoices[A_ID].status is Status.MADE_AVAILABLE
-    waits = delays()
+    waits = backoff_delays(FIRST_DELAY_SECONDS, MAX_DELAY_SECONDS)
     assert [next(waits) for _ in range(9)] == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from invoicing_common.auth.client import TokenSource
+
 ENV_PLATFORMS_FILE: Final = "PLATFORMS_FILE"
 _FIELDS: Final = frozenset(
     {"name", "ingest", "exchange", "ca_file", "token_url", "client_id", "client_secret_file", "caller_client_id"}
@@ -127,3 +129,29 @@ def load_registry(path: Path | None = None) -> Registry:
     except OSError as exc:
         raise PlatformsConfigError(f"{configured}: cannot read the platforms registry: {exc.strerror}") from exc
     return parse_registry(text, str(configured))
+
+
+class PeerTokens:
+    """This platform's access tokens at each peer (the OAuth2
+    client-credentials grant of its account there), one token source per
+    peer, made at first use. The secret file is read at each call: a
+    rotated secret gets a new token source, and the old one is closed."""
+
+    def __init__(self) -> None:
+        self._sources: dict[str, tuple[str, TokenSource]] = {}
+
+    def source(self, peer: Peer) -> TokenSource:
+        secret = peer.client_secret()
+        known = self._sources.get(peer.id)
+        if known is not None and known[0] == secret:
+            return known[1]
+        if known is not None:
+            known[1].close()
+        tokens = TokenSource(peer.token_url, peer.client_id, secret, peer.ca_file)
+        self._sources[peer.id] = (secret, tokens)
+        return tokens
+
+    def close(self) -> None:
+        sources, self._sources = list(self._sources.values()), {}
+        for _, tokens in sources:
+            tokens.close()

@@ -76,7 +76,7 @@ def bootstrap(settings: RouteSettings) -> Route:
     archive, archive_services = open_archive(database, settings)
     links = PeerLinks()
     delivery_app = StreamApp(settings.delivery_group, settings)
-    deliverer = delivery.Deliverer(settings, links, archive, delivery.stoppable_pause(delivery_app))
+    deliverer = delivery.Deliverer(settings, links, archive, delivery_app.retry_pause)
     delivery.register(delivery_app, settings, registry, deliverer)
     register_lag_gauge(app, delivery_app)
     server = GrpcServer(

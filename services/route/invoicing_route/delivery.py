@@ -15,7 +15,6 @@ InvoiceDelivered record says so (status records 202).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -25,14 +24,13 @@ from opentelemetry import trace
 
 from invoicing_common import topics
 from invoicing_common.archive.postgres import PostgresArchive
-from invoicing_common.kafka import Record, StreamApp, decode_event, send
+from invoicing_common.kafka import Record, StreamApp, backoff_delays, decode_event, send
 from invoicing_common.kafka.errors import Fault
 from invoicing_common.platforms import Peer, Registry
 from invoicing_common.telemetry import meter, record_invoice, tracer
 from invoicing_route.delivery_domain import (
     Parcel,
     UnknownPlatform,
-    backoff_delays,
     delivered_event,
     failure_reason,
     fault_of,
@@ -66,20 +64,6 @@ ATTEMPTS_PER_DELIVERY = meter().create_histogram(
 )
 
 Pause = Callable[[float], Awaitable[None]]
-
-
-def stoppable_pause(app: StreamApp) -> Pause:
-    """Wait between attempts, or less if the service stops: then the record
-    is given up as the drain would give it up after its timeout (not
-    committed; the partition's next owner delivers it), without making the
-    stop wait for a platform that is down."""
-
-    async def pause(seconds: float) -> None:
-        await app.sleep(seconds)
-        if app.should_stop:
-            raise asyncio.CancelledError
-
-    return pause
 
 
 class Deliverer:

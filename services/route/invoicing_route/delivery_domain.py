@@ -4,7 +4,6 @@ invoice, and the event that records the destination's acknowledgement."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -161,15 +160,6 @@ def refusal(platform_id: str, exc: BaseException) -> BaseException:
     if isinstance(exc, TokenError):
         return DeliveryRefused(f"platform {platform_id}: no access token: {exc}")
     return exc
-
-
-def backoff_delays(initial: float, cap: float) -> Iterator[float]:
-    """The waits between attempts: ``initial``, doubling, then ``cap`` for
-    ever (delivery never gives up while the service runs)."""
-    delay = initial
-    while True:
-        yield min(delay, cap)
-        delay = min(delay * 2, cap)
 
 
 def delivered_event(

@@ -30,8 +30,8 @@ from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
 from invoicing_common.archive.postgres import PostgresArchive
-from invoicing_common.auth.client import TokenSource, secure_channel, secure_channel_sync
-from invoicing_common.platforms import Peer
+from invoicing_common.auth.client import secure_channel, secure_channel_sync
+from invoicing_common.platforms import Peer, PeerTokens
 from invoicing_common.telemetry import tracer
 from invoicing_route.delivery_domain import Parcel
 
@@ -47,10 +47,6 @@ class _Link:
     channel: grpc.aio.Channel
     # UploadInvoice's (see the module's docstring).
     upload_channel: grpc.Channel
-    tokens: TokenSource
-    # The secret the token source was built with: a rotated secret file
-    # gets a new token source.
-    secret: str
 
 
 class PeerLinks(Service):
@@ -61,28 +57,22 @@ class PeerLinks(Service):
     def __init__(self) -> None:
         super().__init__()
         self._links: dict[str, _Link] = {}
+        self._tokens = PeerTokens()
 
     def _link(self, peer: Peer) -> _Link:
-        secret = peer.client_secret()  # read each time: a rotated file is picked up
         link = self._links.get(peer.id)
         if link is None:
             link = _Link(
                 channel=secure_channel(peer.ingest, None, peer.ca_file),
                 upload_channel=secure_channel_sync(peer.ingest, None, peer.ca_file),
-                tokens=TokenSource(peer.token_url, peer.client_id, secret, peer.ca_file),
-                secret=secret,
             )
             self._links[peer.id] = link
-        elif link.secret != secret:
-            link.tokens.close()
-            link.tokens = TokenSource(peer.token_url, peer.client_id, secret, peer.ca_file)
-            link.secret = secret
         return link
 
     async def on_stop(self) -> None:
         links, self._links = list(self._links.values()), {}
+        self._tokens.close()
         for link in links:
-            link.tokens.close()
             link.upload_channel.close()
         await asyncio.gather(*(link.channel.close() for link in links), return_exceptions=True)
 
@@ -92,7 +82,7 @@ class PeerLinks(Service):
         """One attempt: the destination's receipt, or the failure as raised
         (a gRPC status, a token error, an archive error)."""
         link = self._link(peer)
-        token = await link.tokens.atoken()
+        token = await self._tokens.source(peer).atoken()
         method = "UploadInvoice" if parcel.streamed else "SubmitInvoice"
         attributes = {
             "rpc.system": "grpc",

@@ -23,7 +23,7 @@ from invoicing_status.backfill import PartiesBackfill
 from invoicing_status.cdar_rules import CdarRules
 from invoicing_status.exchange_api import EXCHANGE_POLICY, ExchangeServicer
 from invoicing_status.exchange_client import ExchangeClient
-from invoicing_status.exchange_stage import ExchangeStage, stoppable_pause
+from invoicing_status.exchange_stage import ExchangeStage
 from invoicing_status.housekeeping import Housekeeping
 from invoicing_status.notifier import ChangeNotifier
 from invoicing_status.outbox import OUTBOX, sequence_of
@@ -82,7 +82,7 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
     exchange = StreamApp(settings.exchange_group, settings)
     exchange_stage.register(
         exchange,
-        ExchangeStage(queries, registry, cdar_rules, exchange_client, settings.platform_id, stoppable_pause(exchange)),
+        ExchangeStage(queries, registry, cdar_rules, exchange_client, settings.platform_id, exchange.retry_pause),
     )
     register_lag_gauge(app, exchange)
 

@@ -22,7 +22,7 @@ from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
 from invoicing_common.auth.client import TokenSource, secure_channel
-from invoicing_common.platforms import Peer
+from invoicing_common.platforms import Peer, PeerTokens
 from invoicing_common.telemetry import record_invoice, tracer
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,9 @@ _METHOD = "SubmitLifecycleMessage"
 @dataclass
 class _Link:
     channel: grpc.aio.Channel
+    # The token source the channel's call credentials hold: a rotated
+    # secret gives a new one, and so a new channel.
     tokens: TokenSource
-    # The secret the link was made with: a rotated secret file makes a new one.
-    secret: str
 
 
 class ExchangeClient(Service):
@@ -47,28 +47,26 @@ class ExchangeClient(Service):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._timeout = call_timeout_seconds
         self._links: dict[str, _Link] = {}
+        self._tokens = PeerTokens()
 
     def _link(self, peer: Peer) -> _Link:
-        secret = peer.client_secret()
+        tokens = self._tokens.source(peer)
         link = self._links.get(peer.id)
-        if link is not None and link.secret != secret:
+        if link is not None and link.tokens is not tokens:
             self._retire(link)
             link = None
         if link is None:
-            tokens = TokenSource(peer.token_url, peer.client_id, secret, peer.ca_file)
-            link = _Link(secure_channel(peer.exchange, tokens, peer.ca_file), tokens, secret)
+            link = _Link(secure_channel(peer.exchange, tokens, peer.ca_file), tokens)
             self._links[peer.id] = link
         return link
 
     def _retire(self, link: _Link) -> None:
-        link.tokens.close()
         closing = asyncio.ensure_future(link.channel.close(grace=self._timeout))
         closing.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def on_stop(self) -> None:
         links, self._links = list(self._links.values()), {}
-        for link in links:
-            link.tokens.close()
+        self._tokens.close()
         await asyncio.gather(*(link.channel.close() for link in links), return_exceptions=True)
 
     async def submit(self, peer: Peer, invoice_id: str, data: bytes) -> exchange_pb2.SubmitLifecycleMessageResponse:

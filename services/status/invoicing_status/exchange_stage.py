@@ -25,9 +25,8 @@ ExchangeService.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,7 +36,7 @@ from invoicing.v1 import events_pb2, exchange_pb2
 from invoicing_common import topics
 from invoicing_common.cdar import LifecycleMessage, to_xml
 from invoicing_common.cdar.history import NotExpressible, lifecycle_message
-from invoicing_common.kafka import PermanentError, Record, StreamApp
+from invoicing_common.kafka import PermanentError, Record, StreamApp, backoff_delays
 from invoicing_common.platforms import Peer, Registry
 from invoicing_status.cdar_rules import CdarRules
 from invoicing_status.lifecycle import Status
@@ -72,27 +71,6 @@ class Submitter(Protocol):
     """One attempt at handing a peer a message (exchange_client.ExchangeClient)."""
 
     async def submit(self, peer: Peer, invoice_id: str, data: bytes) -> exchange_pb2.SubmitLifecycleMessageResponse: ...
-
-
-def delays(first: float = FIRST_DELAY_SECONDS, cap: float = MAX_DELAY_SECONDS) -> Iterator[float]:
-    """The waits between attempts: ``first``, doubling, up to ``cap``, for ever."""
-    delay = first
-    while True:
-        yield delay
-        delay = min(cap, delay * 2)
-
-
-def stoppable_pause(app: StreamApp) -> Pause:
-    """Wait, or less if the service stops: the record is then given up as
-    the drain gives up one in hand (not committed, sent by the partition's
-    next owner), without the stop waiting for a platform that is away."""
-
-    async def pause(seconds: float) -> None:
-        await app.sleep(seconds)
-        if app.should_stop:
-            raise asyncio.CancelledError
-
-    return pause
 
 
 @dataclass(frozen=True)
@@ -176,7 +154,7 @@ class ExchangeStage:
         )
 
     async def _send(self, peer: Peer, status: Status, invoice_id: str, data: bytes) -> None:
-        waits = delays()
+        waits = backoff_delays(FIRST_DELAY_SECONDS, MAX_DELAY_SECONDS)
         attempts = 0
         waited = 0.0
         while True:

@@ -13,7 +13,7 @@
 from invoicing_common.kafka.admin import MissingTopics, ensure_topics, require_topics
 from invoicing_common.kafka.clients import ProducerService, assign_all, headers_to_carrier, producer, read_to_end
 from invoicing_common.kafka.consume import OutTopic, StreamApp, register_lag_gauge, send
-from invoicing_common.kafka.errors import PermanentError, classify, is_transient, retry_transient
+from invoicing_common.kafka.errors import PermanentError, backoff_delays, classify, is_transient, retry_transient
 from invoicing_common.kafka.handling import Record, decode_event
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "Record",
     "StreamApp",
     "assign_all",
+    "backoff_delays",
     "classify",
     "decode_event",
     "ensure_topics",

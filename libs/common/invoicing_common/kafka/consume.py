@@ -186,6 +186,15 @@ class StreamApp(Service):
 
     # -- wiring ---------------------------------------------------------------
 
+    async def retry_pause(self, seconds: float) -> None:
+        """A handler's wait between attempts at one record, cut short when
+        the app stops: the record is then given up as the drain gives up
+        one in hand (not committed; the partition's next owner takes it),
+        and the stop does not wait for whatever the handler was waiting on."""
+        await self.sleep(seconds)
+        if self.should_stop:
+            raise asyncio.CancelledError
+
     def topic(self, name: str, max_bytes: int = topics.MAX_MESSAGE_BYTES) -> OutTopic:
         self._declared.add(name)
         return OutTopic(self, name, max_bytes)

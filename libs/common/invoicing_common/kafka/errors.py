@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
@@ -113,6 +113,15 @@ def classify(exc: BaseException) -> Fault:
 
 def is_transient(exc: BaseException) -> bool:
     return classify(exc) is Fault.TRANSIENT
+
+
+def backoff_delays(first: float, cap: float) -> Iterator[float]:
+    """The waits between attempts that never give up: ``first``, doubling,
+    then ``cap`` for ever."""
+    delay = first
+    while True:
+        yield min(delay, cap)
+        delay = min(delay * 2, cap)
 
 
 class Backoff:
