@@ -32,9 +32,9 @@ from invoicectl.transfer import (
     prepare,
     receive_document,
     safe_filename,
-    send_upload,
     upload_requests,
 )
+from invoicing_common.grpc_streams import send_stream
 
 MiB = 1024 * 1024
 
@@ -156,7 +156,9 @@ class _FakeUpload:
         self._done = threading.Event()
         self._callbacks: list[Callable[[Any], None]] = []
 
-    def __call__(self, requests: Iterator[ingest_pb2.UploadInvoiceRequest], timeout: float) -> _FakeUpload:
+    def __call__(
+        self, requests: Iterator[ingest_pb2.UploadInvoiceRequest], timeout: float, metadata: object = ()
+    ) -> _FakeUpload:
         self.timeout = timeout
         threading.Thread(target=self._consume, args=(requests,)).start()
         return self
@@ -193,7 +195,7 @@ class _FakeUpload:
 
 async def test_an_upload_is_half_closed_then_answered() -> None:
     upload = _FakeUpload()
-    reply = await send_upload(upload, iter([ingest_pb2.UploadInvoiceRequest(chunk=b"a")]), timeout=9)
+    reply = await send_stream(upload, iter([ingest_pb2.UploadInvoiceRequest(chunk=b"a")]), timeout=9)
     assert reply.invoice_id == "inv-1"
     assert upload.half_closed and not upload.cancelled.is_set()
     assert upload.timeout == 9
@@ -205,14 +207,14 @@ async def test_a_failing_source_cancels_the_call_before_it_is_closed(tmp_path: P
     path.write_bytes(b"x" * 100)
     upload = _FakeUpload()
     with pytest.raises(SourceError, match="changed"):
-        await send_upload(upload, upload_requests([local]), timeout=9)
+        await send_stream(upload, upload_requests([local]), timeout=9)
     assert upload.cancelled.is_set() and not upload.half_closed
 
 
 async def test_a_refusal_is_the_calls_own_answer() -> None:
     upload = _FakeUpload(refuse_after=1)
     with pytest.raises(RuntimeError, match="refused"):
-        await send_upload(upload, iter([ingest_pb2.UploadInvoiceRequest(chunk=b"a")] * 3), timeout=9)
+        await send_stream(upload, iter([ingest_pb2.UploadInvoiceRequest(chunk=b"a")] * 3), timeout=9)
     assert len(upload.written) == 1
 
 

@@ -21,7 +21,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from invoicing.v1 import ingest_pb2, ingest_pb2_grpc
@@ -31,6 +30,7 @@ from opentelemetry.trace import SpanKind
 
 from invoicing_common.archive.postgres import PostgresArchive
 from invoicing_common.auth.client import secure_channel, secure_channel_sync
+from invoicing_common.grpc_streams import send_stream
 from invoicing_common.platforms import Peer, PeerTokens
 from invoicing_common.telemetry import tracer
 from invoicing_route.delivery_domain import Parcel
@@ -141,52 +141,21 @@ async def _upload(
     metadata: Metadata,
     timeout: float,
 ) -> ingest_pb2.SubmitInvoiceResponse:
-    """UploadInvoice on a synchronous stub, its messages pulled from
-    ``messages`` on this event loop. A message that cannot be read (a
-    damaged chunk, the archive's database away) cancels the call before its
-    end, so the destination keeps nothing, and is raised instead of the
-    call's CANCELLED; so is the cancellation of this coroutine."""
+    """UploadInvoice on a synchronous stub (invoicing_common.grpc_streams),
+    its messages read from ``messages`` on this event loop while gRPC's
+    thread waits for each. A message that cannot be read (a damaged chunk,
+    the archive's database away) cancels the call before its end, so the
+    destination keeps nothing, and is raised instead."""
     loop = asyncio.get_running_loop()
-    failures: list[BaseException] = []
-    calls: list[Any] = []
 
     async def next_message() -> ingest_pb2.UploadInvoiceRequest | None:
         return await anext(messages, None)
 
-    def requests() -> Iterator[ingest_pb2.UploadInvoiceRequest]:
-        # gRPC's thread: each message is read on the loop while it waits.
-        # The loop runs none before this coroutine awaits the call, so the
-        # call is in ``calls`` by the time a read can fail.
-        while True:
-            try:
-                message = asyncio.run_coroutine_threadsafe(next_message(), loop).result(timeout)
-            except BaseException as exc:  # noqa: BLE001 - reported by the coroutine, after the cancel
-                failures.append(exc)
-                calls[0].cancel()
-                return
-            if message is None:
-                return
+    def pulled() -> Iterator[ingest_pb2.UploadInvoiceRequest]:
+        while (message := asyncio.run_coroutine_threadsafe(next_message(), loop).result(timeout)) is not None:
             yield message
 
-    finished: asyncio.Future[None] = loop.create_future()
-
-    def settle() -> None:
-        if not finished.done():
-            finished.set_result(None)
-
-    def on_done(_: object) -> None:
-        # gRPC's thread, or this one when the call has ended already.
-        loop.call_soon_threadsafe(settle)
-
-    call: grpc.Future = stub.UploadInvoice.future(requests(), timeout=timeout, metadata=metadata)
-    calls.append(call)
-    call.add_done_callback(on_done)
-    try:
-        await finished
-    except asyncio.CancelledError:
-        call.cancel()
-        raise
-    if failures:
-        raise failures[0]
-    response: ingest_pb2.SubmitInvoiceResponse = call.result()
+    response: ingest_pb2.SubmitInvoiceResponse = await send_stream(
+        stub.UploadInvoice.future, pulled(), timeout, metadata
+    )
     return response

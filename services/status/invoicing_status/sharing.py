@@ -28,35 +28,21 @@ from invoicing_common.auth.principal import ROLE_PLATFORM, Principal
 from invoicing_common.cdar import LifecycleMessage
 from invoicing_common.platforms import Peer, Registry
 from invoicing_status.domain import Change, Payment, TransitionError, check_payment, check_update, iso_date
-from invoicing_status.lifecycle import RELEASES_BUSINESS_KEY, Reason, Status, code_ranges, is_allowed
+from invoicing_status.lifecycle import (
+    BUYER_STATUSES,
+    RELEASES_BUSINESS_KEY,
+    SUPPLIER_STATUSES,
+    Reason,
+    Status,
+    code_ranges,
+    is_allowed,
+)
 
-RECEIVING_SIDE: frozenset[Status] = frozenset(
-    {
-        Status.MADE_AVAILABLE,
-        Status.IN_HAND,
-        Status.APPROVED,
-        Status.PARTIALLY_APPROVED,
-        Status.DISPUTED,
-        Status.SUSPENDED,
-        Status.REFUSED,
-        Status.PAYMENT_SENT,
-        Status.REJECTED,
-        Status.REVIEWED,
-        Status.ROUTING_ERROR,
-    }
-)
-SENDING_SIDE: frozenset[Status] = frozenset(
-    {
-        Status.COMPLETED,
-        Status.CASHED,
-        Status.CANCELLED,
-        Status.DIRECT_PAYMENT_REQUESTED,
-        Status.FACTORED,
-        Status.FACTORED_CONFIDENTIAL,
-        Status.PAYMENT_ACCOUNT_CHANGED,
-        Status.NOT_FACTORED,
-    }
-)
+# The receiving side's statuses are its buyer's, and those its platform
+# sets on the invoice it received (made available, rejected); the sending
+# side's are its supplier's.
+RECEIVING_SIDE: frozenset[Status] = BUYER_STATUSES | {Status.MADE_AVAILABLE, Status.REJECTED}
+SENDING_SIDE: frozenset[Status] = SUPPLIER_STATUSES
 # Every status that may travel between platforms: others are never looked up.
 EXCHANGED: frozenset[Status] = RECEIVING_SIDE | SENDING_SIDE
 

@@ -9,6 +9,7 @@ from invoicing.v1 import common_pb2, events_pb2
 
 from invoicing_common.ids import stage_event_id
 from invoicing_common.parties import seller
+from invoicing_validate import admissibility
 
 # The supervisor's rules are named here too: agents.py imports them from this module.
 from invoicing_validate.admissibility import CRASH_RULE as CRASH_RULE
@@ -52,15 +53,9 @@ _SUMMARY_TEXT_FIELDS = (
 )  # fmt: skip
 
 
-class FindingLike(Protocol):
-    @property
-    def rule(self) -> str: ...
-    @property
-    def severity(self) -> str: ...
+class FindingLike(admissibility.FindingLike, Protocol):
     @property
     def location(self) -> str: ...
-    @property
-    def message(self) -> str: ...
 
 
 class ReportLike(Protocol):

@@ -99,5 +99,5 @@ def channel(address: str) -> grpc.aio.Channel:
 
 
 def sync_channel(address: str) -> grpc.Channel:
-    """The same, for the synchronous API (uploads: see transfer.send_upload)."""
+    """The same, for the synchronous API (uploads: see invoicing_common.grpc_streams)."""
     return secure_channel_sync(address, token_source(), client_config().ca_file, GRPC_OPTIONS)

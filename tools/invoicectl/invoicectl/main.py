@@ -59,11 +59,11 @@ from invoicectl.transfer import (
     prepare,
     receive_document,
     safe_filename,
-    send_upload,
     upload_requests,
 )
 from invoicectl.validate_cmd import validate
 from invoicing_common.auth.client import ConfigError, TokenError
+from invoicing_common.grpc_streams import send_stream
 from invoicing_status.api import RESUME_POSITION_KEY
 from invoicing_status.lifecycle import REACHED_THE_BUYER
 
@@ -128,7 +128,7 @@ async def _upload(
         stub = ingest_pb2_grpc.IngestServiceStub(ingest)
         progress.start(f"uploading {doc.path.name}", doc.total_bytes)
         requests = upload_requests(doc.files, key, progress.advance)
-        return await send_upload(stub.UploadInvoice.future, requests, UPLOAD_TIMEOUT_SECONDS)
+        return await send_stream(stub.UploadInvoice.future, requests, UPLOAD_TIMEOUT_SECONDS)
 
 
 async def _submit(

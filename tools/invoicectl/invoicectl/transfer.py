@@ -11,7 +11,6 @@ only once its size and hash match the reference the server sent first.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import mimetypes
 import os
@@ -19,12 +18,11 @@ import re
 import secrets
 import shutil
 import tempfile
-import threading
 from collections.abc import AsyncIterable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Protocol
+from typing import IO
 
 from invoicing.v1 import common_pb2, ingest_pb2
 from rich.console import Console
@@ -165,71 +163,6 @@ def upload_requests(
             raise SourceError(local.path, f"cannot read: {exc.strerror or exc}") from exc
         if sent != local.size or digest.hexdigest() != local.sha256:
             raise SourceError(local.path, "changed while being sent")
-
-
-class UploadFuture(Protocol):
-    """What a synchronous stream-unary call's ``.future(...)`` returns."""
-
-    def cancel(self) -> bool: ...
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None: ...
-    def result(self) -> ingest_pb2.SubmitInvoiceResponse: ...
-
-
-# ``stub.UploadInvoice.future`` of a synchronous stub.
-StartUpload = Callable[..., UploadFuture]
-
-
-async def send_upload(
-    start: StartUpload, requests: Iterator[ingest_pb2.UploadInvoiceRequest], timeout: float
-) -> ingest_pb2.SubmitInvoiceResponse:
-    """Stream the upload and wait for the receipt. Raises the call's
-    grpc.RpcError when the server refuses, SourceError when a local file
-    failed (the call is then cancelled before its end, so the server
-    stores nothing).
-
-    This takes a synchronous stub's call on purpose: when a server refuses
-    an upload before reading all of it, grpc.aio reports INTERNAL "Internal
-    error from Core" for the failed write instead of the server's status
-    (grpc/grpc#36066); the synchronous API keeps the server's answer. Its
-    own thread reads the files, so the event loop never blocks on disk."""
-    ready = threading.Event()
-    failures: list[SourceError] = []
-    calls: list[UploadFuture] = []
-
-    def guarded() -> Iterator[ingest_pb2.UploadInvoiceRequest]:
-        # The call must exist before anything can fail and need to cancel it.
-        ready.wait()
-        try:
-            yield from requests
-        except SourceError as exc:
-            failures.append(exc)
-            # Cancelling rather than raising: gRPC would log a raised
-            # exception's traceback on stderr and report it as UNKNOWN.
-            calls[0].cancel()
-
-    call = start(guarded(), timeout=timeout)
-    calls.append(call)
-    ready.set()
-    loop = asyncio.get_running_loop()
-    finished: asyncio.Future[None] = loop.create_future()
-
-    def settle() -> None:
-        if not finished.done():
-            finished.set_result(None)
-
-    def on_done(_: object) -> None:
-        # gRPC's thread, or this one when the call has already ended.
-        loop.call_soon_threadsafe(settle)
-
-    call.add_done_callback(on_done)
-    try:
-        await finished
-    except asyncio.CancelledError:
-        call.cancel()
-        raise
-    if failures:
-        raise failures[0]
-    return call.result()
 
 
 # --- download -------------------------------------------------------------
