@@ -97,7 +97,9 @@ class DirectoryFeed(Service):
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=100,
+            # Entries are applied as soon as they come (fetch_min_bytes is 1);
+            # the wait only sets how often an idle feed asks the broker.
+            fetch_max_wait_ms=500,
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
         )

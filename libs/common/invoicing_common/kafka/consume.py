@@ -338,14 +338,18 @@ class StreamApp(Service):
         if self._subscription is None:
             return
         session_ms = int(s.kafka_session_timeout_seconds * 1000)
+        # A batch handler's records wait for their batch anyway: fetching each
+        # as it comes would only add round trips (and, with adaptive batches,
+        # transactions), so batch consumers keep their own, fuller fetches.
+        batched = self._subscription.on_batch is not None
         self._consumer = AIOKafkaConsumer(
             **s.kafka_client_kwargs(),
             client_id=f"{self.group_id}-streams",
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_min_bytes=s.kafka_fetch_min_bytes,
-            fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
+            fetch_min_bytes=s.kafka_batch_fetch_min_bytes if batched else s.kafka_fetch_min_bytes,
+            fetch_max_wait_ms=s.kafka_batch_fetch_max_wait_ms if batched else s.kafka_fetch_max_wait_ms,
             max_partition_fetch_bytes=topics.MAX_MESSAGE_BYTES,
             fetch_max_bytes=2 * topics.MAX_MESSAGE_BYTES,
             session_timeout_ms=session_ms,

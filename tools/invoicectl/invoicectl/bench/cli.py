@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ParamSpec
 
 import grpc
 import typer
@@ -27,6 +27,7 @@ from rich.progress import (
 from rich.text import Text
 
 from invoicectl.accounts import Account, AccountError, AccountsAdmin
+from invoicectl.bench import cpu
 from invoicectl.bench.baselines import grpc_baseline, kafka_baseline, validation_baseline
 from invoicectl.bench.calibration import DEFAULT_FRACTION, choose_rate, parse_rate, split_count
 from invoicectl.bench.generator import BenchDocument, Generator, Seller, mix
@@ -37,6 +38,8 @@ from invoicing_common.auth.client import TokenError, TokenSource
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+P = ParamSpec("P")
 
 
 class _RateColumn(ProgressColumn):
@@ -96,6 +99,47 @@ def _ids_writer(path: Path | None) -> Iterator[Callable[[str], None]]:
             handle.flush()
 
         yield write
+
+
+def _also(first: Callable[P, None], second: Callable[P, None]) -> Callable[P, None]:
+    def both(*args: P.args, **kwargs: P.kwargs) -> None:
+        first(*args, **kwargs)
+        second(*args, **kwargs)
+
+    return both
+
+
+def _cpu_window() -> cpu.Window:
+    # The bench's own process gets a line of its own: it shares the cores
+    # with the stack, but its CPU is no part of the pipeline's.
+    return cpu.Window(cpu.stack_run_dir(os.environ, Path(".run")), {os.getpid(): cpu.LOAD_GENERATOR})
+
+
+class LastFinal:
+    """Calls ``then`` when the last final status of a phase arrives: every
+    document answered (acknowledged or refused) and every acknowledged
+    invoice final. The phase's closing CPU reading is taken then rather
+    than when run_pipeline returns, which is after it has read the
+    validated and routed topics for the hops: broker and bench work that
+    is no part of the phase. Never called if an invoice is lost."""
+
+    def __init__(self, documents: int, then: Callable[[], None]) -> None:
+        self._documents = documents
+        self._then = then
+        self._answered = 0
+        self._ids: set[str] = set()
+        self._finals = 0
+
+    def answered(self) -> None:
+        self._answered += 1
+
+    def acknowledged(self, invoice_id: str) -> None:
+        self._ids.add(invoice_id)
+
+    def final(self) -> None:
+        self._finals += 1
+        if self._answered >= self._documents and self._finals >= len(self._ids):
+            self._then()
 
 
 class SellerAccounts:
@@ -232,10 +276,13 @@ def bench(
     async def calibration_phase(
         progress: Progress, authorize: Authorize, documents: list[BenchDocument], on_id: Callable[[str], None]
     ) -> Calibration:
+        window = _cpu_window()
+        last = LastFinal(len(documents), window.stop)
         with (
             _step(progress, "calibration: submitted", len(documents)) as on_ack,
             _step(progress, "calibration: final status", len(documents)) as on_final,
         ):
+            window.start()
             closed = await run_pipeline(
                 endpoints,
                 documents,
@@ -244,18 +291,21 @@ def bench(
                 per_second=0.0,
                 authorize=authorize,
                 idle_timeout=idle_timeout,
-                on_ack=on_ack,
-                on_final=on_final,
+                on_ack=_also(on_ack, last.answered),
+                on_final=_also(on_final, last.final),
                 run_id=run_id,
                 retry_for=retry_for,
-                on_id=on_id,
+                on_id=_also(on_id, last.acknowledged),
                 # Its latencies are not what the run is for; its capacity is.
                 hops=False,
             )
+            window.stop()  # a no-op once the last final status has stopped it
         try:
-            return choose_rate(closed, share)
+            calibration = choose_rate(closed, share)
         except ValueError as exc:
             raise BenchError(str(exc)) from exc
+        calibration.cpu = window.use(sum(closed.finals.values()))
+        return calibration
 
     async def measure(progress: Progress, authorize: Authorize) -> BenchReport:
         documents = _generate(generator, count, invalid_share, progress)
@@ -271,6 +321,8 @@ def bench(
             with _step(progress, "ceiling: validation, before", chunks) as tick:
                 validation_runs.append(await asyncio.to_thread(validation_baseline, subset, validation_workers, tick))
         calibration: Calibration | None = None
+        window = _cpu_window()
+        last = LastFinal(len(documents), window.stop)
         with _ids_writer(ids_file) as on_id:
             if auto:
                 calibration = await calibration_phase(progress, authorize, calibration_documents, on_id)
@@ -278,6 +330,7 @@ def bench(
                 _step(progress, "submitted (acknowledged)", measured) as on_ack,
                 _step(progress, "final status", measured) as on_final,
             ):
+                window.start()
                 pipeline = await run_pipeline(
                     endpoints,
                     documents,
@@ -286,12 +339,14 @@ def bench(
                     per_second=calibration.target_rate if calibration else (per_second or 0.0),
                     authorize=authorize,
                     idle_timeout=idle_timeout,
-                    on_ack=on_ack,
-                    on_final=on_final,
+                    on_ack=_also(on_ack, last.answered),
+                    on_final=_also(on_final, last.final),
                     run_id=run_id,
                     retry_for=retry_for,
-                    on_id=on_id,
+                    on_id=_also(on_id, last.acknowledged),
                 )
+                window.stop()  # a no-op once the last final status has stopped it
+        phase_cpu = window.use(sum(pipeline.finals.values()))
         ceilings = Baselines()
         if baselines:
             with _step(progress, "ceiling: bare gRPC", len(subset)) as tick:
@@ -302,7 +357,12 @@ def bench(
                 validation_runs.append(await asyncio.to_thread(validation_baseline, subset, validation_workers, tick))
             ceilings.validation = ValidationBaseline.combined(validation_runs)
         return BenchReport(
-            run_id=run_id, pipeline=pipeline, baselines=ceilings, mix=mix(documents), calibration=calibration
+            run_id=run_id,
+            pipeline=pipeline,
+            baselines=ceilings,
+            mix=mix(documents),
+            calibration=calibration,
+            cpu=phase_cpu,
         )
 
     try:

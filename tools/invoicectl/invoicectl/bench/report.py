@@ -12,6 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from invoicectl.bench.cpu import LOAD_GENERATOR, OTHER, TOTAL, CpuUse
+
 
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0-100) with linear interpolation between the
@@ -123,6 +125,8 @@ class Calibration:
     capacity_from: str
     target_rate: float
     run: PipelineFigures
+    # CPU of the closed-loop run (set once it is over).
+    cpu: CpuUse | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -131,6 +135,7 @@ class Calibration:
             "capacity_from": self.capacity_from,
             "target_rate": self.target_rate,
             "run": asdict(self.run),
+            **cpu_json(self.cpu),
         }
 
     def achieved(self, open_loop: PipelineFigures) -> dict[str, float | None]:
@@ -208,6 +213,8 @@ class BenchReport:
     mix: dict[str, int]
     machine: dict[str, Any] = field(default_factory=lambda: machine())
     calibration: Calibration | None = None
+    # CPU of the measured phase.
+    cpu: CpuUse | None = None
 
     def ratios(self) -> dict[str, float | None]:
         b = self.baselines
@@ -235,12 +242,18 @@ class BenchReport:
             "machine": self.machine,
             "mix": self.mix,
             **p,
+            **cpu_json(self.cpu),
             "baselines": asdict(self.baselines),
             "ratios": self.ratios(),
             "calibration": {**self.calibration.as_json(), **self.calibration.achieved(self.pipeline)}
             if self.calibration
             else None,
         }
+
+
+def cpu_json(use: CpuUse | None) -> dict[str, Any]:
+    """The CPU keys of a phase, present (null) even when it was not measured."""
+    return (use or CpuUse(unavailable="not measured")).as_json()
 
 
 def machine() -> dict[str, Any]:
@@ -315,6 +328,57 @@ def render_hops(p: PipelineFigures, console: Console) -> None:
         console.print(f"[yellow]not read:[/yellow] {note}")
 
 
+TOTAL_LABEL = f"{TOTAL} (stack)"
+
+
+def _cpu_window(use: CpuUse) -> str:
+    busy = f", machine busy {use.busy_share:.0%}" if use.busy_share is not None else ""
+    return f"{use.window_seconds or 0.0:.1f} s{busy}"
+
+
+def cpu_rows(measured: Mapping[str, float], calibration: Mapping[str, float] | None = None) -> list[list[str]]:
+    """(component, ms per invoice[, in the calibration]): the stack's
+    components most costly first, their total, then what is not the stack
+    (the bench itself, the machine's other processes)."""
+    extras = [name for name in (LOAD_GENERATOR, OTHER) if name in measured]
+    stack = sorted((name for name in measured if name != TOTAL and name not in extras), key=lambda n: -measured[n])
+    rows = []
+    for name in [*stack, TOTAL, *extras]:
+        row = [TOTAL_LABEL if name == TOTAL else name, f"{measured.get(name, 0.0):.2f}"]
+        if calibration is not None:
+            row.append(f"{calibration[name]:.2f}" if name in calibration else "-")
+        rows.append(row)
+    return rows
+
+
+def render_cpu(report: BenchReport, console: Console) -> None:
+    """CPU milliseconds per invoice of each stack component over the
+    measured phase, with the calibration's closed loop beside it."""
+    measured = report.cpu
+    if measured is None:
+        return
+    if measured.ms_per_invoice is None:
+        console.print(f"[yellow]CPU per invoice not measured:[/yellow] {measured.unavailable}")
+        return
+    closed = report.calibration.cpu if report.calibration else None
+    calibration = closed.ms_per_invoice if closed else None
+    table = Table(title="CPU per invoice (ms), measured phase", show_header=True, header_style="bold")
+    table.add_column("component")
+    table.add_column("ms/invoice", justify="right")
+    if calibration is not None:
+        table.add_column("calibration", justify="right")
+    rows = cpu_rows(measured.ms_per_invoice, calibration)
+    total = next(index for index, row in enumerate(rows) if row[0] == TOTAL_LABEL)
+    for index, row in enumerate(rows):
+        # Lines around the total: the rows above add up to it, those below are not the stack.
+        table.add_row(*row, end_section=index in (total - 1, total), style="bold" if index == total else None)
+    console.print(table)
+    windows = [("measured phase", measured)] + ([("calibration", closed)] if closed and closed.ms_per_invoice else [])
+    console.print("; ".join(f"{name} over {_cpu_window(use)}" for name, use in windows))
+    if closed is not None and closed.ms_per_invoice is None:
+        console.print(f"[yellow]calibration CPU not measured:[/yellow] {closed.unavailable}")
+
+
 def render(report: BenchReport, console: Console) -> None:
     p = report.pipeline
     table = Table(title=f"invoicectl bench {report.run_id}", show_header=True, header_style="bold")
@@ -359,3 +423,4 @@ def render(report: BenchReport, console: Console) -> None:
             table.add_row(name.replace("_", " "), f"{value:.3f}")
     console.print(table)
     render_hops(p, console)
+    render_cpu(report, console)
