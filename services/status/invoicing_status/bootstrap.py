@@ -79,7 +79,8 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
     registry = load_registry()
     cdar_rules = CdarRules(load_book(), artefacts_dir(), compile_at_start=bool(registry.peers))
     exchange_client = ExchangeClient(settings.exchange_call_timeout_seconds)
-    exchange = StreamApp(settings.exchange_group, settings)
+    # It reads every status event to pass on those of shared invoices.
+    exchange = StreamApp(settings.exchange_group, settings, fuller_fetches=True)
     exchange_stage.register(
         exchange,
         ExchangeStage(queries, registry, cdar_rules, exchange_client, settings.platform_id, exchange.retry_pause),

@@ -153,9 +153,23 @@ class StreamApp(Service):
     module's docstring lists what it guarantees.
     """
 
-    def __init__(self, group_id: str, settings: ServiceSettings, dlq_topic: str = topics.DLQ, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        group_id: str,
+        settings: ServiceSettings,
+        dlq_topic: str = topics.DLQ,
+        *,
+        fuller_fetches: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """``fuller_fetches``: fetch like a batch consumer
+        (``kafka_batch_fetch_*``) even with a per-record handler; for
+        stages off the invoice's path, which read every record to act on
+        a few (a fetch per record would cost them, and the broker, more
+        than the record)."""
         super().__init__(**kwargs)
         self.group_id = group_id
+        self._fuller_fetches = fuller_fetches
         self._settings = settings
         self._subscription: _Subscription | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -340,8 +354,9 @@ class StreamApp(Service):
         session_ms = int(s.kafka_session_timeout_seconds * 1000)
         # A batch handler's records wait for their batch anyway: fetching each
         # as it comes would only add round trips (and, with adaptive batches,
-        # transactions), so batch consumers keep their own, fuller fetches.
-        batched = self._subscription.on_batch is not None
+        # transactions), so batch consumers keep their own, fuller fetches,
+        # as do the stages that asked for them.
+        batched = self._fuller_fetches or self._subscription.on_batch is not None
         self._consumer = AIOKafkaConsumer(
             **s.kafka_client_kwargs(),
             client_id=f"{self.group_id}-streams",
