@@ -45,3 +45,13 @@ def test_a_small_bench_run_reports_every_figure_and_loses_nothing(tmp_path: Path
     assert len(validation["measurements"]) == 2  # before and after the pipeline phase
     assert validation["docs_per_s"] == pytest.approx(sum(validation["measurements"]) / 2, abs=0.01)
     assert report["ratios"]["e2e_over_validation_ceiling"] > 0
+    # CPU per invoice of each stack component over the measured phase.
+    assert report["cpu_unavailable"] is None
+    cpu = report["cpu_ms_per_invoice"]
+    stack = ("ingest", "validate", "route", "status", "kafka", "postgres")
+    assert all(cpu[name] > 0 for name in stack), cpu
+    components = {k: v for k, v in cpu.items() if k not in ("total", "load generator (this bench)", "other processes")}
+    assert set(stack) <= components.keys()
+    assert cpu["total"] == pytest.approx(sum(components.values()), abs=0.05)
+    assert cpu["load generator (this bench)"] > 0
+    assert report["cpu_window_seconds"] > 0 and 0 < report["cpu_busy_share"] <= 1

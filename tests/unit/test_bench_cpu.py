@@ -12,7 +12,6 @@ import pytest
 from rich.console import Console
 
 from invoicectl.bench import cpu
-from invoicectl.bench.cli import LastFinal
 from invoicectl.bench.cpu import LOAD_GENERATOR, OTHER, TOTAL, CpuUse, MachineTimes, Process, Reading
 from invoicectl.bench.generator import BenchDocument, Kind, Seller
 from invoicectl.bench.report import Baselines, BenchReport, Calibration, cpu_rows, render
@@ -192,21 +191,6 @@ def test_a_window_over_a_fake_proc(tmp_path: Path) -> None:
     _fake_proc(tmp_path, {100: 9.0, 101: 9.0})  # after the end: ignored
     window.stop()
     assert window.use(invoices=50).ms_per_invoice == {"route": 50.0, TOTAL: 50.0}
-
-
-def test_the_window_ends_at_the_last_final_status() -> None:
-    ended: list[int] = []
-    last = LastFinal(3, lambda: ended.append(1))
-    for invoice_id in ("a", "b"):
-        last.answered()
-        last.acknowledged(invoice_id)
-    last.final()
-    last.final()  # both acknowledged ones are final, but a document is unanswered
-    assert ended == []
-    last.answered()  # refused: it will have no final
-    last.acknowledged("c")
-    last.final()
-    assert ended == [1]
 
 
 def _document(index: int) -> BenchDocument:

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, ParamSpec
+from typing import Annotated
 
 import grpc
 import typer
@@ -38,8 +38,6 @@ from invoicing_common.auth.client import TokenError, TokenSource
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-P = ParamSpec("P")
 
 
 class _RateColumn(ProgressColumn):
@@ -101,45 +99,10 @@ def _ids_writer(path: Path | None) -> Iterator[Callable[[str], None]]:
         yield write
 
 
-def _also(first: Callable[P, None], second: Callable[P, None]) -> Callable[P, None]:
-    def both(*args: P.args, **kwargs: P.kwargs) -> None:
-        first(*args, **kwargs)
-        second(*args, **kwargs)
-
-    return both
-
-
 def _cpu_window() -> cpu.Window:
     # The bench's own process gets a line of its own: it shares the cores
     # with the stack, but its CPU is no part of the pipeline's.
     return cpu.Window(cpu.stack_run_dir(os.environ, Path(".run")), {os.getpid(): cpu.LOAD_GENERATOR})
-
-
-class LastFinal:
-    """Calls ``then`` when the last final status of a phase arrives: every
-    document answered (acknowledged or refused) and every acknowledged
-    invoice final. The phase's closing CPU reading is taken then rather
-    than when run_pipeline returns, which is after it has read the
-    validated and routed topics for the hops: broker and bench work that
-    is no part of the phase. Never called if an invoice is lost."""
-
-    def __init__(self, documents: int, then: Callable[[], None]) -> None:
-        self._documents = documents
-        self._then = then
-        self._answered = 0
-        self._ids: set[str] = set()
-        self._finals = 0
-
-    def answered(self) -> None:
-        self._answered += 1
-
-    def acknowledged(self, invoice_id: str) -> None:
-        self._ids.add(invoice_id)
-
-    def final(self) -> None:
-        self._finals += 1
-        if self._answered >= self._documents and self._finals >= len(self._ids):
-            self._then()
 
 
 class SellerAccounts:
@@ -277,7 +240,6 @@ def bench(
         progress: Progress, authorize: Authorize, documents: list[BenchDocument], on_id: Callable[[str], None]
     ) -> Calibration:
         window = _cpu_window()
-        last = LastFinal(len(documents), window.stop)
         with (
             _step(progress, "calibration: submitted", len(documents)) as on_ack,
             _step(progress, "calibration: final status", len(documents)) as on_final,
@@ -291,15 +253,15 @@ def bench(
                 per_second=0.0,
                 authorize=authorize,
                 idle_timeout=idle_timeout,
-                on_ack=_also(on_ack, last.answered),
-                on_final=_also(on_final, last.final),
+                on_ack=on_ack,
+                on_final=on_final,
                 run_id=run_id,
                 retry_for=retry_for,
-                on_id=_also(on_id, last.acknowledged),
+                on_id=on_id,
                 # Its latencies are not what the run is for; its capacity is.
                 hops=False,
+                on_settled=window.stop,
             )
-            window.stop()  # a no-op once the last final status has stopped it
         try:
             calibration = choose_rate(closed, share)
         except ValueError as exc:
@@ -322,7 +284,6 @@ def bench(
                 validation_runs.append(await asyncio.to_thread(validation_baseline, subset, validation_workers, tick))
         calibration: Calibration | None = None
         window = _cpu_window()
-        last = LastFinal(len(documents), window.stop)
         with _ids_writer(ids_file) as on_id:
             if auto:
                 calibration = await calibration_phase(progress, authorize, calibration_documents, on_id)
@@ -339,13 +300,14 @@ def bench(
                     per_second=calibration.target_rate if calibration else (per_second or 0.0),
                     authorize=authorize,
                     idle_timeout=idle_timeout,
-                    on_ack=_also(on_ack, last.answered),
-                    on_final=_also(on_final, last.final),
+                    on_ack=on_ack,
+                    on_final=on_final,
                     run_id=run_id,
                     retry_for=retry_for,
-                    on_id=_also(on_id, last.acknowledged),
+                    on_id=on_id,
+                    # Before the per-hop reading: that is no part of the phase.
+                    on_settled=window.stop,
                 )
-                window.stop()  # a no-op once the last final status has stopped it
         phase_cpu = window.use(sum(pipeline.finals.values()))
         ceilings = Baselines()
         if baselines:

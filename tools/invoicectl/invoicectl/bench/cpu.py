@@ -237,9 +237,8 @@ def use(before: Reading, after: Reading, invoices: int) -> CpuUse:
 
 
 class Window:
-    """A reading at the start of a phase and one at its end. Only the first
-    ``stop`` counts, so a caller can stop at the exact end when it sees it
-    and again, as a fallback, once the phase is over."""
+    """A reading at the start of a phase and one at its end (the first
+    ``stop``; later ones change nothing)."""
 
     def __init__(self, run_dir: Path, also: Mapping[int, str] | None = None, proc: Path = PROC) -> None:
         self._run_dir, self._also, self._proc = run_dir, also, proc

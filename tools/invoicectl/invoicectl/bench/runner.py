@@ -233,10 +233,12 @@ async def run_pipeline(
     retry_for: float = 0.0,
     on_id: Callable[[str], None] = lambda _id: None,
     hops: bool = True,
+    on_settled: Callable[[], None] = lambda: None,
 ) -> PipelineFigures:
     """Submit ``documents``, wait for their final statuses, and, with
     ``hops``, read the validated and routed topics afterwards (outside the
-    measured window) for the per-hop latencies."""
+    measured window) for the per-hop latencies. ``on_settled`` is called
+    the moment the phase ends: every invoice final, or the wait given up."""
     follower = StatusFollower(endpoints.kafka)
     try:
         await follower.start()
@@ -269,6 +271,7 @@ async def run_pipeline(
         for invoice_id in ids:
             tracker.want(invoice_id)
         missing = await tracker.wait_for(ids, idle_timeout)
+        on_settled()
     finally:
         following.cancel()
         with contextlib.suppress(asyncio.CancelledError):
