@@ -134,3 +134,31 @@ async def test_a_new_leader_marks_what_the_dead_one_published_and_sends_it_again
         await relay.stop()
     assert [v for v, _ in await _read(stack.kafka, topic)] == [b"a", b"b", b"c", b"d"]
     assert relay.published == 2
+
+
+async def test_insert_notifies_the_channel_at_commit_only(stack: Stack, database: Database) -> None:
+    """The relays of other instances are woken by the insert's notification
+    (sent in the insert's own round trip): it arrives once the writer
+    commits, never before, and never for rows rolled back."""
+    table = _table(f"n{uuid.uuid4().hex[:8]}")
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await database.connect()
+    try:
+        await listener.add_listener(table.channel, lambda _c, _pid, channel, _payload: heard.put_nowait(channel))
+        async with database.pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            seqs = await insert(conn, table, [OutboxMessage("t", b"k", b"a"), OutboxMessage("t", b"k", b"b")])
+            assert seqs == sorted(seqs) and len(seqs) == 2
+            # A round trip on the listener's connection delivers whatever
+            # notifications were already sent to it.
+            await listener.fetchval("SELECT 1")
+            assert heard.empty()
+            await transaction.rollback()
+            await listener.fetchval("SELECT 1")
+            assert heard.empty()
+            async with conn.transaction():
+                await insert(conn, table, [OutboxMessage("t", b"k", b"c")])
+        assert await asyncio.wait_for(heard.get(), timeout=30) == table.channel
+    finally:
+        await listener.close()

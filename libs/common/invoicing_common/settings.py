@@ -105,16 +105,23 @@ class ServiceSettings(KafkaClientSettings):
     kafka_fetch_min_bytes: int = Field(default=1, ge=1, le=64 * 1024 * 1024)
     kafka_fetch_max_wait_ms: int = Field(default=500, ge=0, le=1500)
     # The same for consumers with a batch handler (status), and for stages
-    # off the invoice's path (StreamApp(fuller_fetches=True)): fetching each
+    # off the invoice's path (StreamApp(off_path=True)): fetching each
     # record as it came cost status 0.6-1.5 ms of CPU per invoice and took it
     # from validate on a loaded machine; their records wait for the batch.
     kafka_batch_fetch_min_bytes: int = Field(default=32 * 1024, ge=1, le=64 * 1024 * 1024)
     kafka_batch_fetch_max_wait_ms: int = Field(default=50, ge=0, le=1500)
-    # How long the stream producers (validated, routed, DLQ records) wait to
-    # fill a batch. 20 ms once saved CPU, when records carried the documents;
-    # with references only, 5 ms costs no more CPU and saves about 17 ms per
-    # hop (docs/performance.md, "Adaptive status batches").
-    kafka_producer_linger_ms: int = Field(default=5, ge=0, le=1000)
+    # Stages off the invoice's path (route's delivery to other platforms,
+    # status's exchange) wait longer: twenty empty fetches a second each
+    # were a third of the quiet stack's CPU (docs/performance.md).
+    kafka_background_fetch_max_wait_ms: int = Field(default=250, ge=0, le=1500)
+    # How long the producers on the invoice's path (the stream producers of
+    # validated, routed and DLQ records; ingest's and status's outbox relays)
+    # wait to fill a batch. Batches form without it under load: aiokafka
+    # keeps one produce request in flight per broker, and what comes in the
+    # meantime goes in the next. 20 ms once saved CPU, when records carried
+    # the documents; with references only, 5 ms saved 17 ms per hop, and 0
+    # another 5 per hop at no measurable cost (docs/performance.md).
+    kafka_producer_linger_ms: int = Field(default=0, ge=0, le=1000)
     # uvloop: the event loop in C (docs/performance.md has the measurement).
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 

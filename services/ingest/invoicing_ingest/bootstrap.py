@@ -54,7 +54,12 @@ def bootstrap(settings: IngestSettings) -> Ingest:
     # Publishes the receipts' `received` records (one leader among the
     # instances); the API answers once a receipt and its record are committed.
     relay = OutboxRelay(
-        database, OUTBOX, settings, f"{settings.otel_service_name}-outbox", topics=[topics.RECEIVED], linger_ms=5
+        database,
+        OUTBOX,
+        settings,
+        f"{settings.otel_service_name}-outbox",
+        topics=[topics.RECEIVED],
+        linger_ms=settings.kafka_producer_linger_ms,
     )
     receipts = ReceiptRepository(database, archive, on_commit=relay.wake)
     # The other platforms that may submit here (PLATFORMS_FILE); a wrong

@@ -76,8 +76,9 @@ def bootstrap(settings: RouteSettings) -> Route:
     archive, archive_services = open_archive(database, settings)
     links = PeerLinks()
     # It reads every routed record to deliver those bound for other
-    # platforms: a few tens of ms more for those, a fetch per record less.
-    delivery_app = StreamApp(settings.delivery_group, settings, fuller_fetches=True)
+    # platforms: up to a quarter of a second more for those
+    # (KAFKA_BACKGROUND_FETCH_MAX_WAIT_MS), a fetch per record less.
+    delivery_app = StreamApp(settings.delivery_group, settings, off_path=True)
     deliverer = delivery.Deliverer(settings, links, archive, delivery_app.retry_pause)
     delivery.register(delivery_app, settings, registry, deliverer)
     register_lag_gauge(app, delivery_app)

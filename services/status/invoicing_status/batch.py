@@ -16,6 +16,7 @@ from invoicing_status.lifecycle import FINAL, RELEASES_BUSINESS_KEY, Status
 from invoicing_status.records import (
     HISTORY_LOCK,
     INSERT_OUTBOX,
+    OUTBOX_CHANNEL,
     RECORD_FACTS,
     SET_STATUS,
     InvoiceFacts,
@@ -178,7 +179,9 @@ class BatchApply:
         now = datetime.now(UTC)
         seqs: list[int] = []
         if planned:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", HISTORY_LOCK)
+            # The outbox's notification (delivered at commit) rides on the
+            # lock's round trip: this batch writes outbox rows.
+            await conn.execute("SELECT pg_advisory_xact_lock($1), pg_notify($2, '')", HISTORY_LOCK, OUTBOX_CHANNEL)
             rows = await conn.fetch(
                 "INSERT INTO status_history (invoice_id, status_code, previous_code, reason_code, reason_text,"
                 " actor, occurred_at, source_event_id, trace_id)"

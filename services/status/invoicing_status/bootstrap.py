@@ -64,6 +64,7 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
         settings,
         f"{settings.otel_service_name}-outbox",
         batch_size=settings.outbox_batch_size,
+        linger_ms=settings.kafka_producer_linger_ms,
         seq_of=sequence_of,
         published_retention=None,  # Housekeeping prunes: watchers replay these rows
         topics=[topics.STATUS],
@@ -80,7 +81,7 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
     cdar_rules = CdarRules(load_book(), artefacts_dir(), compile_at_start=bool(registry.peers))
     exchange_client = ExchangeClient(settings.exchange_call_timeout_seconds)
     # It reads every status event to pass on those of shared invoices.
-    exchange = StreamApp(settings.exchange_group, settings, fuller_fetches=True)
+    exchange = StreamApp(settings.exchange_group, settings, off_path=True)
     exchange_stage.register(
         exchange,
         ExchangeStage(queries, registry, cdar_rules, exchange_client, settings.platform_id, exchange.retry_pause),

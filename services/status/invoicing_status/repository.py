@@ -74,10 +74,9 @@ class StatusRepository:
         """
         try:
             async with self._database.pool.acquire() as conn, conn.transaction():
+                # Notifies the outbox's listeners itself when it writes rows.
                 results = await BatchApply(conn, items).run()
                 await self._release(conn, releases)
-                if any(results):
-                    await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
                 return results
         except NeedsSequential as why:
             log.info("status batch of %d event(s) applied one by one: %s", len(items), why)

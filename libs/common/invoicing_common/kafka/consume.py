@@ -159,17 +159,18 @@ class StreamApp(Service):
         settings: ServiceSettings,
         dlq_topic: str = topics.DLQ,
         *,
-        fuller_fetches: bool = False,
+        off_path: bool = False,
         **kwargs: Any,
     ) -> None:
-        """``fuller_fetches``: fetch like a batch consumer
-        (``kafka_batch_fetch_*``) even with a per-record handler; for
-        stages off the invoice's path, which read every record to act on
-        a few (a fetch per record would cost them, and the broker, more
-        than the record)."""
+        """``off_path``: a stage off the invoice's path, which reads every
+        record to act on a few (a fetch per record would cost it, and the
+        broker, more than the record): its fetches fill up to
+        ``kafka_batch_fetch_min_bytes`` or wait
+        ``kafka_background_fetch_max_wait_ms``, so that a quiet stage asks
+        the broker a few times a second, not twenty."""
         super().__init__(**kwargs)
         self.group_id = group_id
-        self._fuller_fetches = fuller_fetches
+        self._off_path = off_path
         self._settings = settings
         self._subscription: _Subscription | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -355,8 +356,12 @@ class StreamApp(Service):
         # A batch handler's records wait for their batch anyway: fetching each
         # as it comes would only add round trips (and, with adaptive batches,
         # transactions), so batch consumers keep their own, fuller fetches,
-        # as do the stages that asked for them.
-        batched = self._fuller_fetches or self._subscription.on_batch is not None
+        # as do the stages off the invoice's path, which also wait longer.
+        batched = self._off_path or self._subscription.on_batch is not None
+        if self._off_path:
+            max_wait_ms = s.kafka_background_fetch_max_wait_ms
+        else:
+            max_wait_ms = s.kafka_batch_fetch_max_wait_ms if batched else s.kafka_fetch_max_wait_ms
         self._consumer = AIOKafkaConsumer(
             **s.kafka_client_kwargs(),
             client_id=f"{self.group_id}-streams",
@@ -364,7 +369,7 @@ class StreamApp(Service):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_min_bytes=s.kafka_batch_fetch_min_bytes if batched else s.kafka_fetch_min_bytes,
-            fetch_max_wait_ms=s.kafka_batch_fetch_max_wait_ms if batched else s.kafka_fetch_max_wait_ms,
+            fetch_max_wait_ms=max_wait_ms,
             max_partition_fetch_bytes=topics.MAX_MESSAGE_BYTES,
             fetch_max_bytes=2 * topics.MAX_MESSAGE_BYTES,
             session_timeout_ms=session_ms,

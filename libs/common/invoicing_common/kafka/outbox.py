@@ -116,16 +116,18 @@ async def insert(conn: asyncpg.Connection, outbox: OutboxTable, messages: Sequen
     wake the relay when it commits; returns their seqs."""
     if not messages:
         return []
+    # The notification goes with the rows, in the same round trip; it is
+    # delivered at commit, and only then.
     rows = await conn.fetch(
-        f"INSERT INTO {outbox.table} (topic, key, value, headers)"
-        " SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[]) RETURNING seq",
+        f"WITH added AS (INSERT INTO {outbox.table} (topic, key, value, headers)"
+        " SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[]) RETURNING seq)"
+        " SELECT seq FROM added, (SELECT pg_notify($5, '')) AS woken ORDER BY seq",
         [m.topic for m in messages],
         [m.key for m in messages],
         [m.value for m in messages],
         [json.dumps(dict(m.carrier)) for m in messages],
+        outbox.channel,
     )
-    # Delivered at commit, and only then.
-    await conn.execute(f"NOTIFY {outbox.channel}")
     return [int(r["seq"]) for r in rows]
 
 
