@@ -106,6 +106,8 @@ class ReceiptRepository:
         self._max_batch = max_batch
         # Wakes this process's outbox relay (NOTIFY wakes the leader anywhere).
         self._on_commit = on_commit or (lambda: None)
+        # Then the relay in this process needs no notification from us.
+        self._wakes_relay = on_commit is not None
         self._queue: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
         self.batches = 0
@@ -218,6 +220,7 @@ class ReceiptRepository:
                 conn,
                 OUTBOX,
                 [item.message(r) for item, r in zip(batch, receipts, strict=True) if not r.duplicate],
+                wakes_relay=self._wakes_relay,
             )
         return receipts
 
@@ -332,7 +335,7 @@ class ReceiptRepository:
                 if conflicts:
                     raise ConflictingRetry(conflicts[0])
                 if not receipts[0].duplicate:
-                    await outbox.insert(conn, OUTBOX, [item.message(receipts[0])])
+                    await outbox.insert(conn, OUTBOX, [item.message(receipts[0])], wakes_relay=self._wakes_relay)
         except ConflictingRetry as exc:
             return exc
         return receipts[0]

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import asyncpg  # type: ignore[import-untyped]
 from invoicing.v1 import common_pb2
 
+from invoicing_common.kafka.outbox import WOKEN_IN_PROCESS
 from invoicing_status.domain import Change
 from invoicing_status.lifecycle import FINAL, RELEASES_BUSINESS_KEY, Status
 from invoicing_status.records import (
@@ -64,9 +65,14 @@ class BatchApply:
     and outbox rows with one statement (or one pipelined executemany) each.
     """
 
-    def __init__(self, conn: asyncpg.Connection, items: Sequence[tuple[str, InvoiceFacts, Planner]]) -> None:
+    def __init__(
+        self, conn: asyncpg.Connection, items: Sequence[tuple[str, InvoiceFacts, Planner]], *, wakes_relay: bool = False
+    ) -> None:
+        """``wakes_relay``: the caller wakes this process's outbox relay once
+        the batch commits (``outbox.insert``'s argument of that name)."""
         self._conn = conn
         self._items = items
+        self._notice = WOKEN_IN_PROCESS if wakes_relay else ""
 
     async def run(self) -> list[list[Change]]:
         conn, items = self._conn, self._items
@@ -181,7 +187,9 @@ class BatchApply:
         if planned:
             # The outbox's notification (delivered at commit) rides on the
             # lock's round trip: this batch writes outbox rows.
-            await conn.execute("SELECT pg_advisory_xact_lock($1), pg_notify($2, '')", HISTORY_LOCK, OUTBOX_CHANNEL)
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1), pg_notify($2, $3)", HISTORY_LOCK, OUTBOX_CHANNEL, self._notice
+            )
             rows = await conn.fetch(
                 "INSERT INTO status_history (invoice_id, status_code, previous_code, reason_code, reason_text,"
                 " actor, occurred_at, source_event_id, trace_id)"

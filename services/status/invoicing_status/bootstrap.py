@@ -56,7 +56,6 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
         migrations=files("invoicing_status") / "migrations",
         command_timeout=settings.database_command_timeout_seconds,
     )
-    repository = StatusRepository(database)
     queries = StatusQueries(database)
     relay = OutboxRelay(
         database,
@@ -69,6 +68,7 @@ def bootstrap(settings: StatusSettings) -> StatusApp:
         published_retention=None,  # Housekeeping prunes: watchers replay these rows
         topics=[topics.STATUS],
     )
+    repository = StatusRepository(database, on_commit=relay.wake)
     app = StreamApp(settings.otel_service_name, settings)
     interval = settings.status_batch_interval_ms / 1000 if settings.status_batch_interval_ms >= 0 else None
     agents.register(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import asyncpg  # type: ignore[import-untyped]
@@ -35,8 +35,11 @@ log = logging.getLogger(__name__)
 
 
 class StatusRepository:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, on_commit: Callable[[], None] | None = None) -> None:
+        """``on_commit``: called once a batch that wrote outbox rows has
+        committed (this process's outbox relay's wake)."""
         self._database = database
+        self._on_commit = on_commit
 
     async def apply(
         self, event_id: str, facts: InvoiceFacts, planner: Planner, received: ReceivedMessage | None = None
@@ -75,9 +78,11 @@ class StatusRepository:
         try:
             async with self._database.pool.acquire() as conn, conn.transaction():
                 # Notifies the outbox's listeners itself when it writes rows.
-                results = await BatchApply(conn, items).run()
+                results = await BatchApply(conn, items, wakes_relay=self._on_commit is not None).run()
                 await self._release(conn, releases)
-                return results
+            if self._on_commit is not None and any(results):
+                self._on_commit()
+            return results
         except NeedsSequential as why:
             log.info("status batch of %d event(s) applied one by one: %s", len(items), why)
         async with self._database.pool.acquire() as conn, conn.transaction():

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -52,6 +53,11 @@ OUTBOX_HEADER = "invoicing-outbox"
 _RECONCILE_MARGIN = timedelta(seconds=60)
 # Safety net for a missed notification; wake-ups normally come from NOTIFY.
 _IDLE_WAKE_SECONDS = 1.0
+# The payload of the notifications sent by writers that wake this process's
+# relay themselves once they commit (``OutboxRelay.wake``): that relay skips
+# them (they would only make it look again for rows it has just sent), and
+# the relays of other processes wake on them as on any other.
+WOKEN_IN_PROCESS = secrets.token_hex(8)
 
 
 @dataclass(frozen=True)
@@ -111,9 +117,12 @@ class Sender(Protocol):
     async def __call__(self, producer: AIOKafkaProducer, rows: Sequence[Pending], source: str) -> list[Position]: ...
 
 
-async def insert(conn: asyncpg.Connection, outbox: OutboxTable, messages: Sequence[OutboxMessage]) -> list[int]:
+async def insert(
+    conn: asyncpg.Connection, outbox: OutboxTable, messages: Sequence[OutboxMessage], *, wakes_relay: bool = False
+) -> list[int]:
     """Write ``messages`` as pending rows in the caller's transaction and
-    wake the relay when it commits; returns their seqs."""
+    wake the relay when it commits; returns their seqs. ``wakes_relay``:
+    the caller calls this process's ``OutboxRelay.wake`` once it commits."""
     if not messages:
         return []
     # The notification goes with the rows, in the same round trip; it is
@@ -121,12 +130,13 @@ async def insert(conn: asyncpg.Connection, outbox: OutboxTable, messages: Sequen
     rows = await conn.fetch(
         f"WITH added AS (INSERT INTO {outbox.table} (topic, key, value, headers)"
         " SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[]) RETURNING seq)"
-        " SELECT seq FROM added, (SELECT pg_notify($5, '')) AS woken ORDER BY seq",
+        " SELECT seq FROM added, (SELECT pg_notify($5, $6)) AS woken ORDER BY seq",
         [m.topic for m in messages],
         [m.key for m in messages],
         [m.value for m in messages],
         [json.dumps(dict(m.carrier)) for m in messages],
         outbox.channel,
+        WOKEN_IN_PROCESS if wakes_relay else "",
     )
     return [int(r["seq"]) for r in rows]
 
@@ -227,6 +237,10 @@ class OutboxRelay(Service):
         for the notification."""
         self._wake.set()
 
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if payload != WOKEN_IN_PROCESS:
+            self._wake.set()
+
     async def on_start(self) -> None:
         if self._topics:
             await require_topics(self._kafka, self._topics, f"{self._client_id} (outbox relay)")
@@ -258,7 +272,7 @@ class OutboxRelay(Service):
         outbox = self._outbox
         conn: asyncpg.Connection = await self._database.connect()
         try:
-            await conn.add_listener(outbox.channel, lambda *_: self._wake.set())
+            await conn.add_listener(outbox.channel, self._notified)
             while not self.should_stop and not await conn.fetchval(
                 "SELECT pg_try_advisory_lock($1)", outbox.lock_key()
             ):
@@ -287,6 +301,11 @@ class OutboxRelay(Service):
                 self.published += len(rows)
                 async with self._published:
                     self._published.notify_all()
+                if len(rows) < self._batch_size:
+                    # That was all there was: rows committed since the look
+                    # have woken the relay (the wake was cleared before it),
+                    # so it need not look again to find nothing.
+                    await self._wait()
         finally:
             await conn.close()
 
