@@ -29,6 +29,11 @@ def _exporter_enabled(signal: str) -> bool:
     return choice != "none" and bool(_otlp_endpoint(signal))
 
 
+def _disabled_instrumentations() -> set[str]:
+    """OTEL_PYTHON_DISABLED_INSTRUMENTATIONS, as the auto-instrumentation reads it."""
+    return {name.strip() for name in os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
+
+
 # Logging is set up after telemetry (by lifecycle.run), which logs this then.
 _summary = ""
 
@@ -71,9 +76,10 @@ def configure(
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     metrics.set_meter_provider(meter_provider)
 
-    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    if "asyncpg" not in _disabled_instrumentations():
+        from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
-    AsyncPGInstrumentor().instrument(tracer_provider=tracer_provider)  # type: ignore[no-untyped-call]
+        AsyncPGInstrumentor().instrument(tracer_provider=tracer_provider)  # type: ignore[no-untyped-call]
     sinks = ["OTLP"] if _exporter_enabled("METRICS") else []
     sinks += [f"Prometheus on port {metrics_port}"] if metrics_port else []
     global _summary
