@@ -66,23 +66,36 @@ class BatchApply:
     """
 
     def __init__(
-        self, conn: asyncpg.Connection, items: Sequence[tuple[str, InvoiceFacts, Planner]], *, wakes_relay: bool = False
+        self,
+        conn: asyncpg.Connection,
+        items: Sequence[tuple[str, InvoiceFacts, Planner]],
+        releases: Sequence[tuple[str, int]] = (),
+        *,
+        wakes_relay: bool = False,
     ) -> None:
-        """``wakes_relay``: the caller wakes this process's outbox relay once
+        """``releases``: as for ``StatusRepository.apply_many``.
+        ``wakes_relay``: the caller wakes this process's outbox relay once
         the batch commits (``outbox.insert``'s argument of that name)."""
         self._conn = conn
         self._items = items
+        self._releases = releases
         self._notice = WOKEN_IN_PROCESS if wakes_relay else ""
 
     async def run(self) -> list[list[Change]]:
         conn, items = self._conn, self._items
         results: list[list[Change]] = [[] for _ in items]
+        # The holds the batch's events move past end in the same round trip
+        # (no hold is made inside a batch, so first or last is the same).
         fresh_ids = {
             r["event_id"]
             for r in await conn.fetch(
-                "INSERT INTO processed_events (event_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING"
+                "WITH released AS (DELETE FROM holds h USING unnest($2::uuid[], $3::int[]) AS r (invoice_id, rank)"
+                " WHERE h.invoice_id = r.invoice_id AND h.clears_from_rank <= r.rank)"
+                " INSERT INTO processed_events (event_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING"
                 " RETURNING event_id",
                 [event_id for event_id, _, _ in items],
+                [invoice_id for invoice_id, _ in self._releases],
+                [rank for _, rank in self._releases],
             )
         }
         fresh: list[int] = []

@@ -77,9 +77,9 @@ class StatusRepository:
         """
         try:
             async with self._database.pool.acquire() as conn, conn.transaction():
-                # Notifies the outbox's listeners itself when it writes rows.
-                results = await BatchApply(conn, items, wakes_relay=self._on_commit is not None).run()
-                await self._release(conn, releases)
+                # Ends the holds too, and notifies the outbox's listeners
+                # itself when it writes rows.
+                results = await BatchApply(conn, items, releases, wakes_relay=self._on_commit is not None).run()
             if self._on_commit is not None and any(results):
                 self._on_commit()
             return results
