@@ -6,8 +6,9 @@ Writers never wait for Kafka: a transaction commits the state and its
 records together, or neither. ``OutboxRelay`` (one leader per service,
 a PostgreSQL advisory lock) reads the pending rows in ``seq`` order, sends
 them (idempotent producer, acks=all), waits for the acknowledgements, then
-marks the rows published (or deletes them). Nothing holds a transaction
-open across an acknowledgement.
+marks the rows published (or deletes them): in the statement of its next
+look for pending rows, unless waiters need their positions at once.
+Nothing holds a transaction open across an acknowledgement.
 
 A relay that dies between the acknowledgement and the mark would publish
 those rows again. A new leader first looks for them on the topics (each
@@ -88,11 +89,24 @@ class OutboxTable:
     # The table has published_partition / published_offset columns.
     positions: bool = False
 
-    def pending_sql(self) -> str:
-        return (
+    def pending_sql(self, marking: bool = False) -> str:
+        """The pending rows, ``$1`` at most. ``marking``: the same statement
+        first marks the rows ``$2`` (sent earlier) published, and skips them
+        (it reads the table as it was before the mark)."""
+        select = (
             f"SELECT seq, {self.topic_sql} AS topic, {self.key_sql} AS key, {self.value_sql} AS value,"
-            f" headers, created_at FROM {self.table} WHERE published_at IS NULL ORDER BY seq LIMIT $1"
+            f" headers, created_at FROM {self.table} WHERE published_at IS NULL"
         )
+        if not marking:
+            return f"{select} ORDER BY seq LIMIT $1"
+        return f"WITH marked AS ({self.mark_sql('$2')}) {select} AND seq <> ALL($2::bigint[]) ORDER BY seq LIMIT $1"
+
+    def mark_sql(self, seqs: str) -> str:
+        """Marks the rows ``seqs`` (a bigint[] parameter) published, for a
+        table without positions."""
+        if not self.keep_published:
+            return f"DELETE FROM {self.table} WHERE seq = ANY({seqs}::bigint[])"
+        return f"UPDATE {self.table} SET published_at = now() WHERE seq = ANY({seqs}::bigint[])"
 
     def lock_key(self) -> int:
         return zlib.crc32(f"invoicing-outbox:{self.source}".encode()) & 0x7FFFFFFF
@@ -217,6 +231,8 @@ class OutboxRelay(Service):
         self._producer_options = dict(producer_options or {})
         self._producer: AIOKafkaProducer | None = None
         self._wake = asyncio.Event()
+        # Sent and acknowledged, to be marked by the next look.
+        self._unmarked: list[int] = []
         self._published = asyncio.Condition()
         self.leader = False
         self.published = 0
@@ -286,7 +302,12 @@ class OutboxRelay(Service):
             pruned_at = 0.0
             while not self.should_stop:
                 self._wake.clear()
-                rows = [_pending(r) for r in await conn.fetch(outbox.pending_sql(), self._batch_size)]
+                if self._unmarked:
+                    found = await conn.fetch(outbox.pending_sql(marking=True), self._batch_size, self._unmarked)
+                    self._unmarked = []
+                else:
+                    found = await conn.fetch(outbox.pending_sql(), self._batch_size)
+                rows = [_pending(r) for r in found]
                 if not rows:
                     self._oldest_pending_age = 0.0
                     if self._published_retention is not None and time.monotonic() - pruned_at > 60:
@@ -297,7 +318,13 @@ class OutboxRelay(Service):
                 self._oldest_pending_age = max(0.0, time.time() - rows[0].created_at.timestamp())
                 assert self._producer is not None
                 positions = await self._sender(self._producer, rows, outbox.source)
-                await self._mark(conn, rows, positions)
+                if outbox.positions:
+                    await self._mark(conn, rows, positions)
+                else:
+                    # Marked by the next look, in its round trip. Until then
+                    # they are as rows a relay sent and died before marking:
+                    # a new leader finds them on the topic (_reconcile).
+                    self._unmarked = [r.seq for r in rows]
                 self.published += len(rows)
                 async with self._published:
                     self._published.notify_all()
@@ -307,14 +334,16 @@ class OutboxRelay(Service):
                     # so it need not look again to find nothing.
                     await self._wait()
         finally:
+            if self._unmarked:
+                with contextlib.suppress(Exception):  # a new leader reconciles them
+                    await conn.execute(outbox.mark_sql("$1"), self._unmarked)
+                self._unmarked = []
             await conn.close()
 
     async def _mark(self, conn: asyncpg.Connection, rows: Sequence[Pending], positions: Sequence[Position]) -> None:
         outbox = self._outbox
         seqs = [r.seq for r in rows]
-        if not outbox.keep_published:
-            await conn.execute(f"DELETE FROM {outbox.table} WHERE seq = ANY($1::bigint[])", seqs)
-        elif outbox.positions:
+        if outbox.positions:
             await conn.execute(
                 f"UPDATE {outbox.table} o SET published_at = now(), published_partition = u.p, published_offset = u.o"
                 " FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS u (seq, p, o) WHERE o.seq = u.seq",
@@ -323,7 +352,7 @@ class OutboxRelay(Service):
                 [o for _, o in positions],
             )
         else:
-            await conn.execute(f"UPDATE {outbox.table} SET published_at = now() WHERE seq = ANY($1::bigint[])", seqs)
+            await conn.execute(outbox.mark_sql("$1"), seqs)
 
     async def _prune(self, conn: asyncpg.Connection) -> None:
         await conn.execute(
