@@ -293,9 +293,8 @@ class ReceiptRepository:
         )  # fmt: skip
         if not keyed:
             return []
-        owners = {
-            (row["submitter"], row["idempotency_key"]): str(row["invoice_id"])
-            for row in await conn.fetch(
+        owners = _key_owners(
+            await conn.fetch(
                 "INSERT INTO idempotency_keys (submitter, idempotency_key, invoice_id)"
                 " SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[]) ON CONFLICT DO NOTHING"
                 " RETURNING submitter, idempotency_key, invoice_id",
@@ -303,22 +302,21 @@ class ReceiptRepository:
                 [k[1] for k in keyed],
                 [k[2] for k in keyed],
             )
-        }
+        )
         # Only keys bound before (a retry, or another submission's) are read
         # back: the common case costs one round trip.
         taken = sorted({(submitter, key) for submitter, key, _ in keyed if (submitter, key) not in owners})
         if taken:
             owners.update(
-                {
-                    (row["submitter"], row["idempotency_key"]): str(row["invoice_id"])
-                    for row in await conn.fetch(
+                _key_owners(
+                    await conn.fetch(
                         "SELECT k.submitter, k.idempotency_key, k.invoice_id FROM idempotency_keys k"
                         " JOIN unnest($1::text[], $2::text[]) AS u (submitter, idempotency_key)"
                         " USING (submitter, idempotency_key)",
                         [t[0] for t in taken],
                         [t[1] for t in taken],
                     )
-                }
+                )
             )
         if len(owners) != len({(submitter, key) for submitter, key, _ in keyed}):
             raise _receipt_vanished()  # a key row rolled back between our insert and read
@@ -339,3 +337,8 @@ class ReceiptRepository:
         except ConflictingRetry as exc:
             return exc
         return receipts[0]
+
+
+def _key_owners(rows: list[asyncpg.Record]) -> dict[tuple[str, str], str]:
+    """{(submitter, idempotency key): invoice id} of idempotency_keys rows."""
+    return {(row["submitter"], row["idempotency_key"]): str(row["invoice_id"]) for row in rows}

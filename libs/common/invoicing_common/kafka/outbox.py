@@ -319,7 +319,7 @@ class OutboxRelay(Service):
                 assert self._producer is not None
                 positions = await self._sender(self._producer, rows, outbox.source)
                 if outbox.positions:
-                    await self._mark(conn, rows, positions)
+                    await self._mark_positions(conn, rows, positions)
                 else:
                     # Marked by the next look, in its round trip. Until then
                     # they are as rows a relay sent and died before marking:
@@ -341,19 +341,17 @@ class OutboxRelay(Service):
                 self._unmarked = []
             await conn.close()
 
-    async def _mark(self, conn: asyncpg.Connection, rows: Sequence[Pending], positions: Sequence[Position]) -> None:
-        outbox = self._outbox
-        seqs = [r.seq for r in rows]
-        if outbox.positions:
-            await conn.execute(
-                f"UPDATE {outbox.table} o SET published_at = now(), published_partition = u.p, published_offset = u.o"
-                " FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS u (seq, p, o) WHERE o.seq = u.seq",
-                seqs,
-                [p for p, _ in positions],
-                [o for _, o in positions],
-            )
-        else:
-            await conn.execute(outbox.mark_sql("$1"), seqs)
+    async def _mark_positions(
+        self, conn: asyncpg.Connection, rows: Sequence[Pending], positions: Sequence[Position]
+    ) -> None:
+        """Mark ``rows`` published with where each landed (tables with positions)."""
+        await conn.execute(
+            f"UPDATE {self._outbox.table} o SET published_at = now(), published_partition = u.p, published_offset = u.o"
+            " FROM unnest($1::bigint[], $2::int[], $3::bigint[]) AS u (seq, p, o) WHERE o.seq = u.seq",
+            [r.seq for r in rows],
+            [p for p, _ in positions],
+            [o for _, o in positions],
+        )
 
     async def _prune(self, conn: asyncpg.Connection) -> None:
         await conn.execute(
