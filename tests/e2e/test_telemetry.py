@@ -206,7 +206,7 @@ async def test_one_trace_per_invoice_across_the_four_services(
     validation = next(s for s in spans if s.span.name == "validate invoice")
     assert validation.attributes["invoicing.format"] == "ubl-invoice"
     assert validation.attributes["invoicing.findings.fatal"] == 0
-    assert any("db.system" in s.attributes or "db.system.name" in s.attributes for s in spans), "asyncpg spans"
+    assert any("db.system" in s.attributes or "db.system.name" in s.attributes for s in spans), "database spans"
     applied = [s for s in spans if s.span.name == "apply status"]
     assert any(s.attributes.get("invoicing.status_code") in (201, 203) for s in applied)
 
