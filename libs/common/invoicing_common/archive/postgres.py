@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
@@ -50,6 +51,20 @@ _INSERT_DOCUMENTS: Final = (
     " SELECT s, z, c, m, f, $6 FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::text[])"
     " AS u (s, z, c, m, f) ON CONFLICT (sha256) DO NOTHING RETURNING id, sha256"
 )
+
+
+def _extend_sql(hashes: str, until: str) -> str:
+    """Extends the retention of the documents ``hashes`` (a text[]
+    parameter) to ``until`` (a timestamptz one)."""
+    return (
+        f"UPDATE archive.documents SET retain_until = {until} WHERE sha256 = ANY({hashes}::text[])"
+        f" AND retain_until < {until}::timestamptz - interval '{_EXTEND_SLACK}'"
+    )
+
+
+def _renumber(sql: str, first: int) -> str:
+    """``sql`` with its parameters $1, $2, ... numbered from ``$first``."""
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + first - 1}", sql)
 
 
 def _document_rows(unique: dict[str, tuple[FileRef, bytes]], order: list[str], until: datetime) -> tuple[Any, ...]:
@@ -161,15 +176,41 @@ class PostgresArchive:
         With the bytes in the rows, one statement writes the new documents
         and their chunks (atomic by itself, so a caller outside a
         transaction never leaves a document without its chunks)."""
-        unique = {ref.sha256: (ref, data) for ref, data in items}
-        if not unique:
+        if not items:
             return
         if self._objects is not None:
-            await self._put_many_objects(conn, unique)
+            await self._put_many_objects(conn, {ref.sha256: (ref, data) for ref, data in items})
             return
+        await conn.execute(f"WITH {self.put_sql(1)} SELECT 1", *self.put_args(items))
+
+    @property
+    def in_database(self) -> bool:
+        """The bytes are in PostgreSQL: ``put_sql`` can store them."""
+        return self._objects is None
+
+    @staticmethod
+    def put_sql(first: int) -> str:
+        """``put_many`` as common table expressions (``archive_new``,
+        ``archive_chunks``, ``archive_kept``), their parameters ``put_args``
+        numbered from ``$first``: for a writer that stores documents in a
+        statement of its own. Only when ``in_database``."""
+        return _renumber(
+            f"archive_new AS ({_INSERT_DOCUMENTS}),"
+            " archive_chunks AS (INSERT INTO archive.chunks (document_id, seq, sha256, data)"
+            " SELECT archive_new.id, k.seq, k.h, k.d FROM archive_new"
+            " JOIN unnest($7::text[], $8::int[], $9::bytea[], $10::bytea[]) AS k (owner, seq, h, d)"
+            " ON k.owner = archive_new.sha256),"
+            # The statement's snapshot does not hold archive_new's rows: only
+            # documents stored before have their retention extended.
+            f" archive_kept AS ({_extend_sql('$1', '$6')})",
+            first,
+        )
+
+    def put_args(self, items: Sequence[tuple[FileRef, bytes]]) -> list[Any]:
+        """The parameters of ``put_sql`` for ``items`` (none: no-ops)."""
+        unique = {ref.sha256: (ref, data) for ref, data in items}
         # In hash order: two writers lock shared rows in the same order.
         order = sorted(unique)
-        until = self.retain_until()
         owners: list[str] = []
         seqs: list[int] = []
         hashes: list[bytes] = []
@@ -180,22 +221,7 @@ class PostgresArchive:
                 seqs.append(seq)
                 hashes.append(hashlib.sha256(chunk).digest())
                 chunks.append(chunk)
-        inserted = await conn.fetch(
-            f"WITH new AS ({_INSERT_DOCUMENTS}),"
-            " stored AS (INSERT INTO archive.chunks (document_id, seq, sha256, data)"
-            " SELECT new.id, k.seq, k.h, k.d FROM new"
-            " JOIN unnest($7::text[], $8::int[], $9::bytea[], $10::bytea[]) AS k (owner, seq, h, d)"
-            " ON k.owner = new.sha256)"
-            " SELECT sha256 FROM new",
-            *_document_rows(unique, order, until),
-            owners,
-            seqs,
-            hashes,
-            chunks,
-        )
-        if len(inserted) < len(order):
-            new = {row["sha256"] for row in inserted}
-            await self._extend(conn, [s for s in order if s not in new], until)
+        return [*_document_rows(unique, order, self.retain_until()), owners, seqs, hashes, chunks]
 
     async def store(self, items: Sequence[tuple[FileRef, bytes]]) -> None:
         """put_many on a connection of its own, committed when it returns."""
@@ -240,12 +266,7 @@ class PostgresArchive:
             )
 
     async def _extend(self, conn: asyncpg.Connection, hashes: list[str], until: datetime) -> None:
-        await conn.execute(
-            "UPDATE archive.documents SET retain_until = $2 WHERE sha256 = ANY($1::text[])"
-            f" AND retain_until < $2::timestamptz - interval '{_EXTEND_SLACK}'",
-            hashes,
-            until,
-        )
+        await conn.execute(_extend_sql("$1", "$2"), hashes, until)
 
     def upload(self, conn: asyncpg.Connection) -> Upload:
         """A file written as its bytes arrive (see Upload)."""

@@ -142,17 +142,37 @@ async def insert(
     # The notification goes with the rows, in the same round trip; it is
     # delivered at commit, and only then.
     rows = await conn.fetch(
-        f"WITH added AS (INSERT INTO {outbox.table} (topic, key, value, headers)"
-        " SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[]) RETURNING seq)"
+        f"WITH added AS ({insert_sql(outbox, 1)} RETURNING seq)"
         " SELECT seq FROM added, (SELECT pg_notify($5, $6)) AS woken ORDER BY seq",
+        *insert_args(messages),
+        *notify_args(outbox, wakes_relay),
+    )
+    return [int(r["seq"]) for r in rows]
+
+
+def insert_sql(outbox: OutboxTable, first: int) -> str:
+    """The INSERT of ``insert``, its parameters (``insert_args``) numbered
+    from ``$first``: for a writer that adds rows in a statement of its own,
+    with a ``pg_notify`` of ``notify_args`` in it."""
+    p = [f"${first + i}" for i in range(4)]
+    return (
+        f"INSERT INTO {outbox.table} (topic, key, value, headers)"
+        f" SELECT * FROM unnest({p[0]}::text[], {p[1]}::bytea[], {p[2]}::bytea[], {p[3]}::jsonb[])"
+    )
+
+
+def insert_args(messages: Sequence[OutboxMessage]) -> tuple[Any, ...]:
+    return (
         [m.topic for m in messages],
         [m.key for m in messages],
         [m.value for m in messages],
         [json.dumps(dict(m.carrier)) for m in messages],
-        outbox.channel,
-        WOKEN_IN_PROCESS if wakes_relay else "",
     )
-    return [int(r["seq"]) for r in rows]
+
+
+def notify_args(outbox: OutboxTable, wakes_relay: bool) -> tuple[str, str]:
+    """The channel and payload of a writer's ``pg_notify``."""
+    return outbox.channel, WOKEN_IN_PROCESS if wakes_relay else ""
 
 
 def record_headers(source: str, seq: int) -> list[tuple[str, bytes]]:
