@@ -15,12 +15,15 @@ between calls, so a `kill -9` of the service leaves no process behind.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
+import struct
 import sys
 import threading
 from collections.abc import Callable
@@ -82,31 +85,29 @@ def _die_with(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _serve(conn: Connection, parent: int, warm_up: Callable[[], object] | None) -> None:
-    """The worker's main: warm up, then answer calls until the pipe closes."""
+def _serve(calls: Connection, replies: Connection, parent: int, warm_up: Callable[[], object] | None) -> None:
+    """The worker's main: warm up, then answer calls until their pipe closes."""
     _die_with(parent)
     # The service's SIGTERM is for the service: it stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if warm_up is not None:
         warm_up()
-    conn.send(("ready", os.getpid()))
+    replies.send(("ready", os.getpid()))
     while True:
         try:
-            function, args = conn.recv()
+            function, args = calls.recv()
         except (EOFError, OSError):
             return
         try:
             result = ("ok", function(*args))
         except Exception as exc:  # noqa: BLE001 - the caller gets it, the worker goes on
             result = ("error", _portable(exc))
-        conn.send(result)
+        replies.send(result)
 
 
 def _portable(exc: Exception) -> Exception:
     """``exc`` if it can cross the pipe, else a RuntimeError saying what it was."""
-    import pickle
-
     try:
         pickle.dumps(exc)
     except Exception:  # noqa: BLE001 - any pickling failure
@@ -114,40 +115,115 @@ def _portable(exc: Exception) -> Exception:
     return exc
 
 
+class _Replies:
+    """Messages from a worker's reply pipe, read by the event loop as they
+    come (``loop.add_reader``, the pipe's end non-blocking), framed as
+    ``Connection.send`` frames them: a 4-byte signed length (-1, then an
+    8-byte one, for the largest) and the pickled message."""
+
+    def __init__(self, pipe: Connection) -> None:
+        self._pipe = pipe
+        self._fd = pipe.fileno()
+        self._buffer = bytearray()
+        self._messages: collections.deque[bytes] = collections.deque()
+        self._waiter: asyncio.Future[bytes] | None = None
+        self._closed: BaseException | None = None
+        self._loop = asyncio.get_running_loop()
+        os.set_blocking(self._fd, False)
+        self._loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._fd, 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._close(exc)
+            return
+        if not data:
+            self._close(EOFError("the worker closed its pipe"))
+            return
+        self._buffer += data
+        while (message := self._frame()) is not None:
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(message)
+                self._waiter = None
+            else:
+                self._messages.append(message)
+
+    def _frame(self) -> bytes | None:
+        if len(self._buffer) < 4:
+            return None
+        (size,) = struct.unpack_from("!i", self._buffer)
+        start = 4
+        if size == -1:
+            if len(self._buffer) < 12:
+                return None
+            (size,) = struct.unpack_from("!Q", self._buffer, 4)
+            start = 12
+        if len(self._buffer) < start + size:
+            return None
+        message = bytes(self._buffer[start : start + size])
+        del self._buffer[: start + size]
+        return message
+
+    def _close(self, exc: BaseException) -> None:
+        if self._closed is not None:
+            return
+        self._closed = exc
+        self._loop.remove_reader(self._fd)
+        self._pipe.close()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+            self._waiter = None
+
+    def next(self) -> asyncio.Future[bytes]:
+        """The next message; EOFError or OSError once the pipe is closed."""
+        waiter: asyncio.Future[bytes] = self._loop.create_future()
+        if self._messages:
+            waiter.set_result(self._messages.popleft())
+        elif self._closed is not None:
+            waiter.set_exception(self._closed)
+        else:
+            self._waiter = waiter
+        return waiter
+
+
 class _Worker:
-    """One process and the parent's end of its pipe."""
+    """One process and the parent's ends of its two pipes: calls go down one
+    (written by the caller, blocking), replies come up the other, read by
+    the event loop: no thread per call."""
 
     def __init__(self, context: Any, warm_up: Callable[[], object] | None) -> None:
-        self._conn, child = context.Pipe()
+        calls, self._conn = context.Pipe(duplex=False)
+        self._reply_pipe, replies = context.Pipe(duplex=False)
         self.process: BaseProcess = context.Process(
-            target=_serve, args=(child, os.getpid(), warm_up), name="validate-worker", daemon=True
+            target=_serve, args=(calls, replies, os.getpid(), warm_up), name="validate-worker", daemon=True
         )
         self.process.start()
-        child.close()
+        calls.close()
+        replies.close()
+        self._replies: _Replies | None = None
 
     @property
     def pid(self) -> int | None:
         return self.process.pid
 
-    def _wait_and_receive(self, timeout: float | None) -> tuple[bool, Any]:
-        """In a thread: (False, None) if nothing came within ``timeout``,
-        else (True, the next message). The wait is not done with the event
-        loop's add_reader: uvloop would make the pipe non-blocking, and a
-        large message then fails half-written or half-read."""
-        if not self._conn.poll(timeout):
-            return False, None
-        return True, self._conn.recv()
-
     async def _receive(self, timeout: float | None) -> Any:
         """The next message from the worker; WorkerCrashed if it died first,
         TimeoutError if nothing came within ``timeout``."""
+        if self._replies is None:
+            # In the loop's thread (the worker itself was made in another).
+            # This end becomes non-blocking; the worker's, a file of its
+            # own, stays blocking.
+            self._replies = _Replies(self._reply_pipe)
         try:
-            ready, message = await asyncio.to_thread(self._wait_and_receive, timeout)
+            message = await asyncio.wait_for(self._replies.next(), timeout)
+        except TimeoutError:
+            raise  # an OSError too, and the caller's to handle
         except (EOFError, OSError) as exc:
             raise WorkerCrashed(f"validation worker {self.pid} died ({self._exit_status()})") from exc
-        if not ready:
-            raise TimeoutError
-        return message
+        return pickle.loads(message)  # noqa: S301 - written by our own worker process
 
     def _exit_status(self) -> str:
         self.process.join(timeout=1.0)
