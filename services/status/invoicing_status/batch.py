@@ -16,10 +16,9 @@ from invoicing_status.domain import Change
 from invoicing_status.lifecycle import FINAL, RELEASES_BUSINESS_KEY, Status
 from invoicing_status.records import (
     HISTORY_LOCK,
-    INSERT_OUTBOX,
+    INSERT_OUTBOX_ROWS,
     OUTBOX_CHANNEL,
     RECORD_FACTS,
-    SET_STATUS,
     InvoiceFacts,
     Planner,
     facts_args,
@@ -61,8 +60,8 @@ class BatchApply:
 
     Reads what the batch needs at once (processed events, invoice rows under
     lock, business key holders), plans every event in Python in order with
-    an in-memory view of each invoice, then writes history, facts, statuses
-    and outbox rows with one statement (or one pipelined executemany) each.
+    an in-memory view of each invoice, then writes history with statuses,
+    facts (one pipelined executemany) and outbox rows: a statement each.
     """
 
     def __init__(
@@ -203,8 +202,13 @@ class BatchApply:
             await conn.execute(
                 "SELECT pg_advisory_xact_lock($1), pg_notify($2, $3)", HISTORY_LOCK, OUTBOX_CHANNEL, self._notice
             )
+            # Each invoice's row takes its last status in the same statement.
+            last = {p.invoice_id: p for p in planned}
             rows = await conn.fetch(
-                "INSERT INTO status_history (invoice_id, status_code, previous_code, reason_code, reason_text,"
+                "WITH statuses AS (UPDATE invoices SET status_code = u.s, reason_code = u.rc, reason_text = u.rt,"
+                " updated_at = $11 FROM unnest($12::uuid[], $13::smallint[], $14::text[], $15::text[])"
+                " AS u (i, s, rc, rt) WHERE invoices.invoice_id = u.i)"
+                " INSERT INTO status_history (invoice_id, status_code, previous_code, reason_code, reason_text,"
                 " actor, occurred_at, source_event_id, trace_id)"
                 " SELECT i, s, p, rc, rt, a, o, e, t FROM unnest($1::uuid[], $2::smallint[], $3::smallint[],"
                 " $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[], $9::text[], $10::int[])"
@@ -220,6 +224,11 @@ class BatchApply:
                 [p.change.source_event_id for p in planned],
                 [p.trace_id for p in planned],
                 list(range(len(planned))),
+                now,
+                list(last),
+                [p.change.status.value for p in last.values()],
+                [p.change.reason.code if p.change.reason else None for p in last.values()],
+                [p.change.reason.text if p.change.reason else None for p in last.values()],
             )
             by_key = {(str(r["invoice_id"]), r["status_code"], r["source_event_id"]): r["seq"] for r in rows}
             for p in planned:
@@ -232,33 +241,17 @@ class BatchApply:
         # Executed in order, so later facts win as they would one by one.
         await conn.executemany(RECORD_FACTS, [facts_args(self._items[index][1]) for index in fresh])
         if planned:
-            last = {p.invoice_id: p for p in planned}
-            await conn.executemany(
-                SET_STATUS,
+            await conn.execute(
+                INSERT_OUTBOX_ROWS,
+                seqs,
+                [p.facts.invoice_id for p in planned],
                 [
-                    (
-                        invoice_id,
-                        p.change.status.value,
-                        p.change.reason.code if p.change.reason else None,
-                        p.change.reason.text if p.change.reason else None,
-                        now,
-                    )
-                    for invoice_id, p in last.items()
-                ],
-            )
-            await conn.executemany(
-                INSERT_OUTBOX,
-                [
-                    (
-                        seq,
-                        p.facts.invoice_id,
-                        status_event(
-                            seq, p.facts.invoice_id, p.change, p.previous, p.summary, p.trace_id
-                        ).SerializeToString(),
-                        json.dumps(p.facts.headers),
-                    )
+                    status_event(
+                        seq, p.facts.invoice_id, p.change, p.previous, p.summary, p.trace_id
+                    ).SerializeToString()
                     for seq, p in zip(seqs, planned, strict=True)
                 ],
+                [json.dumps(p.facts.headers) for p in planned],
             )
         if releasing:
             await conn.execute("DELETE FROM business_keys WHERE invoice_id = ANY($1::uuid[])", sorted(releasing))

@@ -125,6 +125,11 @@ SET_STATUS = (
     "UPDATE invoices SET status_code = $2, reason_code = $3, reason_text = $4, updated_at = $5 WHERE invoice_id = $1"
 )
 INSERT_OUTBOX = "INSERT INTO outbox (seq, invoice_id, payload, headers) VALUES ($1, $2, $3, $4::jsonb)"
+# INSERT_OUTBOX for many rows, each column an array.
+INSERT_OUTBOX_ROWS = (
+    "INSERT INTO outbox (seq, invoice_id, payload, headers)"
+    " SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::bytea[], $4::jsonb[])"
+)
 INSERT_RECEIVED_MESSAGE = (
     "INSERT INTO received_lifecycle_messages (platform, message_id, invoice_id, status_code, body)"
     " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
