@@ -107,17 +107,18 @@ async def test_a_batch_of_new_documents_is_one_statement(store: tuple[ReceiptRep
         assert await repository._archive.read(item.submission.sha256) == item.submission.document
 
 
-async def test_a_receipt_or_key_already_there_writes_no_receipt(store: tuple[ReceiptRepository, Database]) -> None:
+async def test_a_receipt_or_key_already_there_writes_nothing(store: tuple[ReceiptRepository, Database]) -> None:
     repository, database = store
-    earlier = pending(b"earlier", key="k")
+    earlier = pending(secrets.token_bytes(16), key="k")
+    new, other = pending(secrets.token_bytes(16)), pending(secrets.token_bytes(16), key="k")
     async with database.pool.acquire() as conn:
         assert await repository._write_at_once(conn, [earlier]) is not None
-        before = await counts(database, [])
-        # The same document again; then a new document under a bound key.
-        assert await repository._write_at_once(conn, [pending(b"new"), pending(b"earlier")]) is None
-        assert await repository._write_at_once(conn, [pending(b"other", key="k")]) is None
-    after = await counts(database, [])
-    assert after == before  # neither receipts, keys nor records
+        # A new document with the same document again; then a new document
+        # under a bound key.
+        assert await repository._write_at_once(conn, [new, pending(earlier.submission.document)]) is None
+        assert await repository._write_at_once(conn, [other]) is None
+    # Only the first receipt, key and record; neither new document.
+    assert await counts(database, [new, other]) == {"receipts": 1, "keys": 1, "records": 1, "documents": 0}
 
 
 async def test_a_receipt_committed_meanwhile_undoes_the_whole_statement(

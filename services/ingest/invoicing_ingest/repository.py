@@ -47,7 +47,8 @@ OUTBOX = outbox.OutboxTable(source="ingest", channel="ingest_outbox")
 # _write_at_once's statement: $1-$8 the submissions, $9-$12 their outbox
 # rows, $13-$14 the notification, $15-$24 the documents (PostgresArchive).
 # Receipts and keys are inserted without ON CONFLICT: a row committed since
-# the snapshot fails the statement, and with it everything it wrote.
+# the snapshot fails the statement, and with it everything it wrote. When a
+# receipt or key exists already, nothing is written.
 _AT_ONCE: Final = (
     "WITH i AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[],"
     " $6::timestamptz[], $7::text[], $8::text[])"
@@ -61,7 +62,7 @@ _AT_ONCE: Final = (
     " keys_added AS (INSERT INTO idempotency_keys (submitter, idempotency_key, invoice_id)"
     " SELECT submitter, idempotency_key, invoice_id FROM fresh WHERE idempotency_key IS NOT NULL),"
     f" outbox_added AS ({outbox.insert_sql(OUTBOX, 9)} WHERE NOT (SELECT found FROM seen)),"
-    f" {PostgresArchive.put_sql(15)}"
+    f" {PostgresArchive.put_sql(15, when='NOT (SELECT found FROM seen)')}"
     " SELECT found, (SELECT pg_notify($13, $14) WHERE NOT found) FROM seen"
 )
 
@@ -237,9 +238,9 @@ class ReceiptRepository:
         """The common case in one statement, its own transaction: when none
         of the batch's receipts or keys exist, its documents, receipts, keys
         and outbox rows, and the relay's notification. None: something
-        existed, or a concurrent writer got there first; nothing but
-        documents was written (they keep until their receipts come), and
-        ``_write_batch`` decides. One round trip instead of six under no load."""
+        existed, or a concurrent writer got there first; nothing was
+        written, and ``_write_batch`` decides. One round trip instead of six
+        under no load."""
         if not self._archive.in_database:
             return None
         items = sorted(batch, key=lambda item: (item.submission.submitter, item.submission.sha256))

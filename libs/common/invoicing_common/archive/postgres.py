@@ -45,20 +45,22 @@ _EXTEND_SLACK: Final = "1 day"
 _READ_BATCH: Final = 4
 
 
-# New document rows ($1..$6, see _document_rows); returns the inserted ones.
-_INSERT_DOCUMENTS: Final = (
-    "INSERT INTO archive.documents (sha256, size_bytes, chunk_count, media_type, filename, retain_until)"
-    " SELECT s, z, c, m, f, $6 FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::text[])"
-    " AS u (s, z, c, m, f) ON CONFLICT (sha256) DO NOTHING RETURNING id, sha256"
-)
+def _insert_documents_sql(when: str = "true") -> str:
+    """New document rows ($1..$6, see _document_rows), only if ``when``;
+    returns the inserted ones."""
+    return (
+        "INSERT INTO archive.documents (sha256, size_bytes, chunk_count, media_type, filename, retain_until)"
+        " SELECT s, z, c, m, f, $6 FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::text[])"
+        f" AS u (s, z, c, m, f) WHERE {when} ON CONFLICT (sha256) DO NOTHING RETURNING id, sha256"
+    )
 
 
-def _extend_sql(hashes: str, until: str) -> str:
+def _extend_sql(hashes: str, until: str, when: str = "true") -> str:
     """Extends the retention of the documents ``hashes`` (a text[]
-    parameter) to ``until`` (a timestamptz one)."""
+    parameter) to ``until`` (a timestamptz one), only if ``when``."""
     return (
         f"UPDATE archive.documents SET retain_until = {until} WHERE sha256 = ANY({hashes}::text[])"
-        f" AND retain_until < {until}::timestamptz - interval '{_EXTEND_SLACK}'"
+        f" AND retain_until < {until}::timestamptz - interval '{_EXTEND_SLACK}' AND {when}"
     )
 
 
@@ -189,20 +191,21 @@ class PostgresArchive:
         return self._objects is None
 
     @staticmethod
-    def put_sql(first: int) -> str:
+    def put_sql(first: int, when: str = "true") -> str:
         """``put_many`` as common table expressions (``archive_new``,
         ``archive_chunks``, ``archive_kept``), their parameters ``put_args``
         numbered from ``$first``: for a writer that stores documents in a
-        statement of its own. Only when ``in_database``."""
+        statement of its own, which writes them only if ``when`` (an SQL
+        condition without parameters). Only when ``in_database``."""
         return _renumber(
-            f"archive_new AS ({_INSERT_DOCUMENTS}),"
+            f"archive_new AS ({_insert_documents_sql(when)}),"
             " archive_chunks AS (INSERT INTO archive.chunks (document_id, seq, sha256, data)"
             " SELECT archive_new.id, k.seq, k.h, k.d FROM archive_new"
             " JOIN unnest($7::text[], $8::int[], $9::bytea[], $10::bytea[]) AS k (owner, seq, h, d)"
             " ON k.owner = archive_new.sha256),"
             # The statement's snapshot does not hold archive_new's rows: only
             # documents stored before have their retention extended.
-            f" archive_kept AS ({_extend_sql('$1', '$6')})",
+            f" archive_kept AS ({_extend_sql('$1', '$6', when)})",
             first,
         )
 
@@ -238,7 +241,7 @@ class PostgresArchive:
         documents this call inserts are written there, before their rows."""
         order = sorted(unique)
         until = self.retain_until()
-        inserted = await conn.fetch(_INSERT_DOCUMENTS, *_document_rows(unique, order, until))
+        inserted = await conn.fetch(_insert_documents_sql(), *_document_rows(unique, order, until))
         new = {row["sha256"]: row["id"] for row in inserted}
         if len(new) < len(order):
             await self._extend(conn, [s for s in order if s not in new], until)
