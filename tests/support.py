@@ -362,11 +362,13 @@ async def records_for_key(kafka: KafkaClientSettings, topic: str, key: str) -> l
 
 
 @contextlib.asynccontextmanager
-async def scratch_database(database_url: str, prefix: str, package: str) -> AsyncIterator[Database]:
+async def scratch_database(
+    database_url: str, prefix: str, package: str, *, generic_plans: bool = False
+) -> AsyncIterator[Database]:
     """A Database on a throw-away schema migrated with ``package``'s
     migrations (e.g. "invoicing_status"), dropped afterwards."""
     schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    db = Database(database_url, schema=schema, migrations=files(package) / "migrations")
+    db = Database(database_url, schema=schema, migrations=files(package) / "migrations", generic_plans=generic_plans)
     await db.start()
     try:
         yield db

@@ -22,7 +22,7 @@ from invoicing_common.archive.postgres import PostgresArchive
 from invoicing_common.db import Database
 from invoicing_common.kafka.outbox import OutboxMessage
 from invoicing_ingest.domain import Submission, new_receipt
-from invoicing_ingest.repository import ReceiptRepository, _Pending
+from invoicing_ingest.repository import _AT_ONCE, ReceiptRepository, _Pending
 from tests.support import Stack, scratch_database
 
 pytestmark = pytest.mark.stack
@@ -105,6 +105,30 @@ async def test_a_batch_of_new_documents_is_one_statement(store: tuple[ReceiptRep
     # Every document is whole: the archive reads it back, hash checked.
     for item in batch:
         assert await repository._archive.read(item.submission.sha256) == item.submission.document
+
+
+@pytest.mark.parametrize("generic_plans", [False, True])
+async def test_the_statement_is_planned_once_with_generic_plans(stack: Stack, generic_plans: bool) -> None:
+    """Ingest's Database runs on generic plans (invoicing_ingest.bootstrap).
+    Without them, PostgreSQL plans this statement again at each execution
+    (it planned for as long as it executed); with them, once per connection."""
+    async with scratch_database(
+        stack.database_url, "ingest_plans", "invoicing_ingest", generic_plans=generic_plans
+    ) as database:
+        repository = ReceiptRepository(database, PostgresArchive(database))
+        async with database.pool.acquire() as conn:
+            for size in range(1, 9):
+                batch = [pending(secrets.token_bytes(16), key=f"p{size}-{i}") for i in range(size)]
+                assert await repository._write_at_once(conn, batch) == [item.candidate for item in batch]
+            plans = await conn.fetchrow(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1", _AT_ONCE
+            )
+    assert plans is not None
+    if generic_plans:
+        assert (plans["generic_plans"], plans["custom_plans"]) == (8, 0)
+    else:
+        # The first five executions are always planned afresh.
+        assert plans["custom_plans"] >= 5
 
 
 async def test_a_receipt_or_key_already_there_writes_nothing(store: tuple[ReceiptRepository, Database]) -> None:

@@ -75,9 +75,21 @@ class Database(Service):
         min_size: int = 2,
         max_size: int = 10,
         command_timeout: float | None = DEFAULT_COMMAND_TIMEOUT_SECONDS,
+        *,
+        generic_plans: bool = False,
         **kwargs: object,
     ) -> None:
+        """``generic_plans``: every prepared statement runs on its generic
+        plan, planned once per connection (``plan_cache_mode``). For a
+        service whose statements all look rows up by key or write arrays
+        of them: PostgreSQL otherwise plans such a statement again at each
+        execution (a custom plan knows the arrays' lengths, so it looks
+        cheaper than the generic one), and ingest's one-statement write
+        spent as long in planning as in execution (docs/performance.md).
+        Not for a service with ad hoc filters, whose plans depend on the
+        values (status's listings)."""
         super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._generic_plans = generic_plans
         self._command_timeout = command_timeout
         self._dsn = dsn
         self._schema = schema
@@ -96,12 +108,16 @@ class Database(Service):
             raise RuntimeError("database not started")
         return self._pool
 
-    def _server_settings(self) -> dict[str, str]:
-        return {"search_path": f"{self._schema},public", "application_name": self._schema}
+    def _server_settings(self, generic_plans: bool = False) -> dict[str, str]:
+        settings = {"search_path": f"{self._schema},public", "application_name": self._schema}
+        if self._generic_plans or generic_plans:
+            settings["plan_cache_mode"] = "force_generic_plan"
+        return settings
 
-    async def connect(self) -> asyncpg.Connection:
-        """A dedicated connection (e.g. for LISTEN), outside the pool."""
-        return await asyncpg.connect(self._dsn, server_settings=self._server_settings())
+    async def connect(self, *, generic_plans: bool = False) -> asyncpg.Connection:
+        """A dedicated connection (e.g. for LISTEN), outside the pool.
+        ``generic_plans``: as the constructor's, for this connection."""
+        return await asyncpg.connect(self._dsn, server_settings=self._server_settings(generic_plans))
 
     async def on_start(self) -> None:
         delay = 0.2

@@ -49,6 +49,8 @@ def bootstrap(settings: IngestSettings) -> Ingest:
         schema="ingest",
         migrations=files("invoicing_ingest") / "migrations",
         command_timeout=settings.database_command_timeout_seconds,
+        # Its statements write arrays of rows and look them up by key.
+        generic_plans=True,
     )
     archive, archive_services = archive_store.open_archive(database, settings)
     # Publishes the receipts' `received` records (one leader among the

@@ -47,7 +47,11 @@ def bootstrap(settings: ValidateSettings) -> Validate:
     # Validate reads documents from the archive (and adds the attachments
     # it extracts); ingest owns the archive's tables (docs/archive.md).
     database = Database(
-        settings.database_url, schema="validate", command_timeout=settings.database_command_timeout_seconds
+        settings.database_url,
+        schema="validate",
+        command_timeout=settings.database_command_timeout_seconds,
+        # Its statements read and write the archive by hash.
+        generic_plans=True,
     )
     archive, archive_services = open_archive(database, settings)
     shadow = settings.validate_rules_shadow.strip()

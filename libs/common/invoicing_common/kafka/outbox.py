@@ -306,7 +306,8 @@ class OutboxRelay(Service):
 
     async def _publish_while_leader(self) -> None:
         outbox = self._outbox
-        conn: asyncpg.Connection = await self._database.connect()
+        # The relay's statements name rows by seq: planned once.
+        conn: asyncpg.Connection = await self._database.connect(generic_plans=True)
         try:
             await conn.add_listener(outbox.channel, self._notified)
             while not self.should_stop and not await conn.fetchval(
