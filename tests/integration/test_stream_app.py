@@ -121,6 +121,47 @@ async def test_records_are_handled_committed_and_not_handled_again(stack: Stack)
     assert await _committed_is_end(stack.kafka, group, source)
 
 
+async def test_records_not_selected_are_committed_without_reaching_the_handler(stack: Stack) -> None:
+    source, sink = await _fresh_topics(stack.kafka)
+    group = f"test-streams-{uuid.uuid4().hex[:8]}"
+    handled: list[bytes] = []
+    asked: list[bytes] = []
+
+    def even(record: Record) -> bool:
+        assert record.value is not None
+        asked.append(record.value)
+        if record.value == b"poison":
+            raise ValueError("cannot tell")  # counts as selected: the handler decides
+        return int(record.value[1:]) % 2 == 0
+
+    app = _app(stack, group)
+    app.consume(source, handler=_upper_into(app, sink, handled), concurrency=2, select=even)
+    await app.start()
+    try:
+        values = [f"s{i}".encode() for i in range(20)]
+        await _produce(stack.kafka, source, [*values, b"poison"])
+        await _until(lambda: len(asked) == 21, "every record looked at")
+        await _until(lambda: len(handled) == 10, "the even records handled")
+        await _until_committed_end(stack.kafka, group, source)
+    finally:
+        await app.stop()
+    assert sorted(handled) == sorted(v for v in values if int(v[1:]) % 2 == 0)
+    assert sorted(await _values(stack.kafka, sink)) == sorted(v.upper() for v in handled)
+    letters = [
+        events_pb2.DeadLetter.FromString(r.value)
+        for r in await records_for_key(stack.kafka, topics.DLQ, "k6")
+        if events_pb2.DeadLetter.FromString(r.value).source_topic == source
+    ]
+    assert [d.value for d in letters] == [b"poison"]
+
+
+async def _until_committed_end(kafka: KafkaClientSettings, group: str, topic: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not await _committed_is_end(kafka, group, topic):
+        assert time.monotonic() < deadline, f"timed out waiting for {group}'s commits to reach the end of {topic}"
+        await asyncio.sleep(0.2)  # polling the broker's commits, bounded by the deadline
+
+
 async def test_batches_are_bounded_and_committed(stack: Stack) -> None:
     source, _sink = await _fresh_topics(stack.kafka)
     group = f"test-streams-{uuid.uuid4().hex[:8]}"

@@ -149,4 +149,9 @@ def register(app: StreamApp, settings: RouteSettings, registry: Registry, delive
         )  # fmt: skip
         await send(delivered, invoice_id, out.SerializeToString(), out.event_id)
 
-    app.consume(topics.ROUTED, handler=handle, concurrency=settings.delivery_concurrency)
+    def wanted(record: Record) -> bool:
+        # Most routed invoices stay on this platform: passed over before
+        # any span or task (a record that does not decode is kept, for the DLQ).
+        return to_deliver(decode_event(record, events_pb2.InvoiceRouted), settings.platform_id)
+
+    app.consume(topics.ROUTED, handler=handle, concurrency=settings.delivery_concurrency, select=wanted)

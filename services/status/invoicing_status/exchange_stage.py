@@ -61,6 +61,12 @@ PERMANENT_CODES: frozenset[grpc.StatusCode] = frozenset(
 # is retried this long (in waits) before it counts as permanent.
 NOT_FOUND_GRACE_SECONDS = 300.0
 _EXCHANGED_CODES = frozenset(s.value for s in EXCHANGED)
+
+
+def _exchanged(event: events_pb2.StatusEvent) -> bool:
+    return event.status_code in _EXCHANGED_CODES and event.sequence > 0
+
+
 FIRST_DELAY_SECONDS = 0.5
 MAX_DELAY_SECONDS = 30.0
 
@@ -106,13 +112,23 @@ class ExchangeStage:
         self._platform_id = platform_id
         self._pause = pause
 
+    def wants(self, record: Record) -> bool:
+        """Whether ``record`` may be a status to send: the stream runtime
+        passes over the others before any span or task (most statuses are
+        this platform's own business). A record without a value is wanted,
+        so that it is dead-lettered."""
+        if record.value is None:
+            return True
+        # No other platform: nothing is shared.
+        return bool(self._registry.peers) and _exchanged(events_pb2.StatusEvent.FromString(record.value))
+
     async def handle(self, record: Record) -> None:
         if record.value is None:
             raise PermanentError("record has no value")
         if not self._registry.peers:
             return  # no other platform: nothing is shared, and no read per event
         event = events_pb2.StatusEvent.FromString(record.value)
-        if event.status_code not in _EXCHANGED_CODES or event.sequence <= 0:
+        if not _exchanged(event):
             return  # most statuses are this platform's own business: no read
         row = await self._queries.shared_status(event.sequence)
         if row is None or row.invoice_id != event.invoice_id:
@@ -204,4 +220,4 @@ class ExchangeStage:
 def register(app: StreamApp, stage: ExchangeStage) -> None:
     """``app``: the exchange stage's own stream app (consumer group
     ``settings.exchange_group``), beside the pipeline's."""
-    app.consume(topics.STATUS, handler=stage.handle, concurrency=1)
+    app.consume(topics.STATUS, handler=stage.handle, concurrency=1, select=stage.wants)

@@ -130,6 +130,18 @@ class _Subscription:
     # quiet stream is handled at once and a busy one in batches at most
     # 1/batch_interval a second; batch_window still caps the wait.
     batch_interval: float | None = None
+    # Records a handler acts on (None: all). The others are passed over
+    # before any span, task or slot: a stage that reads every record of a
+    # topic to act on a few pays almost nothing for the rest.
+    select: Callable[[Record], bool] | None = None
+
+    def selects(self, record: Record) -> bool:
+        if self.select is None:
+            return True
+        try:
+            return self.select(record)
+        except Exception:  # noqa: BLE001 - the handler decides (a record it cannot read goes to the DLQ)
+            return True
 
 
 def batch_deadline(first: float, last_dispatch: float, subscription: _Subscription) -> float:
@@ -177,7 +189,7 @@ class StreamApp(Service):
         self._producer: AIOKafkaProducer | None = None
         # Per partition, the records being handled, oldest first, as
         # (offset to commit once done, task).
-        self._in_flight: dict[TopicPartition, deque[tuple[int, asyncio.Task[None]]]] = {}
+        self._in_flight: dict[TopicPartition, deque[tuple[int, asyncio.Future[None]]]] = {}
         self._next_offset: dict[TopicPartition, int] = {}
         self._slots: asyncio.Semaphore | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -214,8 +226,17 @@ class StreamApp(Service):
         self._declared.add(name)
         return OutTopic(self, name, max_bytes)
 
-    def consume(self, *topic_names: str, handler: Handler, concurrency: int = 1) -> None:
-        self._subscribe(_Subscription(topic_names, on_record=handler, concurrency=concurrency))
+    def consume(
+        self,
+        *topic_names: str,
+        handler: Handler,
+        concurrency: int = 1,
+        select: Callable[[Record], bool] | None = None,
+    ) -> None:
+        """``select``: which records ``handler`` acts on (a quick, pure test
+        of the record; one that raises counts as selected). The others are
+        committed as handled without a span, a task or a slot."""
+        self._subscribe(_Subscription(topic_names, on_record=handler, concurrency=concurrency, select=select))
 
     def consume_batches(
         self,
@@ -293,15 +314,9 @@ class StreamApp(Service):
         if subscription is None:
             raise RuntimeError(f"{self.group_id} consumes nothing")
         if subscription.on_record is not None:
-            on_record = subscription.on_record
             for record in records:
-                await handle_record(
-                    record,
-                    lambda r: self._renewing(_delivered(on_record(r), handled)),
-                    dlq=self._dlq,
-                    consumer_group=self.group_id,
-                    retry_delay=self.retry_delay,
-                )
+                if subscription.selects(record):
+                    await self._handle_one(record, handled)
             return
         assert subscription.on_batch is not None
         on_batch = subscription.on_batch
@@ -318,6 +333,18 @@ class StreamApp(Service):
             for record in spanned:
                 assert record.span is not None
                 record.span.end()
+
+    async def _handle_one(self, record: Record, handled: Callable[[], None] | None) -> None:
+        subscription = self._subscription
+        assert subscription is not None and subscription.on_record is not None
+        on_record = subscription.on_record
+        await handle_record(
+            record,
+            lambda r: self._renewing(_delivered(on_record(r), handled)),
+            dlq=self._dlq,
+            consumer_group=self.group_id,
+            retry_delay=self.retry_delay,
+        )
 
     async def _renewing(self, attempt: Awaitable[None]) -> None:
         """Run ``attempt``; if the producer's sequence broke (a batch the
@@ -467,7 +494,9 @@ class StreamApp(Service):
 
     async def _run_records(self) -> None:
         slots = self._slots
-        assert slots is not None and self._subscription is not None
+        subscription = self._subscription
+        assert slots is not None and subscription is not None
+        loop = asyncio.get_running_loop()
         while not self.should_stop:
             self._check_failure()
             batch = await self._poll(timeout_ms=_POLL_MS)
@@ -476,6 +505,13 @@ class StreamApp(Service):
             generation = self._generation
             for tp, messages in batch.items():
                 for message in messages:
+                    if subscription.select is not None and not subscription.selects(record_from(message)):
+                        # Handled as it is: committed once those before it are.
+                        passed: asyncio.Future[None] = loop.create_future()
+                        passed.set_result(None)
+                        self._in_flight.setdefault(tp, deque()).append((message.offset + 1, passed))
+                        self._next_offset[tp] = message.offset + 1
+                        continue
                     if slots.locked():
                         await self._keep_polling_until(slots.acquire())
                     else:
@@ -505,7 +541,8 @@ class StreamApp(Service):
 
         async def one() -> None:
             try:
-                await self.process([record_from(message)], release)
+                # Selected already (_run_records).
+                await self._handle_one(record_from(message), release)
             finally:
                 release()
 
@@ -583,7 +620,7 @@ class StreamApp(Service):
         what finished, cancel the rest (not committed: handled again by the
         partition's next owner)."""
         tasks = {task for queue in self._in_flight.values() for _offset, task in queue}
-        pending: set[asyncio.Task[None]] = set()
+        pending: set[asyncio.Future[None]] = set()
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=self._drain_timeout)
         await self._commit_done(now=True)
