@@ -162,3 +162,17 @@ async def test_insert_notifies_the_channel_at_commit_only(stack: Stack, database
         assert await asyncio.wait_for(heard.get(), timeout=30) == table.channel
     finally:
         await listener.close()
+
+
+async def test_dedicated_connections_take_the_settings_asked_for(database: Database) -> None:
+    """A relay's connection (generic plans, commits not waiting for the
+    WAL's flush: a lost mark is reconciled, as above) against the default."""
+    settings = "SELECT current_setting('plan_cache_mode'), current_setting('synchronous_commit')"
+    relay_like = await database.connect(generic_plans=True, flushed_commits=False)
+    default = await database.connect()
+    try:
+        assert tuple(await relay_like.fetchrow(settings)) == ("force_generic_plan", "off")
+        assert tuple(await default.fetchrow(settings)) == ("auto", "on")
+    finally:
+        await relay_like.close()
+        await default.close()

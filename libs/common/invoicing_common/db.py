@@ -114,10 +114,18 @@ class Database(Service):
             settings["plan_cache_mode"] = "force_generic_plan"
         return settings
 
-    async def connect(self, *, generic_plans: bool = False) -> asyncpg.Connection:
+    async def connect(self, *, generic_plans: bool = False, flushed_commits: bool = True) -> asyncpg.Connection:
         """A dedicated connection (e.g. for LISTEN), outside the pool.
-        ``generic_plans``: as the constructor's, for this connection."""
-        return await asyncpg.connect(self._dsn, server_settings=self._server_settings(generic_plans))
+        ``generic_plans``: as the constructor's, for this connection.
+        ``flushed_commits=False``: its commits return before their WAL is
+        flushed (``synchronous_commit = off``), for writes that a crash may
+        lose because they are found again (an outbox relay's marks): the
+        database stays consistent, the last fraction of a second of them
+        is what can go."""
+        settings = self._server_settings(generic_plans)
+        if not flushed_commits:
+            settings["synchronous_commit"] = "off"
+        return await asyncpg.connect(self._dsn, server_settings=settings)
 
     async def on_start(self) -> None:
         delay = 0.2
