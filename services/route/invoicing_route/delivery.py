@@ -114,9 +114,8 @@ def register(app: StreamApp, settings: RouteSettings, registry: Registry, delive
     delivered = app.topic(topics.DELIVERED)
 
     async def handle(record: Record) -> None:
+        # Only those `wanted` selects (below) reach here.
         routed = decode_event(record, events_pb2.InvoiceRouted)
-        if not to_deliver(routed, settings.platform_id):
-            return  # refused, or the buyer is on this platform: nothing to send
         invoice_id = routed.invoice.invoice_id
         destination = routed.destination_platform
         with tracer().start_as_current_span("deliver invoice") as span:
@@ -150,8 +149,9 @@ def register(app: StreamApp, settings: RouteSettings, registry: Registry, delive
         await send(delivered, invoice_id, out.SerializeToString(), out.event_id)
 
     def wanted(record: Record) -> bool:
-        # Most routed invoices stay on this platform: passed over before
-        # any span or task (a record that does not decode is kept, for the DLQ).
+        # Most routed invoices are refused or stay on this platform: passed
+        # over before any span or task (a record that does not decode is
+        # kept, for the DLQ).
         return to_deliver(decode_event(record, events_pb2.InvoiceRouted), settings.platform_id)
 
     app.consume(topics.ROUTED, handler=handle, concurrency=settings.delivery_concurrency, select=wanted)

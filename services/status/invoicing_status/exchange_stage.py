@@ -123,13 +123,11 @@ class ExchangeStage:
         return bool(self._registry.peers) and _exchanged(events_pb2.StatusEvent.FromString(record.value))
 
     async def handle(self, record: Record) -> None:
+        """A status event ``wants`` selected (the stream runtime hands over
+        no other)."""
         if record.value is None:
             raise PermanentError("record has no value")
-        if not self._registry.peers:
-            return  # no other platform: nothing is shared, and no read per event
         event = events_pb2.StatusEvent.FromString(record.value)
-        if not _exchanged(event):
-            return  # most statuses are this platform's own business: no read
         row = await self._queries.shared_status(event.sequence)
         if row is None or row.invoice_id != event.invoice_id:
             log.warning(

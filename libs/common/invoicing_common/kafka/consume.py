@@ -505,12 +505,13 @@ class StreamApp(Service):
             generation = self._generation
             for tp, messages in batch.items():
                 for message in messages:
-                    if subscription.select is not None and not subscription.selects(record_from(message)):
+                    record = record_from(message)
+                    if not subscription.selects(record):
                         # Handled as it is: committed once those before it are.
                         passed: asyncio.Future[None] = loop.create_future()
                         passed.set_result(None)
-                        self._in_flight.setdefault(tp, deque()).append((message.offset + 1, passed))
-                        self._next_offset[tp] = message.offset + 1
+                        self._in_flight.setdefault(tp, deque()).append((record.offset + 1, passed))
+                        self._next_offset[tp] = record.offset + 1
                         continue
                     if slots.locked():
                         await self._keep_polling_until(slots.acquire())
@@ -521,12 +522,12 @@ class StreamApp(Service):
                         # assignment reads them again from the last commit.
                         slots.release()
                         break
-                    self._dispatch(tp, message)
+                    self._dispatch(tp, record)
                 if self._generation != generation:
                     break
             await self._commit_done()
 
-    def _dispatch(self, tp: TopicPartition, message: ConsumerRecord) -> None:
+    def _dispatch(self, tp: TopicPartition, record: Record) -> None:
         slots = self._slots
         assert slots is not None
         held = True
@@ -542,13 +543,13 @@ class StreamApp(Service):
         async def one() -> None:
             try:
                 # Selected already (_run_records).
-                await self._handle_one(record_from(message), release)
+                await self._handle_one(record, release)
             finally:
                 release()
 
         task = asyncio.ensure_future(one())
-        self._in_flight.setdefault(tp, deque()).append((message.offset + 1, task))
-        self._next_offset[tp] = message.offset + 1
+        self._in_flight.setdefault(tp, deque()).append((record.offset + 1, task))
+        self._next_offset[tp] = record.offset + 1
 
     async def _run_batches(self, subscription: _Subscription) -> None:
         loop = asyncio.get_running_loop()
