@@ -40,6 +40,8 @@ PARTITIONS = 6
 COMMIT_INTERVAL = 1.0
 
 
+# The clients' settings are built here, not from invoicing_common's: the
+# script runs in an environment that has only the two clients.
 def _kafka() -> dict[str, str]:
     return {
         "bootstrap": os.environ["KAFKA_BOOTSTRAP_SERVERS"],
@@ -82,7 +84,8 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _broker_pid() -> int:
-    return int(Path(os.environ.get("INVOICING_RUN_DIR", ".run"), "pids", "kafka.pid").read_text())
+    # Where stack.py keeps its state (`.run/env` exports STACK_RUN_DIR).
+    return int(Path(os.environ.get("STACK_RUN_DIR") or ".run", "pids", "kafka.pid").read_text())
 
 
 def _topics(create: bool, names: list[str]) -> None:
