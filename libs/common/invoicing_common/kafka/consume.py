@@ -496,7 +496,9 @@ class StreamApp(Service):
         slots = self._slots
         subscription = self._subscription
         assert slots is not None and subscription is not None
-        loop = asyncio.get_running_loop()
+        # What a record passed over waits for: nothing (one future for all).
+        passed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        passed.set_result(None)
         while not self.should_stop:
             self._check_failure()
             batch = await self._poll(timeout_ms=_POLL_MS)
@@ -508,10 +510,7 @@ class StreamApp(Service):
                     record = record_from(message)
                     if not subscription.selects(record):
                         # Handled as it is: committed once those before it are.
-                        passed: asyncio.Future[None] = loop.create_future()
-                        passed.set_result(None)
-                        self._in_flight.setdefault(tp, deque()).append((record.offset + 1, passed))
-                        self._next_offset[tp] = record.offset + 1
+                        self._track(tp, record.offset, passed)
                         continue
                     if slots.locked():
                         await self._keep_polling_until(slots.acquire())
@@ -547,9 +546,12 @@ class StreamApp(Service):
             finally:
                 release()
 
-        task = asyncio.ensure_future(one())
-        self._in_flight.setdefault(tp, deque()).append((record.offset + 1, task))
-        self._next_offset[tp] = record.offset + 1
+        self._track(tp, record.offset, asyncio.ensure_future(one()))
+
+    def _track(self, tp: TopicPartition, offset: int, handling: asyncio.Future[None]) -> None:
+        """``offset`` is committed once ``handling`` and those before it are done."""
+        self._in_flight.setdefault(tp, deque()).append((offset + 1, handling))
+        self._next_offset[tp] = offset + 1
 
     async def _run_batches(self, subscription: _Subscription) -> None:
         loop = asyncio.get_running_loop()
@@ -584,8 +586,7 @@ class StreamApp(Service):
                 tp = TopicPartition(m.topic, m.partition)
                 last[tp] = max(last.get(tp, -1), m.offset)
             for tp, offset in last.items():
-                self._in_flight.setdefault(tp, deque()).append((offset + 1, task))
-                self._next_offset[tp] = offset + 1
+                self._track(tp, offset, task)
             await self._keep_polling_until(asyncio.shield(task))
             await self._commit_done()
 
