@@ -5,7 +5,15 @@ whole pool breaks for good) nor stop one call that runs too long. Here each
 worker is a process of its own with a pipe: a call that outlives its time
 limit has its worker killed; a worker that dies is replaced (and warmed up)
 while the others go on; the call it was running fails with WorkerFailure,
-and the caller decides whether to try again.
+and the caller decides whether to try again. A worker that dies while idle
+is replaced as soon as its pipe closes, not when its turn comes.
+
+The idle worker that finished last takes the next call. On this kind of
+shared machine a validation costs up to twice the CPU when its process has
+been idle for a few milliseconds (its caches have gone cold; see
+docs/performance.md, "Cold caches"), so a quiet pool keeps one worker busy
+and warm rather than handing calls round, and the others take calls only
+when it is busy.
 
 Workers do not outlive the service: each asks the kernel for SIGKILL when
 its parent dies (Linux PR_SET_PDEATHSIG), and also checks its parent
@@ -121,8 +129,9 @@ class _Replies:
     ``Connection.send`` frames them: a 4-byte signed length (-1, then an
     8-byte one, for the largest) and the pickled message."""
 
-    def __init__(self, pipe: Connection) -> None:
+    def __init__(self, pipe: Connection, on_close: Callable[[], None] | None = None) -> None:
         self._pipe = pipe
+        self._on_close = on_close
         self._fd = pipe.fileno()
         self._buffer = bytearray()
         self._messages: collections.deque[bytes] = collections.deque()
@@ -176,6 +185,8 @@ class _Replies:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(exc)
             self._waiter = None
+        if self._on_close is not None:
+            self._on_close()
 
     def next(self) -> asyncio.Future[bytes]:
         """The next message; EOFError or OSError once the pipe is closed."""
@@ -194,8 +205,14 @@ class _Worker:
     (written by the caller, blocking), replies come up the other, read by
     the event loop: no thread per call."""
 
-    def __init__(self, context: Any, warm_up: Callable[[], object] | None) -> None:
+    def __init__(
+        self,
+        context: Any,
+        warm_up: Callable[[], object] | None,
+        on_exit: Callable[[_Worker], None] | None = None,
+    ) -> None:
         calls, self._conn = context.Pipe(duplex=False)
+        self._on_exit = on_exit
         self._reply_pipe, replies = context.Pipe(duplex=False)
         self.process: BaseProcess = context.Process(
             target=_serve, args=(calls, replies, os.getpid(), warm_up), name="validate-worker", daemon=True
@@ -216,7 +233,8 @@ class _Worker:
             # In the loop's thread (the worker itself was made in another).
             # This end becomes non-blocking; the worker's, a file of its
             # own, stays blocking.
-            self._replies = _Replies(self._reply_pipe)
+            on_exit = self._on_exit
+            self._replies = _Replies(self._reply_pipe, None if on_exit is None else lambda: on_exit(self))
         try:
             message = await asyncio.wait_for(self._replies.next(), timeout)
         except TimeoutError:
@@ -293,8 +311,10 @@ class WorkerPool(Service):
         self._warm_up = warm_up
         # spawn, not fork: the parent runs threads (gRPC, OpenTelemetry).
         self._context = multiprocessing.get_context("spawn")
-        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        # Last in, first out: the warmest worker first (module docstring).
+        self._idle: asyncio.LifoQueue[_Worker] = asyncio.LifoQueue()
         self._workers: set[_Worker] = set()
+        self._busy: set[_Worker] = set()
         self._replacing: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -313,7 +333,7 @@ class WorkerPool(Service):
         log.info("validation workers ready: %d process(es) %s", len(self._workers), self.pids)
 
     async def _add(self) -> None:
-        worker = await asyncio.to_thread(_Worker, self._context, self._warm_up)
+        worker = await asyncio.to_thread(_Worker, self._context, self._warm_up, self._exited)
         self._workers.add(worker)
         try:
             await worker.started(START_TIMEOUT_SECONDS)
@@ -321,6 +341,13 @@ class WorkerPool(Service):
             self._workers.discard(worker)
             raise
         self._idle.put_nowait(worker)
+
+    def _exited(self, worker: _Worker) -> None:
+        """A worker's reply pipe closed. A call it was running fails on its
+        own (and ``run`` replaces it); an idle one is replaced now."""
+        if worker in self._workers and worker not in self._busy and not self._closing:
+            self._replace(worker, "crashed")
+            log.warning("idle validation worker %s died (%s); replacing it", worker.pid, worker._exit_status())
 
     def _replace(self, worker: _Worker, reason: str) -> None:
         self._workers.discard(worker)
@@ -344,14 +371,27 @@ class WorkerPool(Service):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
 
-    async def run(self, function: Callable[..., Any], args: tuple[Any, ...], timeout: float) -> Any:
-        worker = await self._idle.get()
-        while not worker.process.is_alive():
-            # Killed while idle (a SIGKILL from outside): replace it, and
-            # give the call to a worker that can take it.
+    async def _next_idle(self) -> _Worker:
+        while True:
+            worker = await self._idle.get()
+            if worker not in self._workers:
+                continue  # died while idle, and already replaced
+            if worker.process.is_alive():
+                return worker
+            # Killed while idle, its pipe's end not read yet: replace it,
+            # and give the call to a worker that can take it.
             log.warning("validation worker %s found dead (%s)", worker.pid, worker.process.exitcode)
             self._replace(worker, "crashed")
-            worker = await self._idle.get()
+
+    async def run(self, function: Callable[..., Any], args: tuple[Any, ...], timeout: float) -> Any:
+        worker = await self._next_idle()
+        self._busy.add(worker)
+        try:
+            return await self._call(worker, function, args, timeout)
+        finally:
+            self._busy.discard(worker)
+
+    async def _call(self, worker: _Worker, function: Callable[..., Any], args: tuple[Any, ...], timeout: float) -> Any:
         try:
             result = await worker.call(function, args, timeout)
         except WorkerFailure as failure:

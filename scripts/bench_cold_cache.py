@@ -1,0 +1,167 @@
+"""What a pause costs: CPU per validated document after a gap, against the
+same documents back to back.
+
+    .venv/bin/python scripts/bench_cold_cache.py [--gaps 0,2,5,18,36] [--count 300] [--json FILE]
+    .venv/bin/python scripts/bench_cold_cache.py --pool-rate 55 [--count 900]
+
+The first form validates the ``invoicectl bench`` mix in this process with
+a gap of nothing to do between documents, for each gap in turn (twice,
+alternating), and reports the CPU the validating thread used per document.
+The gap is spent spinning on the clock (``--sleep``: sleeping instead), so
+the process never leaves the CPU: whatever grows with the gap is the
+hardware's state (caches, predictors) going cold, not the scheduler. A
+control runs beside it: a small pure-Python task with a working set that
+fits in a core's cache, timed the same way.
+
+The second form starts the validate service's ``WorkerPool`` (two
+processes) and hands it one document every 1/RATE seconds, as an open loop
+at that rate would, and reports the workers' CPU per document, read from
+``/proc``. Run it on two commits in turn to compare how the pool spreads
+quiet traffic.
+
+Run it on a quiet machine (the local stack down or idle): other load
+changes both figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from invoicectl.bench.generator import Generator
+from invoicing_validate.checks import run_checks_many, warm_up
+from invoicing_validate.validation import Validator
+from invoicing_validate.workers import WorkerPool
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def documents(count: int) -> list[tuple[bytes, str]]:
+    # The bench's mix with its share of invalid documents, as the services see it.
+    return [(d.data, d.filename) for d in Generator("bench-cold-cache").documents(count, 0.1)]
+
+
+def pause(seconds: float, sleep: bool) -> None:
+    if seconds <= 0:
+        return
+    if sleep:
+        time.sleep(seconds)
+        return
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def cpu_per_call(calls: list[Callable[[], object]], gap: float, sleep: bool) -> float:
+    """Milliseconds of this thread's CPU per call, with ``gap`` seconds
+    between calls (not counted)."""
+    used = 0.0
+    for call in calls:
+        started = time.thread_time()
+        call()
+        used += time.thread_time() - started
+        pause(gap, sleep)
+    return 1000 * used / len(calls)
+
+
+def control_task() -> Callable[[], object]:
+    """About a millisecond of pure Python over data that stays in cache."""
+    text = json.dumps([{"n": i, "s": str(i) * 4} for i in range(1200)])
+
+    def run() -> int:
+        return sum(item["n"] + len(item["s"]) for item in json.loads(text))
+
+    return run
+
+
+def in_process(args: argparse.Namespace) -> dict[str, Any]:
+    validator = Validator()
+    docs = documents(args.count)
+    validate: list[Callable[[], object]] = [partial(validator.validate, data, filename=name) for data, name in docs]
+    control = [control_task()] * len(docs)
+    for call in validate:  # compile every stylesheet the mix needs
+        call()
+    gaps = [float(g) / 1000 for g in args.gaps.split(",")]
+    rows: dict[float, dict[str, list[float]]] = {g: {"validate": [], "control": []} for g in gaps}
+    for _ in range(2):
+        for gap in gaps:
+            rows[gap]["validate"].append(cpu_per_call(validate, gap, args.sleep))
+            rows[gap]["control"].append(cpu_per_call(control, gap, args.sleep))
+            print(f"gap {1000 * gap:5.1f} ms: validate {rows[gap]['validate'][-1]:6.3f} ms/doc, "
+                  f"control {rows[gap]['control'][-1]:6.3f} ms/call", file=sys.stderr)  # fmt: skip
+    base = {name: sum(rows[gaps[0]][name]) / 2 for name in ("validate", "control")}
+    result = []
+    for gap in gaps:
+        row = {"gap_ms": 1000 * gap}
+        for name in ("validate", "control"):
+            mean = sum(rows[gap][name]) / 2
+            row[f"{name}_cpu_ms"] = round(mean, 3)
+            row[f"{name}_over_first_gap"] = round(mean / base[name], 3)
+        result.append(row)
+    print(f"{'gap ms':>7} {'validate ms/doc':>16} {'x':>6} {'control ms/call':>16} {'x':>6}")
+    for row in result:
+        print(f"{row['gap_ms']:7.1f} {row['validate_cpu_ms']:16.3f} {row['validate_over_first_gap']:6.2f} "
+              f"{row['control_cpu_ms']:16.3f} {row['control_over_first_gap']:6.2f}")  # fmt: skip
+    return {"mode": "in_process", "documents": len(docs), "spin": not args.sleep, "rows": result}
+
+
+def process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+async def paced_pool(args: argparse.Namespace) -> dict[str, Any]:
+    docs = documents(args.count)
+    pool = WorkerPool(2, warm_up=warm_up)
+    await pool.start()
+    try:
+        for doc in docs[:50]:  # each worker's first documents, untimed
+            await asyncio.gather(*(pool.run(run_checks_many, ([doc],), 60) for _ in range(2)))
+        pids = pool.pids
+        before = {pid: process_cpu(pid) for pid in pids}
+        interval = 1 / args.pool_rate
+        calls = []
+        start = time.perf_counter()
+        for n, doc in enumerate(docs):
+            calls.append(asyncio.ensure_future(pool.run(run_checks_many, ([doc],), 60)))
+            await asyncio.sleep(max(0.0, start + (n + 1) * interval - time.perf_counter()))
+        await asyncio.gather(*calls)
+        used = {pid: process_cpu(pid) - before[pid] for pid in pids}
+    finally:
+        await pool.stop()
+    per_doc = 1000 * sum(used.values()) / len(docs)
+    shares = sorted((round(100 * u / sum(used.values()), 1) for u in used.values()), reverse=True)
+    print(f"{len(docs)} documents at {args.pool_rate:g}/s: workers' CPU {per_doc:.3f} ms per document "
+          f"(shares {', '.join(f'{s} %' for s in shares)})")  # fmt: skip
+    return {"mode": "pool", "rate": args.pool_rate, "documents": len(docs), "worker_cpu_ms": round(per_doc, 3),
+            "worker_shares_percent": shares}  # fmt: skip
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--gaps", default="0,2,5,18,36", help="milliseconds between documents (default 0,2,5,18,36)")
+    parser.add_argument("--count", type=int, default=300, help="documents of the bench mix (default 300)")
+    parser.add_argument("--sleep", action="store_true", help="sleep through each gap instead of spinning")
+    parser.add_argument("--pool-rate", type=float, metavar="RATE", help="feed the worker pool at RATE documents/s")
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    args = parser.parse_args(argv)
+    if args.count < 1:
+        parser.error("--count must be at least 1")
+    if args.pool_rate is not None and args.pool_rate <= 0:
+        parser.error("--pool-rate must be above 0")
+    result = asyncio.run(paced_pool(args)) if args.pool_rate else in_process(args)
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
