@@ -36,6 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from invoicectl.bench import cpu
 from invoicectl.bench.generator import Generator
 from invoicing_validate.checks import run_checks_many, warm_up
 from invoicing_validate.validation import Validator
@@ -114,8 +115,7 @@ def in_process(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    return cpu.parse_stat((cpu.PROC / str(pid) / "stat").read_text(), _TICKS)[1]
 
 
 async def paced_pool(args: argparse.Namespace) -> dict[str, Any]:
