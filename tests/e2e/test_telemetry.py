@@ -238,6 +238,10 @@ async def test_metrics_are_scrapeable_in_prometheus_format(stack: Stack, status_
     for var, expected in (
         ("INGEST_METRICS_ADDR", "invoicing_submissions"),
         ("STATUS_METRICS_ADDR", "invoicing_status_transitions"),
+        # Sub-second buckets, so that an SRE's quantile of these means
+        # something (OpenTelemetry's default bounds start at 5 s).
+        ("STATUS_METRICS_ADDR", 'invoicing_e2e_latency_seconds_bucket{le="0.25"'),
+        ("VALIDATE_METRICS_ADDR", 'invoicing_validation_duration_seconds_bucket{format="ubl-invoice",le="0.01"'),
     ):
         url = f"http://{os.environ[var]}/metrics"
 

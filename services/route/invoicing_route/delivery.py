@@ -27,7 +27,7 @@ from invoicing_common.archive.postgres import PostgresArchive
 from invoicing_common.kafka import Record, StreamApp, backoff_delays, decode_event, send
 from invoicing_common.kafka.errors import Fault
 from invoicing_common.platforms import Peer, Registry
-from invoicing_common.telemetry import meter, record_invoice, tracer
+from invoicing_common.telemetry import COUNT_BUCKETS, meter, record_invoice, tracer
 from invoicing_route.delivery_domain import (
     Parcel,
     UnknownPlatform,
@@ -61,6 +61,7 @@ ATTEMPTS_PER_DELIVERY = meter().create_histogram(
     "invoicing.delivery.attempts_per_delivery",
     unit="{attempt}",
     description="Attempts an acknowledged delivery took, by destination platform",
+    explicit_bucket_boundaries_advisory=COUNT_BUCKETS,
 )
 
 Pause = Callable[[float], Awaitable[None]]
