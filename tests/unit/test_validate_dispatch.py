@@ -77,11 +77,66 @@ async def test_waiting_documents_are_shared_between_idle_workers() -> None:
     gate.opened.set()
     release_second.set()
     assert [await t for t in (first, second, *waiting)] == ["A", "X", "B", "C", "D", "E", "F", "G"]
-    # Whichever worker frees up first, the six waiting documents go in one
-    # or two calls (all six to a lone idle worker, three each to two), and
-    # each document is validated exactly once.
-    assert len(gate.calls) <= 4
+    # Whichever worker frees up first, it takes its share of the six (three),
+    # and each document is validated exactly once.
+    assert max(len(call) for call in gate.calls) == 3
     assert sorted(item for call in gate.calls for item in call) == sorted("axbcdefg")
+
+
+async def test_a_worker_that_frees_up_leaves_the_busy_one_its_share() -> None:
+    """Documents of one chunk are answered together: a worker that took all
+    that waits would keep them waiting while the other, a moment later,
+    had nothing to do."""
+    gate = Gate()
+    hold_x = threading.Event()
+
+    def run_many(items: list[str]) -> list[str]:
+        if items == ["x"]:
+            hold_x.wait(timeout=30)
+        return gate(items)
+
+    dispatcher: ChunkingDispatcher[str, str] = ChunkingDispatcher(2, in_thread(run_many))
+    first = await _hold_first_call(dispatcher, gate)
+    busy = asyncio.create_task(dispatcher.submit("x"))  # the other worker, held
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(dispatcher.submit(x)) for x in "bcdefg"]
+    await asyncio.sleep(0)
+    try:
+        gate.opened.set()  # the first worker frees up; the second stays busy
+        assert await first == "A"
+        assert [await t for t in waiting[:3]] == ["B", "C", "D"]
+        # Its share of the six, not all six; it goes on with what is left.
+        assert gate.calls[1] == ["b", "c", "d"]
+    finally:
+        hold_x.set()
+    assert [await t for t in (busy, *waiting[3:])] == ["X", "E", "F", "G"]
+    assert sorted(item for call in gate.calls for item in call) == sorted("axbcdefg")
+
+
+async def test_two_waiting_documents_stay_together() -> None:
+    """Below two per chunk the warm worker would hand documents to a cold one
+    for no gain in wait (scripts/bench_dispatch.py, bursts of four)."""
+    gate = Gate()
+    hold_x = threading.Event()
+
+    def run_many(items: list[str]) -> list[str]:
+        if items == ["x"]:
+            hold_x.wait(timeout=30)
+        return gate(items)
+
+    dispatcher: ChunkingDispatcher[str, str] = ChunkingDispatcher(2, in_thread(run_many))
+    first = await _hold_first_call(dispatcher, gate)
+    busy = asyncio.create_task(dispatcher.submit("x"))
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(dispatcher.submit(x)) for x in "bc"]
+    await asyncio.sleep(0)
+    try:
+        gate.opened.set()
+        assert [await t for t in (first, *waiting)] == ["A", "B", "C"]
+    finally:
+        hold_x.set()
+    assert await busy == "X"
+    assert ["b", "c"] in gate.calls
 
 
 async def test_a_failed_call_fails_each_of_its_documents_and_the_next_ones_run() -> None:

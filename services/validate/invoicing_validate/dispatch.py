@@ -4,8 +4,10 @@ Every call into a worker process costs the event loop a pickle, a pipe
 write and a wake-up; profiles showed that as the largest share of the
 validate process outside validation itself. Documents that arrive while
 every worker is busy therefore wait here and go together, as one call, to
-the next worker that frees up: one document per call when traffic is light,
-larger chunks under load, and never a wait for a chunk to fill.
+the next worker that frees up, which takes its share of them (what waits
+divided by the number of workers, two at least): one document per call
+when traffic is light, larger chunks under load, and never a wait for a
+chunk to fill.
 """
 
 from __future__ import annotations
@@ -50,9 +52,13 @@ class ChunkingDispatcher(Generic[Args, Result]):
             if self._alone:
                 chunk = [self._alone.pop(0)]
             else:
-                # Share what waits between the idle workers rather than giving
-                # it all to the first one.
-                size = math.ceil(len(self._pending) / (self._workers - self._in_flight))
+                # A worker's share of what waits, busy workers counted: a
+                # chunk's documents are validated one after the other and
+                # answered together, so a worker that took everything would
+                # keep them waiting while a worker freed up a moment later
+                # sat idle. Two at least: a second document costs the warm
+                # worker less than a cold one (scripts/bench_dispatch.py).
+                size = max(2, math.ceil(len(self._pending) / self._workers))
                 chunk, self._pending = self._pending[:size], self._pending[size:]
             self._in_flight += 1
             call = asyncio.ensure_future(self._run_many([args for args, _ in chunk]))  # noqa: RUF006 - kept below
