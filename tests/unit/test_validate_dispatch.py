@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import pytest
 
@@ -58,85 +59,77 @@ async def test_documents_waiting_for_a_busy_worker_go_in_one_call() -> None:
     assert gate.calls == [["a"], ["b", "c", "d", "e"]]
 
 
-async def test_waiting_documents_are_shared_between_idle_workers() -> None:
+@dataclass
+class BothBusy:
+    """Two workers, both busy: the first on "a" (until ``gate`` opens), the
+    other on "x" (until ``hold_x`` is set), and documents waiting."""
+
+    gate: Gate
+    hold_x: threading.Event
+    dispatcher: ChunkingDispatcher[str, str]
+    first: asyncio.Task[str]
+    busy: asyncio.Task[str]
+    waiting: list[asyncio.Task[str]]
+
+
+async def _both_busy(waiting: str) -> BothBusy:
     gate = Gate()
-    release_second = threading.Event()
+    hold_x = threading.Event()
 
     def run_many(items: list[str]) -> list[str]:
         if items == ["x"]:
-            release_second.wait(timeout=30)
+            hold_x.wait(timeout=30)
         return gate(items)
 
     dispatcher: ChunkingDispatcher[str, str] = ChunkingDispatcher(2, in_thread(run_many))
     first = await _hold_first_call(dispatcher, gate)
-    second = asyncio.create_task(dispatcher.submit("x"))  # takes the other worker
+    busy = asyncio.create_task(dispatcher.submit("x"))  # takes the other worker
     await asyncio.sleep(0)
-    waiting = [asyncio.create_task(dispatcher.submit(x)) for x in "bcdefg"]
+    queued = [asyncio.create_task(dispatcher.submit(x)) for x in waiting]
     await asyncio.sleep(0)
-    assert dispatcher.waiting == 6
-    gate.opened.set()
-    release_second.set()
-    assert [await t for t in (first, second, *waiting)] == ["A", "X", "B", "C", "D", "E", "F", "G"]
+    assert dispatcher.waiting == len(waiting)
+    return BothBusy(gate, hold_x, dispatcher, first, busy, queued)
+
+
+async def test_waiting_documents_are_shared_between_idle_workers() -> None:
+    run = await _both_busy("bcdefg")
+    run.gate.opened.set()
+    run.hold_x.set()
+    assert [await t for t in (run.first, run.busy, *run.waiting)] == ["A", "X", "B", "C", "D", "E", "F", "G"]
     # Whichever worker frees up first, it takes its share of the six (three),
     # and each document is validated exactly once.
-    assert max(len(call) for call in gate.calls) == 3
-    assert sorted(item for call in gate.calls for item in call) == sorted("axbcdefg")
+    assert max(len(call) for call in run.gate.calls) == 3
+    assert sorted(item for call in run.gate.calls for item in call) == sorted("axbcdefg")
 
 
 async def test_a_worker_that_frees_up_leaves_the_busy_one_its_share() -> None:
     """Documents of one chunk are answered together: a worker that took all
     that waits would keep them waiting while the other, a moment later,
     had nothing to do."""
-    gate = Gate()
-    hold_x = threading.Event()
-
-    def run_many(items: list[str]) -> list[str]:
-        if items == ["x"]:
-            hold_x.wait(timeout=30)
-        return gate(items)
-
-    dispatcher: ChunkingDispatcher[str, str] = ChunkingDispatcher(2, in_thread(run_many))
-    first = await _hold_first_call(dispatcher, gate)
-    busy = asyncio.create_task(dispatcher.submit("x"))  # the other worker, held
-    await asyncio.sleep(0)
-    waiting = [asyncio.create_task(dispatcher.submit(x)) for x in "bcdefg"]
-    await asyncio.sleep(0)
+    run = await _both_busy("bcdefg")
     try:
-        gate.opened.set()  # the first worker frees up; the second stays busy
-        assert await first == "A"
-        assert [await t for t in waiting[:3]] == ["B", "C", "D"]
+        run.gate.opened.set()  # the first worker frees up; the second stays busy
+        assert await run.first == "A"
+        assert [await t for t in run.waiting[:3]] == ["B", "C", "D"]
         # Its share of the six, not all six; it goes on with what is left.
-        assert gate.calls[1] == ["b", "c", "d"]
+        assert run.gate.calls[1] == ["b", "c", "d"]
     finally:
-        hold_x.set()
-    assert [await t for t in (busy, *waiting[3:])] == ["X", "E", "F", "G"]
-    assert sorted(item for call in gate.calls for item in call) == sorted("axbcdefg")
+        run.hold_x.set()
+    assert [await t for t in (run.busy, *run.waiting[3:])] == ["X", "E", "F", "G"]
+    assert sorted(item for call in run.gate.calls for item in call) == sorted("axbcdefg")
 
 
 async def test_two_waiting_documents_stay_together() -> None:
     """Below two per chunk the warm worker would hand documents to a cold one
     for no gain in wait (scripts/bench_dispatch.py, bursts of four)."""
-    gate = Gate()
-    hold_x = threading.Event()
-
-    def run_many(items: list[str]) -> list[str]:
-        if items == ["x"]:
-            hold_x.wait(timeout=30)
-        return gate(items)
-
-    dispatcher: ChunkingDispatcher[str, str] = ChunkingDispatcher(2, in_thread(run_many))
-    first = await _hold_first_call(dispatcher, gate)
-    busy = asyncio.create_task(dispatcher.submit("x"))
-    await asyncio.sleep(0)
-    waiting = [asyncio.create_task(dispatcher.submit(x)) for x in "bc"]
-    await asyncio.sleep(0)
+    run = await _both_busy("bc")
     try:
-        gate.opened.set()
-        assert [await t for t in (first, *waiting)] == ["A", "B", "C"]
+        run.gate.opened.set()
+        assert [await t for t in (run.first, *run.waiting)] == ["A", "B", "C"]
     finally:
-        hold_x.set()
-    assert await busy == "X"
-    assert ["b", "c"] in gate.calls
+        run.hold_x.set()
+    assert await run.busy == "X"
+    assert ["b", "c"] in run.gate.calls
 
 
 async def test_a_failed_call_fails_each_of_its_documents_and_the_next_ones_run() -> None:
