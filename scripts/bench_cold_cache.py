@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -41,8 +40,6 @@ from invoicectl.bench.generator import Generator
 from invoicing_validate.checks import run_checks_many, warm_up
 from invoicing_validate.validation import Validator
 from invoicing_validate.workers import WorkerPool
-
-_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def documents(count: int) -> list[tuple[bytes, str]]:
@@ -114,10 +111,6 @@ def in_process(args: argparse.Namespace) -> dict[str, Any]:
     return {"mode": "in_process", "documents": len(docs), "spin": not args.sleep, "rows": result}
 
 
-def process_cpu(pid: int) -> float:
-    return cpu.parse_stat((cpu.PROC / str(pid) / "stat").read_text(), _TICKS)[1]
-
-
 async def paced_pool(args: argparse.Namespace) -> dict[str, Any]:
     docs = documents(args.count)
     pool = WorkerPool(2, warm_up=warm_up)
@@ -126,7 +119,7 @@ async def paced_pool(args: argparse.Namespace) -> dict[str, Any]:
         for doc in docs[:50]:  # each worker's first documents, untimed
             await asyncio.gather(*(pool.run(run_checks_many, ([doc],), 60) for _ in range(2)))
         pids = pool.pids
-        before = {pid: process_cpu(pid) for pid in pids}
+        before = {pid: cpu.process_seconds(pid) for pid in pids}
         interval = 1 / args.pool_rate
         calls = []
         start = time.perf_counter()
@@ -134,7 +127,7 @@ async def paced_pool(args: argparse.Namespace) -> dict[str, Any]:
             calls.append(asyncio.ensure_future(pool.run(run_checks_many, ([doc],), 60)))
             await asyncio.sleep(max(0.0, start + (n + 1) * interval - time.perf_counter()))
         await asyncio.gather(*calls)
-        used = {pid: process_cpu(pid) - before[pid] for pid in pids}
+        used = {pid: cpu.process_seconds(pid) - before[pid] for pid in pids}
     finally:
         await pool.stop()
     per_doc = 1000 * sum(used.values()) / len(docs)

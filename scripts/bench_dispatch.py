@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import time
@@ -41,7 +40,6 @@ from invoicing_validate.dispatch import ChunkingDispatcher
 from invoicing_validate.validation import ValidationReport
 from invoicing_validate.workers import WorkerPool
 
-_TICKS = os.sysconf("SC_CLK_TCK")
 _TIME_LIMIT_SECONDS = 60.0
 
 
@@ -76,7 +74,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.gather(*(pool.run(run_checks_many, ([doc],), _TIME_LIMIT_SECONDS) for _ in range(2)))
         chunks.clear()
         pids = pool.pids
-        before = {pid: cpu.parse_stat((cpu.PROC / str(pid) / "stat").read_text(), _TICKS)[1] for pid in pids}
+        before = {pid: cpu.process_seconds(pid) for pid in pids}
         calls: list[asyncio.Future[float]] = []
         start = time.perf_counter()
         if args.closed:
@@ -88,7 +86,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(max(0.0, start + (n + 1) * interval - time.perf_counter()))
         waits = await asyncio.gather(*calls)
         elapsed = time.perf_counter() - start
-        used = sum(cpu.parse_stat((cpu.PROC / str(p) / "stat").read_text(), _TICKS)[1] - before[p] for p in pids)
+        used = sum(cpu.process_seconds(pid) - before[pid] for pid in pids)
     finally:
         await pool.stop()
     ms = [1000 * w for w in waits]

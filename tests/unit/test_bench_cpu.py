@@ -73,6 +73,15 @@ def test_parse_stat_sums_own_and_reaped_children_time() -> None:
     assert cpu.parse_stat(text, 100) == (77, 2.5)
 
 
+def test_process_seconds_reads_one_process() -> None:
+    # This very process: its CPU time can only grow, and /proc is the
+    # real one (the function is a reading, not logic).
+    before = cpu.process_seconds(os.getpid())
+    sum(i * i for i in range(200_000))
+    after = cpu.process_seconds(os.getpid())
+    assert 0 < before <= after
+
+
 def test_parse_machine_counts_idle_and_iowait_as_not_busy() -> None:
     text = "cpu  100 10 40 800 50 0 0 0 7 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n"
     assert cpu.parse_machine(text) == MachineTimes(busy=150, total=1000)

@@ -73,6 +73,11 @@ def parse_stat(text: str, ticks_per_second: int) -> tuple[int, float]:
     return int(fields[1]), (utime + stime + cutime + cstime) / ticks_per_second
 
 
+def process_seconds(pid: int, proc: Path = PROC) -> float:
+    """CPU seconds one process has used so far (with its reaped children)."""
+    return parse_stat((proc / str(pid) / "stat").read_text(), os.sysconf("SC_CLK_TCK"))[1]
+
+
 def read_processes(proc: Path = PROC) -> dict[int, Process]:
     ticks = os.sysconf("SC_CLK_TCK")
     processes: dict[int, Process] = {}
