@@ -37,6 +37,7 @@ from typing import Any
 
 from invoicectl.bench import cpu
 from invoicectl.bench.generator import Generator
+from invoicectl.bench.speed import control_task
 from invoicing_validate.checks import run_checks_many, warm_up
 from invoicing_validate.validation import Validator
 from invoicing_validate.workers import WorkerPool
@@ -68,16 +69,6 @@ def cpu_per_call(calls: list[Callable[[], object]], gap: float, sleep: bool) -> 
         used += time.thread_time() - started
         pause(gap, sleep)
     return 1000 * used / len(calls)
-
-
-def control_task() -> Callable[[], object]:
-    """About a millisecond of pure Python over data that stays in cache."""
-    text = json.dumps([{"n": i, "s": str(i) * 4} for i in range(1200)])
-
-    def run() -> int:
-        return sum(item["n"] + len(item["s"]) for item in json.loads(text))
-
-    return run
 
 
 def in_process(args: argparse.Namespace) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from invoicectl.bench.calibration import DEFAULT_FRACTION, choose_rate, parse_ra
 from invoicectl.bench.generator import BenchDocument, Generator, Seller, mix
 from invoicectl.bench.report import Baselines, BenchReport, Calibration, PipelineFigures, ValidationBaseline, render
 from invoicectl.bench.runner import Authorize, BenchError, Metadata, Mode, Tick, run_pipeline
+from invoicectl.bench.speed import SpeedProbe, probe
 from invoicectl.config import Endpoints, client_config, token_source
 from invoicing_common.auth.client import TokenError, TokenSource
 
@@ -284,6 +285,8 @@ def bench(
                 validation_runs.append(await asyncio.to_thread(validation_baseline, subset, validation_workers, tick))
         calibration: Calibration | None = None
         window = _cpu_window()
+        # The machine's speed of the hour, read while the stack is quiet.
+        speed_before = probe()
         with _ids_writer(ids_file) as on_id:
             if auto:
                 calibration = await calibration_phase(progress, authorize, calibration_documents, on_id)
@@ -309,6 +312,7 @@ def bench(
                     on_settled=window.stop,
                 )
         phase_cpu = window.use(sum(pipeline.finals.values()))
+        speed = SpeedProbe(speed_before, probe())
         ceilings = Baselines()
         if baselines:
             with _step(progress, "ceiling: bare gRPC", len(subset)) as tick:
@@ -325,6 +329,7 @@ def bench(
             mix=mix(documents),
             calibration=calibration,
             cpu=phase_cpu,
+            speed=speed,
         )
 
     try:

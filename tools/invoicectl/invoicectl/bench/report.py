@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from invoicectl.bench.cpu import LOAD_GENERATOR, OTHER, TOTAL, CpuUse
+from invoicectl.bench.speed import SpeedProbe
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -215,6 +216,15 @@ class BenchReport:
     calibration: Calibration | None = None
     # CPU of the measured phase.
     cpu: CpuUse | None = None
+    # The machine's speed before and after the measured phase.
+    speed: SpeedProbe | None = None
+
+    def stack_cpu_in_probe_calls(self) -> float | None:
+        """The stack's CPU per invoice in speed-probe calls, or None."""
+        per_invoice = self.cpu.ms_per_invoice if self.cpu else None
+        if self.speed is None or not per_invoice or TOTAL not in per_invoice:
+            return None
+        return self.speed.in_calls(per_invoice[TOTAL])
 
     def ratios(self) -> dict[str, float | None]:
         b = self.baselines
@@ -239,10 +249,11 @@ class BenchReport:
         p = asdict(self.pipeline)
         return {
             "run_id": self.run_id,
-            "machine": self.machine,
+            "machine": {**self.machine, "speed_probe_ms": self.speed.as_json() if self.speed else None},
             "mix": self.mix,
             **p,
             **cpu_json(self.cpu),
+            "cpu_per_invoice_in_probe_calls": self.stack_cpu_in_probe_calls(),
             "baselines": asdict(self.baselines),
             "ratios": self.ratios(),
             "calibration": {**self.calibration.as_json(), **self.calibration.achieved(self.pipeline)}
@@ -375,6 +386,12 @@ def render_cpu(report: BenchReport, console: Console) -> None:
     console.print(table)
     windows = [("measured phase", measured)] + ([("calibration", closed)] if closed and closed.ms_per_invoice else [])
     console.print("; ".join(f"{name} over {_cpu_window(use)}" for name, use in windows))
+    in_calls = report.stack_cpu_in_probe_calls()
+    if report.speed is not None and in_calls is not None:
+        console.print(
+            f"machine speed probe {report.speed.before:.3f} / {report.speed.after:.3f} ms per call"
+            f" (before / after): the stack's CPU per invoice is {in_calls:.1f} probe calls"
+        )
     if closed is not None and closed.ms_per_invoice is None:
         console.print(f"[yellow]calibration CPU not measured:[/yellow] {closed.unavailable}")
 
