@@ -2,6 +2,7 @@
 same documents back to back.
 
     .venv/bin/python scripts/bench_cold_cache.py [--gaps 0,2,5,18,36] [--count 300] [--json FILE]
+    .venv/bin/python scripts/bench_cold_cache.py --small [--gaps 0,1,10] [--sleep]
     .venv/bin/python scripts/bench_cold_cache.py --pool-rate 55 [--count 900]
 
 The first form validates the ``invoicectl bench`` mix in this process with
@@ -13,7 +14,13 @@ hardware's state (caches, predictors) going cold, not the scheduler. A
 control runs beside it: a small pure-Python task with a working set that
 fits in a core's cache, timed the same way.
 
-The second form starts the validate service's ``WorkerPool`` (two
+The ``--small`` form times tasks of a few microseconds the same way (a
+call that does nothing, ``json.dumps`` of a log line's fields, a 200-byte
+``os.write`` to a file, one JSON log line through the services' logging
+set-up), in microseconds: what a service pays for each step of an
+invoice's handling that follows a wait.
+
+The last form starts the validate service's ``WorkerPool`` (two
 processes) and hands it one document every 1/RATE seconds, as an open loop
 at that rate would, and reports the workers' CPU per document, read from
 ``/proc``. Run it on two commits in turn to compare how the pool spreads
@@ -28,7 +35,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -38,6 +48,7 @@ from typing import Any
 from invoicectl.bench import cpu
 from invoicectl.bench.generator import Generator
 from invoicectl.bench.speed import control_task
+from invoicing_common.logs import JsonFormatter
 from invoicing_validate.checks import run_checks_many, warm_up
 from invoicing_validate.validation import Validator
 from invoicing_validate.workers import WorkerPool
@@ -102,6 +113,54 @@ def in_process(args: argparse.Namespace) -> dict[str, Any]:
     return {"mode": "in_process", "documents": len(docs), "spin": not args.sleep, "rows": result}
 
 
+def small_tasks(args: argparse.Namespace) -> dict[str, Any]:
+    """Microseconds of this thread's CPU per call of tiny tasks, per gap."""
+    fields = {"ts": "2026-12-02T17:31:57.921+00:00", "level": "info", "service": "invoicing-status",
+              "logger": "invoicing_status.agents", "message": "status 203",
+              "invoice_id": "f7f98bbe-70c5-4e2e-ab4e-87bea5ae41de"}  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        fd = os.open(Path(folder) / "write.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        log_file = (Path(folder) / "json.log").open("a")
+        handler = logging.StreamHandler(log_file)
+        handler.setFormatter(JsonFormatter("bench-cold-cache"))
+        logger = logging.getLogger("bench_cold_cache.small")
+        logger.addHandler(handler)
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        tasks: dict[str, Callable[[], object]] = {
+            "nothing": lambda: None,
+            "json.dumps": lambda: json.dumps(fields),
+            "os.write": lambda: os.write(fd, b"x" * 199 + b"\n"),
+            "log line": lambda: logger.info("status %s", "203", extra={"invoice_id": fields["invoice_id"]}),
+        }
+        gaps = [float(g) / 1000 for g in args.gaps.split(",")]
+        rows: dict[str, dict[float, list[float]]] = {name: {g: [] for g in gaps} for name in tasks}
+        try:
+            for _ in range(2):
+                for gap in gaps:
+                    for name, task in tasks.items():
+                        # 1000 µs per ms; fewer calls with long gaps keep the run short.
+                        calls = [task] * (args.count if gap == 0 else max(1, min(args.count, int(3 / gap))))
+                        rows[name][gap].append(1000 * cpu_per_call(calls, gap, args.sleep))
+        finally:
+            os.close(fd)
+            logger.removeHandler(handler)
+            log_file.close()
+    print(f"{'task':<12}" + "".join(f"{f'gap {1000 * g:g} ms (us, x)':>24}" for g in gaps))
+    result = []
+    for name in tasks:
+        base = sum(rows[name][gaps[0]]) / 2
+        row: dict[str, Any] = {"task": name}
+        cells = []
+        for gap in gaps:
+            mean = sum(rows[name][gap]) / 2
+            row[f"gap_{1000 * gap:g}_ms_us"] = round(mean, 2)
+            cells.append(f"{mean:12.1f} {mean / base:9.1f}x")
+        print(f"{name:<12}" + "".join(f"{c:>24}" for c in cells))
+        result.append(row)
+    return {"mode": "small", "spin": not args.sleep, "rows": result}
+
+
 async def paced_pool(args: argparse.Namespace) -> dict[str, Any]:
     docs = documents(args.count)
     pool = WorkerPool(2, warm_up=warm_up)
@@ -134,6 +193,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--gaps", default="0,2,5,18,36", help="milliseconds between documents (default 0,2,5,18,36)")
     parser.add_argument("--count", type=int, default=300, help="documents of the bench mix (default 300)")
     parser.add_argument("--sleep", action="store_true", help="sleep through each gap instead of spinning")
+    parser.add_argument("--small", action="store_true", help="tiny tasks (microseconds) instead of validations")
     parser.add_argument("--pool-rate", type=float, metavar="RATE", help="feed the worker pool at RATE documents/s")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args(argv)
@@ -141,7 +201,14 @@ def main(argv: list[str]) -> int:
         parser.error("--count must be at least 1")
     if args.pool_rate is not None and args.pool_rate <= 0:
         parser.error("--pool-rate must be above 0")
-    result = asyncio.run(paced_pool(args)) if args.pool_rate else in_process(args)
+    if args.small and args.pool_rate:
+        parser.error("--small and --pool-rate are different measurements: choose one")
+    if args.small:
+        result = small_tasks(args)
+    elif args.pool_rate:
+        result = asyncio.run(paced_pool(args))
+    else:
+        result = in_process(args)
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -36,6 +36,7 @@ from invoicectl.bench.runner import Authorize, BenchError, Metadata, Mode, Tick,
 from invoicectl.bench.speed import SpeedProbe, probe
 from invoicectl.config import Endpoints, client_config, token_source
 from invoicing_common.auth.client import TokenError, TokenSource
+from invoicing_common.lifecycle import use_event_loop
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -332,6 +333,9 @@ def bench(
             speed=speed,
         )
 
+    # The services' loop (uvloop unless EVENT_LOOP=asyncio): the load
+    # generator shares the stack's cores, and costs them less on it.
+    use_event_loop(os.environ.get("EVENT_LOOP", "uvloop"))
     try:
         report = asyncio.run(run())
     except (BenchError, AccountError, TokenError) as exc:
