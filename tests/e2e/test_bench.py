@@ -55,3 +55,9 @@ def test_a_small_bench_run_reports_every_figure_and_loses_nothing(tmp_path: Path
     assert cpu["total"] == pytest.approx(sum(components.values()), abs=0.05)
     assert cpu["load generator (this bench)"] > 0
     assert report["cpu_window_seconds"] > 0 and 0 < report["cpu_busy_share"] <= 1
+    # The machine's speed of the hour, before and after, and the stack's CPU in it.
+    speed = report["machine"]["speed_probe_ms"]
+    assert speed["before"] > 0 and speed["after"] > 0
+    mean = (speed["before"] + speed["after"]) / 2
+    assert report["cpu_per_invoice_in_probe_calls"] == pytest.approx(cpu["total"] / mean, abs=0.01)
+    assert "machine speed probe" in done.stdout
