@@ -35,14 +35,21 @@ class Invoice:
         self.name = name
         self.key = key
         self.submitted = Submitted(received_event_id=f"{name}-received", received_at=T0)
-        self.summary = common_pb2.InvoiceSummary(invoice_number=f"F-{name}", seller_name=f"seller {name}")
+        self.summary = common_pb2.InvoiceSummary(
+            invoice_number=f"F-{name}", seller_name=f"seller {name}", due_date="2026-12-31",
+            seller_ids=[common_pb2.PartyIdentifier(value="842109373", scheme="0002")],
+            buyer_ids=[common_pb2.PartyIdentifier(value="73282932000074", scheme="0009")],
+        )  # fmt: skip
 
     def _item(self, stage: str, status: Status | None, actor: str, **facts: Any) -> Item:
         event_id = f"{self.name}-{stage}" if stage != "received" else self.submitted.received_event_id
         outcome = Outcome(status, actor, T0 + timedelta(seconds=len(stage)), event_id, facts.pop("reason", None))
+        # Each stage names its own trace and receipt time: the first to
+        # reach the invoice's row must keep them, as one by one.
         f = InvoiceFacts(
-            invoice_id=self.id, filename=f"{self.name}.xml", submitter="erp", received_at=T0,
-            trace_id=f"trace-{self.name}", headers={"traceparent": f"tp-{self.name}-{stage}"}, **facts,
+            invoice_id=self.id, filename=f"{self.name}.xml", submitter="erp",
+            received_at=T0 + timedelta(seconds=len(stage)), trace_id=f"trace-{self.name}-{stage}",
+            headers={"traceparent": f"tp-{self.name}-{stage}"}, **facts,
         )  # fmt: skip
         submitted = self.submitted
 
@@ -52,14 +59,17 @@ class Invoice:
         return event_id, f, planner
 
     def received(self) -> Item:
-        return self._item("received", None, "ingest")
+        return self._item(
+            "received", None, "ingest", received_files=f'{{"original": "{self.name}"}}', origin_platform="peer"
+        )
 
     def validated(self, valid: bool = True) -> Item:
         findings = [] if valid else [{"rule": "BR-01", "severity": "fatal", "location": "/", "message": "x"}]
         if valid:
             return self._item(
-                "validated", None, "validate", summary=self.summary, findings=findings, business_key=self.key
-            )
+                "validated", None, "validate", summary=self.summary, findings=findings, business_key=self.key,
+                parties_checked=True, validated_files=f'{{"validated": "{self.name}"}}',
+            )  # fmt: skip
         return self._item(
             "validated", Status.REJECTED, "validate", summary=self.summary, findings=findings,
             reason=Reason("REJ_SEMAN", "BR-01"),
@@ -69,8 +79,9 @@ class Invoice:
         routing = {"outcome": "ROUTED" if ok else "REJECTED"}
         if ok:
             return self._item(
-                "routed", Status.MADE_AVAILABLE, "route", summary=self.summary, routing=routing, business_key=self.key
-            )
+                "routed", Status.MADE_AVAILABLE, "route", summary=self.summary, routing=routing, business_key=self.key,
+                parties_checked=True, destination_platform="local",
+            )  # fmt: skip
         return self._item(
             "routed", Status.REJECTED, "route", summary=self.summary, routing=routing,
             reason=Reason("REJ_ADR", "unknown buyer"),
@@ -93,8 +104,9 @@ async def _dump(db: Database) -> dict[str, list[tuple[Any, ...]]]:
                 tuple(r)
                 for r in await conn.fetch(
                     "SELECT invoice_id, status_code, reason_code, reason_text, filename, submitter, received_at,"
-                    " trace_id, summary, findings, routing, invoice_number, seller_ids, buyer_ids"
-                    " FROM invoices ORDER BY invoice_id"
+                    " trace_id, summary, findings, routing, invoice_number, seller_ids, buyer_ids,"
+                    " seller_sirens, buyer_sirens, due_date, received_files, validated_files, origin_platform,"
+                    " destination_platform FROM invoices ORDER BY invoice_id"
                 )
             ],
             "history": [
