@@ -55,6 +55,11 @@ def test_a_small_bench_run_reports_every_figure_and_loses_nothing(tmp_path: Path
     assert cpu["total"] == pytest.approx(sum(components.values()), abs=0.05)
     assert cpu["load generator (this bench)"] > 0
     assert report["cpu_window_seconds"] > 0 and 0 < report["cpu_busy_share"] <= 1
+    # Every invoice's hops up to validation, 200 -> validated split at the
+    # received record (ingest's outbox, then validate's stage).
+    assert report["hops_unavailable"] == []
+    for hop in ("submit_to_200", "200_to_validated", "200_to_received", "received_to_validated", "total"):
+        assert report["hops_ms"][hop]["count"] == COUNT, hop
     # The machine's speed of the hour, before and after, and the stack's CPU in it.
     speed = report["machine"]["speed_probe_ms"]
     assert speed["before"] > 0 and speed["after"] > 0

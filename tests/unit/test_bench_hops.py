@@ -91,11 +91,16 @@ def test_a_run_without_finals_gives_no_rate() -> None:
 
 
 def test_hops_of_a_routed_invoice() -> None:
-    times = InvoiceTimes(submitted=100.0, status_200=100.05, validated=100.25, routed=100.3, final=100.4)
+    times = InvoiceTimes(
+        submitted=100.0, status_200=100.05, received=100.06, validated=100.25, routed=100.3, final=100.4
+    )
     hops = hop_seconds(times)
     assert list(hops) == list(HOPS)
     assert hops["submit_to_200"] == pytest.approx(0.05)
     assert hops["200_to_validated"] == pytest.approx(0.2)
+    # ingest's outbox, then validate's stage: the two parts of the hop above.
+    assert hops["200_to_received"] == pytest.approx(0.01)
+    assert hops["received_to_validated"] == pytest.approx(0.19)
     assert hops["validated_to_routed"] == pytest.approx(0.05)
     assert hops["routed_to_final"] == pytest.approx(0.1)
     assert hops["total"] == pytest.approx(0.4)
@@ -110,6 +115,7 @@ def test_a_hop_needs_both_ends() -> None:
     unread = hop_seconds(InvoiceTimes(submitted=0.0, status_200=0.1, final=0.5))
     assert unread["submit_to_200"] == pytest.approx(0.1)
     assert unread["200_to_validated"] is None and unread["routed_to_final"] is None
+    assert unread["200_to_received"] is None and unread["received_to_validated"] is None
     # Lost: nothing after the submission.
     assert set(hop_seconds(InvoiceTimes(submitted=0.0)).values()) == {None}
 
@@ -135,8 +141,10 @@ def test_invoice_times_put_sent_times_on_the_wall_clock() -> None:
         Sent(_document(0), start=10.0, acked=10.1, invoice_id="a"),
         Sent(_document(1), start=10.5, error="UNAVAILABLE"),
     ]
-    [a] = invoice_times(sent, 1000.0, {"a": 1010.02}, {"a": 1010.2}, {}, {"a": 1010.3})
-    assert a == InvoiceTimes(submitted=1010.0, status_200=1010.02, validated=1010.2, routed=None, final=1010.3)
+    [a] = invoice_times(sent, 1000.0, {"a": 1010.02}, {"a": 1010.05}, {"a": 1010.2}, {}, {"a": 1010.3})
+    assert a == InvoiceTimes(
+        submitted=1010.0, status_200=1010.02, received=1010.05, validated=1010.2, routed=None, final=1010.3
+    )
 
 
 def test_the_earliest_record_of_each_wanted_key_wins() -> None:
@@ -156,12 +164,14 @@ def test_hop_table_keeps_pipeline_order_and_shows_missing_hops() -> None:
     assert [r[0] for r in rows] == [
         "submit -> 200",
         "200 -> validated",
+        "  of which 200 -> received",
+        "  and received -> validated",
         "validated -> routed",
         "routed -> final",
         "submit -> final",
     ]
     assert rows[0] == ("submit -> 200", "20.0", "29.0", "29.8", "30.0", "3")
-    assert rows[2] == ("validated -> routed", "-", "-", "-", "-", "0")
+    assert rows[4] == ("validated -> routed", "-", "-", "-", "-", "0")
     assert rows[1][5] == "0"  # absent from the mapping
 
 

@@ -3,6 +3,9 @@
 * submit: the bench's own clock when the submission was sent (the scheduled
   time in the open loop, as for the end-to-end latency);
 * 200: ``occurred_at`` of the SUBMITTED status event (ingest's receipt time);
+* received: the record timestamp of the invoice's record on the received
+  topic (CreateTime, set by ingest's outbox relay as it sends it), which
+  splits 200 -> validated into ingest's outbox and validate's stage;
 * validated, routed: the record timestamps of the invoice's records on the
   validated and routed topics (CreateTime, set by the producing service);
 * final: ``occurred_at`` of the first final status event (201, 203, 213, 501).
@@ -40,6 +43,7 @@ class InvoiceTimes:
 
     submitted: float
     status_200: float | None = None
+    received: float | None = None
     validated: float | None = None
     routed: float | None = None
     final: float | None = None
@@ -54,6 +58,8 @@ def hop_seconds(times: InvoiceTimes) -> dict[str, float | None]:
     return {
         "submit_to_200": _span(times.submitted, times.status_200),
         "200_to_validated": _span(times.status_200, times.validated),
+        "200_to_received": _span(times.status_200, times.received),
+        "received_to_validated": _span(times.received, times.validated),
         "validated_to_routed": _span(times.validated, times.routed),
         "routed_to_final": _span(times.routed, times.final),
         "total": _span(times.submitted, times.final),
@@ -115,12 +121,12 @@ async def _read_topic(
 async def stage_times(
     kafka: KafkaClientSettings, wanted: Collection[str], since: float
 ) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """Per topic (validated, routed), the record time of each wanted invoice,
+    """Per topic (received, validated, routed), the record time of each wanted invoice,
     each partition read to its end offset at call time from ``since`` (epoch
     seconds). A topic that cannot be read (no READ for this principal, say)
     leaves its hops out; the second value says which and why."""
     wanted = frozenset(wanted)
-    names = (topics.VALIDATED, topics.ROUTED)
+    names = (topics.RECEIVED, topics.VALIDATED, topics.ROUTED)
 
     async def one(topic: str) -> dict[str, float]:
         return await asyncio.wait_for(_read_topic(kafka, topic, wanted, since), READ_TIMEOUT_SECONDS)

@@ -69,10 +69,22 @@ def steady_rate(times: Sequence[float], low: float = 10.0, high: float = 90.0) -
     return rate(j - i, ordered[j] - ordered[i])
 
 
-HOPS: tuple[str, ...] = ("submit_to_200", "200_to_validated", "validated_to_routed", "routed_to_final", "total")
+# 200_to_received and received_to_validated split 200_to_validated: ingest's
+# outbox, then validate's stage.
+HOPS: tuple[str, ...] = (
+    "submit_to_200",
+    "200_to_validated",
+    "200_to_received",
+    "received_to_validated",
+    "validated_to_routed",
+    "routed_to_final",
+    "total",
+)
 HOP_LABELS: dict[str, str] = {
     "submit_to_200": "submit -> 200",
     "200_to_validated": "200 -> validated",
+    "200_to_received": "  of which 200 -> received",
+    "received_to_validated": "  and received -> validated",
     "validated_to_routed": "validated -> routed",
     "routed_to_final": "routed -> final",
     "total": "submit -> final",

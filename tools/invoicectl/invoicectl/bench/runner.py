@@ -286,6 +286,7 @@ async def run_pipeline(
                 sent,
                 wall0 - t0,
                 tracker.submitted_at,
+                stages.get(topics.RECEIVED, {}),
                 stages.get(topics.VALIDATED, {}),
                 stages.get(topics.ROUTED, {}),
                 tracker.final_at,
@@ -298,6 +299,7 @@ def invoice_times(
     sent: Iterable[Sent],
     wall_offset: float,
     submitted_at: dict[str, float],
+    received_at: dict[str, float],
     validated_at: dict[str, float],
     routed_at: dict[str, float],
     final_at: dict[str, float],
@@ -308,6 +310,7 @@ def invoice_times(
         InvoiceTimes(
             submitted=s.start + wall_offset,
             status_200=submitted_at.get(s.invoice_id),
+            received=received_at.get(s.invoice_id),
             validated=validated_at.get(s.invoice_id),
             routed=routed_at.get(s.invoice_id),
             final=final_at.get(s.invoice_id),
