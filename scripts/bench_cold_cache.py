@@ -139,9 +139,9 @@ def small_tasks(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(2):
                 for gap in gaps:
                     for name, task in tasks.items():
-                        # 1000 µs per ms; fewer calls with long gaps keep the run short.
+                        # At most 3 s of gaps per task and gap: fewer calls when the gaps are long.
                         calls = [task] * (args.count if gap == 0 else max(1, min(args.count, int(3 / gap))))
-                        rows[name][gap].append(1000 * cpu_per_call(calls, gap, args.sleep))
+                        rows[name][gap].append(1000 * cpu_per_call(calls, gap, args.sleep))  # ms -> µs
         finally:
             os.close(fd)
             logger.removeHandler(handler)

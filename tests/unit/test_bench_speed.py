@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import asdict
 
 import pytest
 from rich.console import Console
@@ -63,7 +64,7 @@ def test_report_json_carries_the_probe_and_the_stack_cpu_in_calls() -> None:
 def test_without_a_probe_or_a_cpu_reading_the_figure_is_null(cpu: CpuUse | None, speed: SpeedProbe | None) -> None:
     data = _report(cpu, speed).as_json()
     assert data["cpu_per_invoice_in_probe_calls"] is None
-    assert data["machine"]["speed_probe_ms"] == (speed.as_json() if speed else None)
+    assert data["machine"]["speed_probe_ms"] == (asdict(speed) if speed else None)
 
 
 def test_the_cpu_table_is_followed_by_the_probe() -> None:

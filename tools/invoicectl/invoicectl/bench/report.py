@@ -261,7 +261,7 @@ class BenchReport:
         p = asdict(self.pipeline)
         return {
             "run_id": self.run_id,
-            "machine": {**self.machine, "speed_probe_ms": self.speed.as_json() if self.speed else None},
+            "machine": {**self.machine, "speed_probe_ms": asdict(self.speed) if self.speed else None},
             "mix": self.mix,
             **p,
             **cpu_json(self.cpu),

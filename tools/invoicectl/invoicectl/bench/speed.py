@@ -68,6 +68,3 @@ class SpeedProbe:
         """``cpu_ms`` in probe calls: a CPU figure the machine's speed of
         the hour moves less."""
         return round(cpu_ms / self.mean, 2)
-
-    def as_json(self) -> dict[str, float]:
-        return {"before": self.before, "after": self.after}
