@@ -45,6 +45,10 @@ async def test_the_inbox_shows_the_buyer_its_invoices_and_no_one_else(stack: Sta
         assert all(i["status_code"] == 203 and i["due_date"] == "2025-04-13" for i in mine)
         named = _inbox(buyer, "--buyer", SAMPLE_BUYER, "--since", since)
         assert [i["invoice_id"] for i in named if i["invoice_id"] in ids] == ids[::-1]
+        # --seller keeps that seller's invoices only (every item, not only ours).
+        sold = _inbox(buyer, "--seller", seller, "--since", since)
+        assert [i["invoice_id"] for i in sold] == ids[::-1]
+        assert not _inbox(buyer, "--seller", stranger, "--since", since)
 
         # Another buyer sees none of them, even asking for that buyer.
         theirs = _inbox(other, "--since", since) + _inbox(other, "--buyer", SAMPLE_BUYER, "--since", since)

@@ -451,6 +451,7 @@ def inbox(
         list[str] | None,
         typer.Option("--buyer", help="Buyer SIREN; repeat for several (default: every company of the account)."),
     ] = None,
+    seller: SellerOpt = "",
     since: SinceOpt = None,
     limit: Annotated[int, typer.Option(help="Invoices to show (0: all).")] = 50,
     page_size: Annotated[int, typer.Option(help="Invoices per request (1-500).")] = 100,
@@ -469,7 +470,7 @@ def inbox(
     async def fetch() -> list[status_pb2.InvoiceListItem]:
         found: dict[str, status_pb2.InvoiceListItem] = {}
         for siren in chosen:
-            f = _filter("", siren, INBOX_STATUSES, since, None)
+            f = _filter(seller, siren, INBOX_STATUSES, since, None)
             for item in await fetch_list(endpoints.status, f, limit, page_size):
                 found[item.invoice_id] = item
         newest = sorted(
