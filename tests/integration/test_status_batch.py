@@ -5,6 +5,7 @@ stack's PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -140,7 +141,10 @@ async def _compare(
 async def test_a_mixed_batch_has_the_effect_of_one_by_one(stores: Any, caplog: pytest.LogCaptureFixture) -> None:
     a, b, c, d, e = Invoice("a", "k-a"), Invoice("b", "k-b"), Invoice("c", "k-cd"), Invoice("d", "k-cd"), Invoice("e")
     old = Invoice("old", "k-old")
+    n, p = Invoice("n"), Invoice("p")
     batches = [
+        # No business key to claim: the first round trip takes the history lock.
+        [n.received(), n.validated(valid=False), p.received()],
         # A duplicate (same business key) of an invoice from an earlier batch.
         [old.received(), old.validated()],
         [
@@ -176,3 +180,39 @@ async def test_a_key_released_and_claimed_again_in_one_batch(stores: Any, caplog
     assert statuses[uuid.UUID(f.id)] == Status.REJECTED.value
     assert statuses[uuid.UUID(g.id)] == Status.MADE_AVAILABLE.value
     assert rows["keys"] == [("k-fg", uuid.UUID(g.id))]
+
+
+async def _blocks_someone(conn: Any, pid: int) -> bool:
+    return bool(
+        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)))", pid)
+    )
+
+
+async def test_a_row_another_transaction_commits_while_the_batch_reads(
+    stores: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another writer inserts the invoice's row and commits while the batch's
+    # first statement waits on it: that statement's snapshot cannot show the
+    # row, and the batch must still lock and use it, as one by one would.
+    batch_repo, single_repo, batch_db, single_db = stores
+    h = Invoice("h", "k-h")
+    events = [h.received(), h.validated()]
+    insert = "INSERT INTO invoices (invoice_id, status_code, updated_at) VALUES ($1, $2, now())"
+    async with single_db.pool.acquire() as conn:
+        await conn.execute(insert, uuid.UUID(h.id), Status.SUBMITTED.value)
+    expected = [await single_repo.apply(event_id, facts, planner) for event_id, facts, planner in events]
+
+    with caplog.at_level(logging.INFO, logger="invoicing_status.repository"):
+        async with batch_db.pool.acquire() as writer, batch_db.pool.acquire() as watcher:
+            other = writer.transaction()
+            await other.start()
+            await writer.execute(insert, uuid.UUID(h.id), Status.SUBMITTED.value)
+            applying = asyncio.create_task(batch_repo.apply_many(events))
+            async with asyncio.timeout(10):
+                while not await _blocks_someone(watcher, writer.get_server_pid()):
+                    await asyncio.sleep(0.01)
+            await other.commit()
+            got = await applying
+    assert "one by one" not in caplog.text
+    assert got == expected
+    assert await _dump(batch_db) == await _dump(single_db)

@@ -25,6 +25,60 @@ from invoicing_status.records import (
     status_event,
 )
 
+# The batch's first round trip: end the holds its events move past (no hold
+# is made inside a batch, so first or last is the same), record its event
+# ids, give each fresh event's invoice a row (the one-by-one path creates
+# one for any unknown invoice too) and lock the rows that existed. Rows
+# (kind, event_id, invoice_id, status_code, summary, trace_id): "e" a fresh
+# event, "c" a row created now, "l" a row that existed, locked. Each count
+# makes one step wait for the one before (a statement's steps otherwise run
+# in no set order), so locks are taken in the order of the one-by-one path:
+# the rows created, then the others in invoice order.
+_READ_STEPS = (
+    "WITH released AS (DELETE FROM holds h USING unnest($3::uuid[], $4::int[]) AS r (invoice_id, rank)"
+    " WHERE h.invoice_id = r.invoice_id AND h.clears_from_rank <= r.rank),"
+    " fresh AS (INSERT INTO processed_events (event_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING"
+    " RETURNING event_id),"
+    " touched AS (SELECT DISTINCT e.invoice_id FROM unnest($1::text[], $2::uuid[]) AS e (event_id, invoice_id)"
+    " JOIN fresh USING (event_id)),"
+    " created AS (INSERT INTO invoices (invoice_id, status_code, updated_at)"
+    " SELECT invoice_id, $5::smallint, now() FROM touched ORDER BY invoice_id ON CONFLICT DO NOTHING"
+    " RETURNING invoice_id),"
+    " locked AS (SELECT i.invoice_id, i.status_code, i.summary, i.trace_id FROM invoices i"
+    " WHERE i.invoice_id IN (SELECT invoice_id FROM touched) AND (SELECT count(*) FROM created) >= 0"
+    " ORDER BY i.invoice_id FOR UPDATE OF i)"
+)
+_READ_ROWS = (
+    " SELECT 'e' AS kind, event_id, NULL::uuid AS invoice_id, NULL::smallint AS status_code,"
+    " NULL::bytea AS summary, NULL::text AS trace_id FROM fresh"
+    " UNION ALL SELECT 'c', NULL, invoice_id, NULL, NULL, NULL FROM created"
+    " UNION ALL SELECT 'l', NULL, invoice_id, status_code, summary, trace_id FROM locked"
+)
+_READ_SQL = _READ_STEPS + _READ_ROWS
+# The same, taking the history lock last (after the rows'), when no event
+# of the batch has a business key to claim first. The outbox's notification
+# (delivered at commit) rides on it.
+_READ_AND_LOCK_SQL = (
+    _READ_STEPS
+    + ", history_lock AS (SELECT pg_advisory_xact_lock($6), pg_notify($7, $8) FROM (SELECT count(*) FROM locked) AS n)"
+    + _READ_ROWS
+    + " UNION ALL SELECT 'h', NULL, NULL, NULL, NULL, NULL FROM history_lock"
+)
+_LOCK_ROWS_SQL = (
+    "SELECT invoice_id, status_code, summary, trace_id FROM invoices"
+    " WHERE invoice_id = ANY($1::uuid[]) ORDER BY invoice_id FOR UPDATE"
+)
+# Claims business keys, then takes the history lock (the count waits for
+# every claim), as the one-by-one path orders them.
+_CLAIM_AND_LOCK_SQL = (
+    "WITH claimed AS (INSERT INTO business_keys (business_key, invoice_id)"
+    " SELECT k, i FROM unnest($1::text[], $2::uuid[]) AS t(k, i) ORDER BY k"
+    " ON CONFLICT (business_key) DO UPDATE SET business_key = EXCLUDED.business_key"
+    " RETURNING business_key, invoice_id),"
+    " history_lock AS (SELECT pg_advisory_xact_lock($3), pg_notify($4, $5) FROM (SELECT count(*) FROM claimed) AS n)"
+    " SELECT c.business_key, c.invoice_id FROM history_lock LEFT JOIN claimed AS c ON true"
+)
+
 
 class NeedsSequential(Exception):
     """This batch must be applied one event at a time (see StatusRepository.apply_many)."""
@@ -58,10 +112,16 @@ class _Planned:
 class BatchApply:
     """One batch of events, applied with set-based statements.
 
-    Reads what the batch needs at once (processed events, invoice rows under
-    lock, business key holders), plans every event in Python in order with
-    an in-memory view of each invoice, then writes history with statuses,
-    facts (one pipelined executemany) and outbox rows: a statement each.
+    Reads what the batch needs in one round trip (processed events, invoice
+    rows under lock), claims its business keys and takes the history lock in
+    a second (in the first when it has no keys), plans every event in
+    Python in order with an in-memory view of each invoice, then writes
+    history with statuses, facts (one pipelined executemany) and outbox rows
+    with the keys released: a round trip each. Four or five in all between
+    BEGIN and COMMIT (eight or nine before they were merged), whatever the
+    batch's size: each one is a wake-up of this process and of its
+    PostgreSQL backend, which is what a batch's latency is made of at
+    moderate load.
     """
 
     def __init__(
@@ -83,20 +143,25 @@ class BatchApply:
     async def run(self) -> list[list[Change]]:
         conn, items = self._conn, self._items
         results: list[list[Change]] = [[] for _ in items]
-        # The holds the batch's events move past end in the same round trip
-        # (no hold is made inside a batch, so first or last is the same).
-        fresh_ids = {
-            r["event_id"]
-            for r in await conn.fetch(
-                "WITH released AS (DELETE FROM holds h USING unnest($2::uuid[], $3::int[]) AS r (invoice_id, rank)"
-                " WHERE h.invoice_id = r.invoice_id AND h.clears_from_rank <= r.rank)"
-                " INSERT INTO processed_events (event_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING"
-                " RETURNING event_id",
-                [event_id for event_id, _, _ in items],
-                [invoice_id for invoice_id, _ in self._releases],
-                [rank for _, rank in self._releases],
-            )
-        }
+        try:
+            item_ids = [str(uuid.UUID(facts.invoice_id)) for _, facts, _ in items]
+        except ValueError:
+            raise NeedsSequential("an invoice id is not a UUID") from None
+        keyed = any(facts.business_key is not None for _, facts, _ in items)
+        # Without keys to claim, the first round trip takes the history lock.
+        self._locked = not keyed
+        rows = await conn.fetch(
+            _READ_SQL if keyed else _READ_AND_LOCK_SQL,
+            [event_id for event_id, _, _ in items],
+            item_ids,
+            [invoice_id for invoice_id, _ in self._releases],
+            [rank for _, rank in self._releases],
+            Status.SUBMITTED.value,
+            *(() if keyed else (HISTORY_LOCK, OUTBOX_CHANNEL, self._notice)),
+        )
+        fresh_ids = {r["event_id"] for r in rows if r["kind"] == "e"}
+        created = {str(r["invoice_id"]) for r in rows if r["kind"] == "c"}
+        found = {str(r["invoice_id"]): r for r in rows if r["kind"] == "l"}
         fresh: list[int] = []
         for index, (event_id, _, _) in enumerate(items):
             if event_id in fresh_ids:  # a repeated id counts once, first
@@ -104,35 +169,23 @@ class BatchApply:
                 fresh.append(index)
         if not fresh:
             return results
-        try:
-            ids = {index: str(uuid.UUID(items[index][1].invoice_id)) for index in fresh}
-        except ValueError:
-            raise NeedsSequential("an invoice id is not a UUID") from None
+        ids = {index: item_ids[index] for index in fresh}
         invoice_ids = sorted(set(ids.values()))
-        # Every invoice of the batch gets a row first (as a claim would need
-        # it); the one-by-one path creates one for any unknown invoice too.
-        created = {
-            str(r["invoice_id"])
-            for r in await conn.fetch(
-                "INSERT INTO invoices (invoice_id, status_code, updated_at)"
-                " SELECT unnest($1::uuid[]), $2, now() ON CONFLICT DO NOTHING RETURNING invoice_id",
-                invoice_ids,
-                Status.SUBMITTED.value,
-            )
-        }
+        missing = [i for i in invoice_ids if i not in created and i not in found]
+        if missing:
+            # Rows another transaction inserted and committed while the
+            # statement ran: its snapshot did not show them.
+            for r in await conn.fetch(_LOCK_ROWS_SQL, missing):
+                found[str(r["invoice_id"])] = r
+            if any(i not in created and i not in found for i in invoice_ids):
+                raise NeedsSequential("an invoice row went missing under the batch")
         state: dict[str, _Current] = {}
-        for r in await conn.fetch(
-            "SELECT invoice_id, status_code, summary, trace_id FROM invoices"
-            " WHERE invoice_id = ANY($1::uuid[]) ORDER BY invoice_id FOR UPDATE",
-            invoice_ids,
-        ):
-            invoice_id = str(r["invoice_id"])
-            created_now = invoice_id in created
-            state[invoice_id] = _Current(
-                status=None if created_now else Status(r["status_code"]),
-                summary=None if created_now else r["summary"],
-                trace_id="" if created_now else r["trace_id"],
-            )
+        for invoice_id in invoice_ids:
+            if invoice_id in created:
+                state[invoice_id] = _Current(status=None, summary=None, trace_id="")
+            else:
+                r = found[invoice_id]
+                state[invoice_id] = _Current(Status(r["status_code"]), r["summary"], r["trace_id"])
         holders, claimant = await self._claim_keys(fresh, ids, state)
 
         planned: list[_Planned] = []
@@ -183,25 +236,27 @@ class BatchApply:
         if not claimant:
             return {}, claimant
         rows = await self._conn.fetch(
-            "INSERT INTO business_keys (business_key, invoice_id)"
-            " SELECT k, i FROM unnest($1::text[], $2::uuid[]) AS t(k, i) ORDER BY k"
-            " ON CONFLICT (business_key) DO UPDATE SET business_key = EXCLUDED.business_key"
-            " RETURNING business_key, invoice_id",
+            _CLAIM_AND_LOCK_SQL,
             list(claimant),
             [ids[index] for index in claimant.values()],
+            HISTORY_LOCK,
+            OUTBOX_CHANNEL,
+            self._notice,
         )
-        return {r["business_key"]: str(r["invoice_id"]) for r in rows}, claimant
+        self._locked = True
+        return {r["business_key"]: str(r["invoice_id"]) for r in rows if r["business_key"] is not None}, claimant
 
     async def _write(self, fresh: list[int], ids: dict[int, str], planned: list[_Planned], releasing: set[str]) -> None:
         conn = self._conn
         now = datetime.now(UTC)
         seqs: list[int] = []
         if planned:
-            # The outbox's notification (delivered at commit) rides on the
-            # lock's round trip: this batch writes outbox rows.
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock($1), pg_notify($2, $3)", HISTORY_LOCK, OUTBOX_CHANNEL, self._notice
-            )
+            if not self._locked:
+                # The outbox's notification (delivered at commit) rides on
+                # the lock's round trip: this batch writes outbox rows.
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock($1), pg_notify($2, $3)", HISTORY_LOCK, OUTBOX_CHANNEL, self._notice
+                )
             # Each invoice's row takes its last status in the same statement.
             last = {p.invoice_id: p for p in planned}
             rows = await conn.fetch(
@@ -241,8 +296,13 @@ class BatchApply:
         # Executed in order, so later facts win as they would one by one.
         await conn.executemany(RECORD_FACTS, [facts_args(self._items[index][1]) for index in fresh])
         if planned:
+            # The keys the batch's final statuses release go in the same
+            # round trip (a step of their own, on another table).
+            release = (
+                "WITH released AS (DELETE FROM business_keys WHERE invoice_id = ANY($5::uuid[])) " if releasing else ""
+            )
             await conn.execute(
-                INSERT_OUTBOX_ROWS,
+                release + INSERT_OUTBOX_ROWS,
                 seqs,
                 [p.facts.invoice_id for p in planned],
                 [
@@ -252,6 +312,5 @@ class BatchApply:
                     for seq, p in zip(seqs, planned, strict=True)
                 ],
                 [json.dumps(p.facts.headers) for p in planned],
+                *([sorted(releasing)] if releasing else []),
             )
-        if releasing:
-            await conn.execute("DELETE FROM business_keys WHERE invoice_id = ANY($1::uuid[])", sorted(releasing))

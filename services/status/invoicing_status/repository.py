@@ -65,11 +65,12 @@ class StatusRepository:
         """Apply several events in one transaction, in order, with the effect
         of applying them one by one: all or nothing, one commit per batch.
 
-        The statements are set-based (about ten per batch whatever its size,
-        against seven or more per event one by one). The few orderings the
-        set-based form cannot reproduce exactly (a business key released and
-        claimed again inside the batch, an unexpected history conflict) roll
-        it back and apply the batch one event at a time instead.
+        The statements are set-based (six or seven round trips per batch,
+        BEGIN and COMMIT included, whatever its size, against seven or more
+        per event one by one). The few orderings the set-based form cannot
+        reproduce exactly (a business key released and claimed again inside
+        the batch, an unexpected history conflict) roll it back and apply
+        the batch one event at a time instead.
 
         ``releases``: (invoice id, rank of the event's topic) for each event,
         ending the holds the events move past (holds.py), in the same
