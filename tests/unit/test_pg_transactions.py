@@ -42,6 +42,8 @@ LOG = [
     _line("22.008", 7, "status", 0.50, "execute __asyncpg_stmt_4__: INSERT INTO outbox ..."),
     _line("22.020", 7, "status", 1.50, "statement: COMMIT;"),
     _line("22.021", 9, "ingest", 1.00, "statement: COMMIT;"),
+    # Outside a transaction: a statement of its own.
+    _line("22.022", 9, "ingest", 0.20, "execute __asyncpg_stmt_6__: SELECT seq FROM outbox ..."),
     # A transaction without the marker (the relay's), and a stray line.
     _line("22.030", 7, "status", 0.03, "statement: BEGIN;"),
     "2026-12-03 06:36:22.031 UTC [7] status LOG:  checkpoint starting: time",
@@ -68,3 +70,8 @@ def test_without_a_marker_every_transaction_of_the_app_counts() -> None:
     assert figures["round_trips_p50"] == 2
     assert figures["round_trips_max"] == 3
     assert pt.summary([]) == {"transactions": 0}
+
+
+def test_statements_outside_a_transaction_are_counted_apart() -> None:
+    assert pt.loose_statements(LOG, "ingest") == 1
+    assert pt.loose_statements(LOG, "status") == 0
