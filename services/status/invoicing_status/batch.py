@@ -174,7 +174,11 @@ class BatchApply:
         missing = [i for i in invoice_ids if i not in created and i not in found]
         if missing:
             # Rows another transaction inserted and committed while the
-            # statement ran: its snapshot did not show them.
+            # statement ran: its snapshot did not show them. (Rare enough
+            # that taking their locks after the history lock, when the first
+            # statement took it, is acceptable: a deadlock with a writer
+            # holding such a row is detected by PostgreSQL and retried as a
+            # transient fault.)
             for r in await conn.fetch(_LOCK_ROWS_SQL, missing):
                 found[str(r["invoice_id"])] = r
             if any(i not in created and i not in found for i in invoice_ids):
