@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "check_manifests.py"
+from tests.support import load_script
 
-
-def _load() -> ModuleType:
-    # scripts/ is not a package: load the file itself.
-    spec = importlib.util.spec_from_file_location("check_manifests", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules while the class is made.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-cm = _load()
+cm = load_script("check_manifests")
 
 HARDENED = {
     "allowPrivilegeEscalation": False,

@@ -3,25 +3,9 @@ PostgreSQL statement log (the log's lines as the local stack writes them)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
+from tests.support import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pg_transactions.py"
-
-
-def _load() -> ModuleType:
-    # scripts/ is not a package: load the file itself.
-    spec = importlib.util.spec_from_file_location("pg_transactions", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pt = _load()
+pt = load_script("pg_transactions")
 
 
 def _line(ts: str, pid: int, app: str, ms: float, what: str) -> str:
