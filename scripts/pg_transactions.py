@@ -30,6 +30,7 @@ import re
 import statistics
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -43,6 +44,49 @@ _LINE = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \S+ \[(?P<pid>\d+)\] (?P<app>\S*) LOG:  "
     r"duration: (?P<ms>[\d.]+) ms  (?P<kind>statement|execute|bind|parse)(?: (?P<name>[^:]*))?: (?P<text>.*)$"
 )
+
+
+_OPENS = ("BEGIN", "START")
+_ENDS = ("COMMIT", "ROLLBACK", "END")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One logged statement of the service: a transaction's boundary
+    (``word`` BEGIN, COMMIT...), an execution, or its bind or parse step."""
+
+    pid: str
+    at: float
+    ms: float
+    kind: str
+    name: str | None
+    text: str
+    word: str
+
+    @property
+    def opens(self) -> bool:
+        return self.kind == "statement" and self.word in _OPENS
+
+    @property
+    def ends(self) -> bool:
+        return self.kind == "statement" and self.word in _ENDS
+
+
+def _entries(lines: list[str], app: str) -> Iterator[_Entry]:
+    for line in lines:
+        m = _LINE.match(line)
+        if m is None or m["app"] != app:
+            continue
+        text = m["text"].strip()
+        yield _Entry(
+            pid=m["pid"],
+            at=datetime.strptime(m["ts"], "%Y-%m-%d %H:%M:%S.%f").timestamp(),
+            ms=float(m["ms"]),
+            kind=m["kind"],
+            name=m["name"] if m["kind"] == "execute" else None,
+            text=text,
+            word=text.split(None, 1)[0].rstrip(";").upper() if text else "",
+        )
 
 
 @dataclass
@@ -66,34 +110,27 @@ def transactions(lines: list[str], app: str, marker: str = "") -> list[Transacti
     ended; with ``marker``, only those with a statement containing it."""
     done: list[Transaction] = []
     open_: dict[str, Transaction] = {}
-    for line in lines:
-        m = _LINE.match(line)
-        if m is None or m["app"] != app:
+    for e in _entries(lines, app):
+        if e.opens:
+            open_[e.pid] = Transaction(e.pid, e.at, server_ms=e.ms)
             continue
-        at = datetime.strptime(m["ts"], "%Y-%m-%d %H:%M:%S.%f").timestamp()
-        ms, text = float(m["ms"]), m["text"].strip()
-        word = text.split(None, 1)[0].rstrip(";").upper() if text else ""
-        tx = open_.get(m["pid"])
-        if m["kind"] == "statement" and word in ("BEGIN", "START"):
-            open_[m["pid"]] = Transaction(m["pid"], at, server_ms=ms)
-            continue
+        tx = open_.get(e.pid)
         if tx is None:
             continue
-        tx.server_ms += ms
-        if m["kind"] == "statement" and word in ("COMMIT", "ROLLBACK", "END"):
-            tx.end = at
-            del open_[m["pid"]]
+        tx.server_ms += e.ms
+        if e.ends:
+            tx.end = e.at
+            del open_[e.pid]
             if tx.marked or not marker:
                 done.append(tx)
             continue
-        if m["kind"] in ("bind", "parse"):
+        if e.kind in ("bind", "parse"):
             continue
         tx.statements += 1
-        name = m["name"] if m["kind"] == "execute" else None
-        if name is None or name != tx._last_name:
+        if e.name is None or e.name != tx._last_name:
             tx.round_trips += 1
-        tx._last_name = name
-        if marker and marker.lower() in text.lower():
+        tx._last_name = e.name
+        if marker and marker.lower() in e.text.lower():
             tx.marked = True
     return done
 
@@ -103,17 +140,12 @@ def loose_statements(lines: list[str], app: str) -> int:
     own round trip and commit: an outbox relay's looks and marks, say)."""
     inside: set[str] = set()
     count = 0
-    for line in lines:
-        m = _LINE.match(line)
-        if m is None or m["app"] != app or m["kind"] in ("bind", "parse"):
-            continue
-        text = m["text"].strip()
-        word = text.split(None, 1)[0].rstrip(";").upper() if text else ""
-        if m["kind"] == "statement" and word in ("BEGIN", "START"):
-            inside.add(m["pid"])
-        elif m["kind"] == "statement" and word in ("COMMIT", "ROLLBACK", "END"):
-            inside.discard(m["pid"])
-        elif m["pid"] not in inside:
+    for e in _entries(lines, app):
+        if e.opens:
+            inside.add(e.pid)
+        elif e.ends:
+            inside.discard(e.pid)
+        elif e.kind not in ("bind", "parse") and e.pid not in inside:
             count += 1
     return count
 
