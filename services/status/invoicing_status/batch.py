@@ -139,6 +139,9 @@ class BatchApply:
         self._items = items
         self._releases = releases
         self._notice = WOKEN_IN_PROCESS if wakes_relay else ""
+        # Whether this transaction holds the history lock yet (taken with the
+        # first statement or with the claims, else before the history rows).
+        self._locked = False
 
     async def run(self) -> list[list[Change]]:
         conn, items = self._conn, self._items
