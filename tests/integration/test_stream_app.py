@@ -184,6 +184,75 @@ async def test_batches_are_bounded_and_committed(stack: Stack) -> None:
     assert await _committed_is_end(stack.kafka, group, source)
 
 
+def _fetch_sent(app: StreamApp) -> tuple[int, int]:
+    """What the consumer's next fetch request asks the broker for."""
+    fetcher = app.consumer._fetcher
+    return fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms
+
+
+async def test_a_batch_consumer_fetches_at_the_pace_records_come(stack: Stack) -> None:
+    source, _sink = await _fresh_topics(stack.kafka)
+    group = f"test-streams-{uuid.uuid4().hex[:8]}"
+    handled: list[bytes] = []
+
+    async def handle(records: list[Record]) -> None:
+        handled.extend(r.value or b"" for r in records)
+
+    settings = ServiceSettings(
+        **stack.kafka_fields(),
+        kafka_fetch_min_bytes=1,
+        kafka_fetch_max_wait_ms=500,
+        kafka_batch_fetch_min_bytes=32 * 1024,
+        kafka_batch_fetch_max_wait_ms=200,
+    )
+    app = StreamApp(group, settings)
+    app.consume_batches(source, handler=handle, batch_size=500, batch_window=0.05)
+    await app.start()
+    try:
+        pace = app.fetch_pace
+        assert pace is not None and pace.busy  # it may start on a backlog
+        # Nothing comes: it turns to the quiet fetch (from 1 byte, long-polling).
+        await _until(lambda: not pace.busy, "an idle consumer's quiet fetch")
+        assert _fetch_sent(app) == (1, 500)
+        # A burst: far more than one record per 200 ms wait, so it batches.
+        values = [f"p{i}".encode() for i in range(100)]
+        await _produce(stack.kafka, source, values)
+        await _until(lambda: pace.busy and _fetch_sent(app) == (32 * 1024, 200), "the batch fetch under a burst")
+        await _until(lambda: len(handled) == 100, "100 records handled")
+        # And quiet again once the burst is over.
+        await _until(lambda: not pace.busy and _fetch_sent(app) == (1, 500), "the quiet fetch after the burst")
+    finally:
+        await app.stop()
+    assert sorted(handled) == sorted(values)
+
+
+async def test_a_quiet_batch_consumer_hands_each_record_over_at_once(stack: Stack) -> None:
+    source, _sink = await _fresh_topics(stack.kafka)
+    group = f"test-streams-{uuid.uuid4().hex[:8]}"
+    batches: list[list[bytes]] = []
+
+    async def handle(records: list[Record]) -> None:
+        batches.append([r.value or b"" for r in records])
+
+    app = StreamApp(group, ServiceSettings(**stack.kafka_fields(), kafka_batch_fetch_max_wait_ms=200))
+    # A window and an interval no test could wait out: a record that waited
+    # for either would never be handled here.
+    app.consume_batches(source, handler=handle, batch_size=500, batch_window=600, batch_interval=600)
+    await app.start()
+    try:
+        pace = app.fetch_pace
+        assert pace is not None
+        await _until(lambda: not pace.busy, "an idle consumer's quiet fetch")
+        await _produce(stack.kafka, source, [b"first"])
+        await _until(lambda: len(batches) == 1, "the first record handled")
+        # Within the interval of the first batch: handled at once all the same.
+        await _produce(stack.kafka, source, [b"second"])
+        await _until(lambda: len(batches) == 2, "the second record handled")
+    finally:
+        await app.stop()
+    assert batches == [[b"first"], [b"second"]]
+
+
 async def test_stopping_finishes_and_commits_the_records_in_hand(stack: Stack) -> None:
     source, sink = await _fresh_topics(stack.kafka)
     group = f"test-streams-{uuid.uuid4().hex[:8]}"

@@ -57,6 +57,7 @@ from invoicing_common.kafka.handling import (
     handle_record,
     record_from,
 )
+from invoicing_common.kafka.pace import FetchPace, FetchShape
 from invoicing_common.settings import ServiceSettings
 from invoicing_common.telemetry import meter, produce_span
 
@@ -210,6 +211,9 @@ class StreamApp(Service):
         # Every topic read or written: each must exist at start.
         self._declared: set[str] = set()
         self._dlq = self.topic(dlq_topic, topics.DLQ_MAX_MESSAGE_BYTES)
+        # A batch consumer on the invoice's path fetches at the pace records
+        # come (pace.py); None: its fetch stays as configured.
+        self._pace: FetchPace | None = None
 
     # -- wiring ---------------------------------------------------------------
 
@@ -287,6 +291,19 @@ class StreamApp(Service):
     def consuming(self) -> bool:
         """Whether the consume loop runs (false once it has died)."""
         return self._loop_task is not None and not self._loop_task.done()
+
+    @property
+    def fetch_pace(self) -> FetchPace | None:
+        """The pace of a batch consumer's fetches (None: fixed fetches)."""
+        return self._pace
+
+    def _set_fetch(self, shape: FetchShape) -> None:
+        # aiokafka reads these two when it builds each fetch request and has
+        # no public way to change them on a running consumer; the pinned
+        # version's attribute names are checked by tests/unit/test_fetch_pace.py.
+        fetcher = self.consumer._fetcher
+        fetcher._fetch_min_bytes = shape.min_bytes
+        fetcher._fetch_max_wait_ms = shape.max_wait_ms
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._consumer.assignment()) if self._consumer is not None else set()
@@ -389,13 +406,19 @@ class StreamApp(Service):
             max_wait_ms = s.kafka_background_fetch_max_wait_ms
         else:
             max_wait_ms = s.kafka_batch_fetch_max_wait_ms if batched else s.kafka_fetch_max_wait_ms
+        min_bytes = s.kafka_batch_fetch_min_bytes if batched else s.kafka_fetch_min_bytes
+        if batched and not self._off_path and s.kafka_batch_fetch_adaptive:
+            self._pace = FetchPace(
+                busy_fetch=FetchShape(min_bytes, max_wait_ms),
+                quiet_fetch=FetchShape(s.kafka_fetch_min_bytes, s.kafka_fetch_max_wait_ms),
+            )
         self._consumer = AIOKafkaConsumer(
             **s.kafka_client_kwargs(),
             client_id=f"{self.group_id}-streams",
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_min_bytes=s.kafka_batch_fetch_min_bytes if batched else s.kafka_fetch_min_bytes,
+            fetch_min_bytes=min_bytes,
             fetch_max_wait_ms=max_wait_ms,
             max_partition_fetch_bytes=topics.MAX_MESSAGE_BYTES,
             fetch_max_bytes=2 * topics.MAX_MESSAGE_BYTES,
@@ -564,6 +587,8 @@ class StreamApp(Service):
             while len(messages) < subscription.batch_size and not self.should_stop:
                 wait = _POLL_MS if deadline is None else max(0, int((deadline - loop.time()) * 1000))
                 fetched = await self._poll(timeout_ms=wait, max_records=subscription.batch_size - len(messages))
+                if self._pace is not None and self._pace.observe(loop.time(), sum(map(len, fetched.values()))):
+                    self._set_fetch(self._pace.fetch)
                 if generation is not None and self._generation != generation:
                     # Revoked while the batch filled: what came before is
                     # read again by the new assignment; what this poll
@@ -573,8 +598,11 @@ class StreamApp(Service):
                 for records in fetched.values():
                     messages.extend(records)
                 if messages and deadline is None:
-                    # Wait a little for more: one transaction per batch.
-                    deadline = batch_deadline(loop.time(), last_dispatch, subscription)
+                    # Wait a little for more: one transaction per batch;
+                    # unless records come too seldom for any to join it.
+                    now = loop.time()
+                    quiet = self._pace is not None and not self._pace.busy
+                    deadline = now if quiet else batch_deadline(now, last_dispatch, subscription)
                 if deadline is not None and loop.time() >= deadline:
                     break
             if not messages or self.should_stop:

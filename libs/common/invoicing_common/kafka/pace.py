@@ -1,0 +1,76 @@
+"""How long a batch consumer's fetches wait for more records.
+
+A batch consumer (status) fetches for ``kafka_batch_fetch_min_bytes`` or
+``kafka_batch_fetch_max_wait_ms`` (32 KiB or 50 ms), so that under load a
+batch, and its one transaction, holds several invoices' events. On a quiet
+system the 32 KiB never fill: each lone event waited out the 50 ms, and an
+idle consumer still asked the broker twenty times a second.
+
+``FetchPace`` follows the records' arrival rate and picks the fetch: while
+fewer than one record comes per batch wait, the record consumers' fetch
+(from 1 byte, long-polling ``kafka_fetch_max_wait_ms``), and the stream
+runtime dispatches each batch as soon as its first record is there instead
+of keeping the batch interval: a record is handed over at once, and an
+idle consumer asks the broker twice a second; from one record per wait,
+the batch fetch and the batch interval. Below that rate the batch fetch
+would not batch anything (its wait ends with one record or none), so the
+quiet fetch costs no more fetches than the batch fetch did, and no more
+transactions than there are arrivals.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FetchShape:
+    min_bytes: int
+    max_wait_ms: int
+
+
+@dataclass
+class FetchPace:
+    """The fetch to use next, from the records seen so far (pure: the caller
+    passes the clock)."""
+
+    busy_fetch: FetchShape
+    quiet_fetch: FetchShape
+    # The arrival rate is an exponentially decaying count over this horizon.
+    horizon: float = 1.0
+    # Busy from this many records per batch wait, quiet again below half of
+    # it: the gap keeps a rate near the line from switching at every fetch.
+    busy_from: float = 1.0
+    busy: bool = True  # a consumer starts on a backlog as often as not
+    _level: float = field(default=0.0, repr=False)
+    _at: float | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.horizon <= 0:
+            raise ValueError(f"horizon must be positive, not {self.horizon}")
+        if self.busy:
+            # Starting busy, as if records had come at the threshold's rate:
+            # it decays from there like any other count.
+            self._level = self.busy_from * self.horizon / (self.busy_fetch.max_wait_ms / 1000 or 1e-3)
+
+    @property
+    def fetch(self) -> FetchShape:
+        return self.busy_fetch if self.busy else self.quiet_fetch
+
+    def rate(self, now: float) -> float:
+        """Records per second, as of ``now``."""
+        if self._at is None:
+            return self._level / self.horizon
+        return self._level * math.exp(-max(0.0, now - self._at) / self.horizon) / self.horizon
+
+    def observe(self, now: float, records: int) -> bool:
+        """``records`` arrived at ``now`` (a poll's result, 0 for an empty
+        one). Returns whether the fetch to use changed."""
+        self._level = self.rate(now) * self.horizon + records
+        self._at = now
+        per_wait = self._level / self.horizon * (self.busy_fetch.max_wait_ms / 1000 or 1e-3)
+        busy = per_wait >= self.busy_from if not self.busy else per_wait >= self.busy_from / 2
+        changed = busy != self.busy
+        self.busy = busy
+        return changed
