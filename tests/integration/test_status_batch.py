@@ -182,6 +182,27 @@ async def test_a_key_released_and_claimed_again_in_one_batch(stores: Any, caplog
     assert rows["keys"] == [("k-fg", uuid.UUID(g.id))]
 
 
+async def test_a_routing_refusal_read_before_its_validated_event(stores: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # Topics are read independently, so route's refusal can come first in a
+    # batch: the validated event's key then belongs to an invoice already
+    # final, which one by one claims nothing. h's key is claimed and released
+    # in the same batch; y's is held by x from an earlier batch.
+    h, x, y = Invoice("h", "k-h"), Invoice("x", "k-xy"), Invoice("y", "k-xy")
+    batches = [
+        [h.received(), h.routed(ok=False), h.validated()],
+        [x.received(), x.validated(), x.routed()],
+        [y.received(), y.routed(ok=False), y.validated()],
+    ]
+    with caplog.at_level(logging.INFO, logger="invoicing_status.repository"):
+        rows = await _compare(stores, batches)
+    assert "one by one" not in caplog.text  # the set-based path did it all
+    statuses = {r[0]: r[1] for r in rows["invoices"]}
+    assert statuses[uuid.UUID(h.id)] == Status.REJECTED.value
+    assert statuses[uuid.UUID(y.id)] == Status.REJECTED.value
+    assert statuses[uuid.UUID(x.id)] == Status.MADE_AVAILABLE.value
+    assert rows["keys"] == [("k-xy", uuid.UUID(x.id))]
+
+
 async def _blocks_someone(conn: Any, pid: int) -> bool:
     return bool(
         await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)))", pid)

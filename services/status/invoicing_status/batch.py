@@ -209,7 +209,14 @@ class BatchApply:
                     raise NeedsSequential(f"business key {key!r} released and claimed again")
                 holder = holders[key]
                 duplicate_of = None if holder == invoice_id else holder
-            elif key is not None and claimant.get(key) == index:
+            elif key is not None and claimant.get(key) == index and holders[key] == invoice_id and key not in released:
+                # Claimed for this event before planning, and the invoice
+                # turned final earlier in the batch: one by one it would
+                # claim nothing. That end holds when the claim found another
+                # holder (nothing written) or when the final status that
+                # came first releases this invoice's keys in this
+                # transaction (a routing refusal read before the validated
+                # event); not otherwise.
                 raise NeedsSequential(f"business key {key!r} claimed for a final invoice")
             changes = planner(current.status, duplicate_of)
             summary = facts.summary if facts.summary is not None else current.decoded_summary()
