@@ -1,5 +1,5 @@
 """The pace of a batch consumer's fetches: quiet (a record handed over as
-soon as it is there) while records are rarer than one per batch wait, the
+soon as it is there) while records are rarer than three per batch wait, the
 batch fetch from there, with a gap between the two thresholds."""
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ def _steady(pace: FetchPace, per_second: float, seconds: float, start: float = 0
 
 def test_starts_with_the_batch_fetch() -> None:
     # A consumer often starts on a backlog: batches from the first fetch,
-    # as if records had come at the threshold's rate (20 a second here).
+    # as if records had come at the threshold's rate (60 a second here).
     pace = _pace()
     assert pace.fetch == BUSY
-    assert pace.rate(0.0) == pytest.approx(20)
+    assert pace.rate(0.0) == pytest.approx(60)
     assert pace.observe(0.0, 1) is False
 
 
@@ -44,14 +44,14 @@ def test_an_idle_consumer_turns_quiet() -> None:
     assert changed.count(True) == 1
 
 
-def test_records_rarer_than_one_per_wait_keep_it_quiet() -> None:
+def test_records_rarer_than_three_per_wait_keep_it_quiet() -> None:
     pace = _pace(busy=False)
-    # 10 records a second: one per 100 ms, the batch wait is 50 ms.
-    _steady(pace, 10, 5)
+    # 20 records a second: one per 50 ms wait (status at about 7 invoices/s).
+    _steady(pace, 20, 5)
     assert pace.fetch == QUIET
 
 
-def test_records_faster_than_one_per_wait_make_it_batch() -> None:
+def test_records_faster_than_three_per_wait_make_it_batch() -> None:
     pace = _pace(busy=False)
     # 150 a second (status's three events per invoice at 50 invoices/s).
     _steady(pace, 150, 2)
@@ -60,20 +60,20 @@ def test_records_faster_than_one_per_wait_make_it_batch() -> None:
 
 def test_a_burst_makes_it_batch_at_once() -> None:
     pace = _pace(busy=False)
-    assert pace.observe(10.0, 40) is True
+    assert pace.observe(10.0, 200) is True
     assert pace.fetch == BUSY
 
 
 def test_the_gap_between_thresholds_keeps_a_rate_near_the_line_steady() -> None:
-    # 15 a second: 0.75 per 50 ms wait, between the thresholds (0.5 and 1).
+    # 45 a second: 2.25 per 50 ms wait, between the thresholds (1.5 and 3).
     busy, quiet = _pace(busy=True), _pace(busy=False)
-    clock = _steady(busy, 15, 10)
-    _steady(quiet, 15, 10)
+    clock = _steady(busy, 45, 10)
+    _steady(quiet, 45, 10)
     assert (busy.fetch, quiet.fetch) == (BUSY, QUIET)
     # Above the upper threshold the quiet one batches; below the lower one
     # the busy one stops.
-    _steady(quiet, 25, 5, start=clock)
-    _steady(busy, 8, 5, start=clock)
+    _steady(quiet, 75, 5, start=clock)
+    _steady(busy, 24, 5, start=clock)
     assert (busy.fetch, quiet.fetch) == (QUIET, BUSY)
 
 

@@ -110,7 +110,7 @@ class ServiceSettings(KafkaClientSettings):
     # from validate on a loaded machine; their records wait for the batch.
     kafka_batch_fetch_min_bytes: int = Field(default=32 * 1024, ge=1, le=64 * 1024 * 1024)
     kafka_batch_fetch_max_wait_ms: int = Field(default=50, ge=0, le=1500)
-    # ...but only while records come at least one per that wait: below it, a
+    # ...but only while records come at least three per that wait: below, a
     # batch consumer on the invoice's path fetches as the record consumers
     # do, and sends each batch as soon as its first record is there
     # (kafka/pace.py; false: always the batch fetch and interval).

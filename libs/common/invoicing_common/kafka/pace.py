@@ -7,15 +7,18 @@ system the 32 KiB never fill: each lone event waited out the 50 ms, and an
 idle consumer still asked the broker twenty times a second.
 
 ``FetchPace`` follows the records' arrival rate and picks the fetch: while
-fewer than one record comes per batch wait, the record consumers' fetch
+fewer than three records come per batch wait (60 a second with a 50 ms
+wait: status at about 20 invoices a second), the record consumers' fetch
 (from 1 byte, long-polling ``kafka_fetch_max_wait_ms``), and the stream
 runtime dispatches each batch as soon as its first record is there instead
 of keeping the batch interval: a record is handed over at once, and an
-idle consumer asks the broker twice a second; from one record per wait,
-the batch fetch and the batch interval. Below that rate the batch fetch
-would not batch anything (its wait ends with one record or none), so the
-quiet fetch costs no more fetches than the batch fetch did, and no more
-transactions than there are arrivals.
+idle consumer asks the broker twice a second; from three records per wait,
+the batch fetch and the batch interval. Below that rate a batch holds
+about one invoice's events anyway (they come within a few tens of
+milliseconds of each other), so the quiet form costs a fetch and a
+transaction per event instead of per invoice: a few percent of a core at
+10 invoices a second, on a machine then mostly idle, for half the
+end-to-end latency (docs/performance.md, issue 18's twelfth round).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class FetchPace:
     horizon: float = 1.0
     # Busy from this many records per batch wait, quiet again below half of
     # it: the gap keeps a rate near the line from switching at every fetch.
-    busy_from: float = 1.0
+    busy_from: float = 3.0
     busy: bool = True  # a consumer starts on a backlog as often as not
     _level: float = field(default=0.0, repr=False)
     _at: float | None = field(default=None, repr=False)
