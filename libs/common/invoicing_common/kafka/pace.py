@@ -55,7 +55,12 @@ class FetchPace:
         if self.busy:
             # Starting busy, as if records had come at the threshold's rate:
             # it decays from there like any other count.
-            self._level = self.busy_from * self.horizon / (self.busy_fetch.max_wait_ms / 1000 or 1e-3)
+            self._level = self.busy_from / self._wait_s * self.horizon
+
+    @property
+    def _wait_s(self) -> float:
+        # A 0 ms batch wait counts as 1 ms: the threshold stays finite.
+        return max(self.busy_fetch.max_wait_ms, 1) / 1000
 
     @property
     def fetch(self) -> FetchShape:
@@ -72,7 +77,7 @@ class FetchPace:
         one). Returns whether the fetch to use changed."""
         self._level = self.rate(now) * self.horizon + records
         self._at = now
-        per_wait = self._level / self.horizon * (self.busy_fetch.max_wait_ms / 1000 or 1e-3)
+        per_wait = self.rate(now) * self._wait_s
         busy = per_wait >= self.busy_from if not self.busy else per_wait >= self.busy_from / 2
         changed = busy != self.busy
         self.busy = busy
