@@ -162,14 +162,20 @@ async def _until_committed_end(kafka: KafkaClientSettings, group: str, topic: st
         await asyncio.sleep(0.2)  # polling the broker's commits, bounded by the deadline
 
 
-async def test_batches_are_bounded_and_committed(stack: Stack) -> None:
-    source, _sink = await _fresh_topics(stack.kafka)
-    group = f"test-streams-{uuid.uuid4().hex[:8]}"
+def _collecting() -> tuple[list[list[bytes]], Callable[[list[Record]], Awaitable[None]]]:
+    """A batch handler that keeps each batch's values, and what it kept."""
     batches: list[list[bytes]] = []
 
     async def handle(records: list[Record]) -> None:
         batches.append([r.value or b"" for r in records])
 
+    return batches, handle
+
+
+async def test_batches_are_bounded_and_committed(stack: Stack) -> None:
+    source, _sink = await _fresh_topics(stack.kafka)
+    group = f"test-streams-{uuid.uuid4().hex[:8]}"
+    batches, handle = _collecting()
     app = _app(stack, group)
     app.consume_batches(source, handler=handle, batch_size=10, batch_window=0.05)
     await app.start()
@@ -193,11 +199,7 @@ def _fetch_sent(app: StreamApp) -> tuple[int, int]:
 async def test_a_batch_consumer_fetches_at_the_pace_records_come(stack: Stack) -> None:
     source, _sink = await _fresh_topics(stack.kafka)
     group = f"test-streams-{uuid.uuid4().hex[:8]}"
-    handled: list[bytes] = []
-
-    async def handle(records: list[Record]) -> None:
-        handled.extend(r.value or b"" for r in records)
-
+    batches, handle = _collecting()
     settings = ServiceSettings(
         **stack.kafka_fields(),
         kafka_fetch_min_bytes=1,
@@ -218,22 +220,18 @@ async def test_a_batch_consumer_fetches_at_the_pace_records_come(stack: Stack) -
         values = [f"p{i}".encode() for i in range(100)]
         await _produce(stack.kafka, source, values)
         await _until(lambda: pace.busy and _fetch_sent(app) == (32 * 1024, 200), "the batch fetch under a burst")
-        await _until(lambda: len(handled) == 100, "100 records handled")
+        await _until(lambda: sum(map(len, batches)) == 100, "100 records handled")
         # And quiet again once the burst is over.
         await _until(lambda: not pace.busy and _fetch_sent(app) == (1, 500), "the quiet fetch after the burst")
     finally:
         await app.stop()
-    assert sorted(handled) == sorted(values)
+    assert sorted(v for b in batches for v in b) == sorted(values)
 
 
 async def test_a_quiet_batch_consumer_hands_each_record_over_at_once(stack: Stack) -> None:
     source, _sink = await _fresh_topics(stack.kafka)
     group = f"test-streams-{uuid.uuid4().hex[:8]}"
-    batches: list[list[bytes]] = []
-
-    async def handle(records: list[Record]) -> None:
-        batches.append([r.value or b"" for r in records])
-
+    batches, handle = _collecting()
     app = StreamApp(group, ServiceSettings(**stack.kafka_fields(), kafka_batch_fetch_max_wait_ms=200))
     # A window and an interval no test could wait out: a record that waited
     # for either would never be handled here.
