@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ from invoicing.v1 import common_pb2
 from invoicing_common.db import Database
 from invoicing_status.domain import Change, Outcome, Submitted, plan
 from invoicing_status.lifecycle import Reason, Status
-from invoicing_status.records import InvoiceFacts, Planner
+from invoicing_status.records import RECORD_FACTS, InvoiceFacts, Planner, fold_facts
 from invoicing_status.repository import StatusRepository
 from tests.support import Stack, scratch_database
 
@@ -237,3 +238,62 @@ async def test_a_row_another_transaction_commits_while_the_batch_reads(
     assert "one by one" not in caplog.text
     assert got == expected
     assert await _dump(batch_db) == await _dump(single_db)
+
+
+def _random_facts(rng: random.Random, invoice_id: uuid.UUID) -> tuple[Any, ...]:
+    """facts_args's shape, each value absent or one of two (for the id
+    lists and SIRENs, an empty list too)."""
+    t1, t2 = T0, T0 + timedelta(hours=1)
+    choices: tuple[tuple[Any, ...], ...] = (
+        ("", "a.xml", "b.xml"),  # filename
+        ("", "erp-a", "erp-b"),  # submitter
+        (None, t1, t2),  # received_at
+        ("", "trace-1", "trace-2"),  # trace_id
+        (None, b"", b"\x0a\x01x"),  # summary
+        (None, "[]", '[{"rule": "BR-01"}]'),  # findings
+        (None, '{"outcome": "ROUTED"}', '{"outcome": "REJECTED"}'),  # routing
+        ("", "F-1", "F-2"),  # invoice_number
+        ([], ["842109373"], ["73282932000074", "732829320"]),  # seller_ids
+        ([], ["1"], ["2", "3"]),  # buyer_ids
+        (None, [], ["842109373"]),  # seller_sirens
+        (None, [], ["732829320"]),  # buyer_sirens
+        (None, T0.date(), t2.date() + timedelta(days=30)),  # due_date
+        (None, '{"document": 1}', '{"document": 2}'),  # received_files
+        (None, '{"validated": 1}', '{"validated": 2}'),  # validated_files
+        ("", "peer-a", "peer-b"),  # origin_platform
+        ("", "local", "peer-c"),  # destination_platform
+    )
+    return (invoice_id, *(rng.choice(values) for values in choices))
+
+
+async def test_folded_facts_have_the_effect_of_each_event_in_turn(stores: Any) -> None:
+    # The batch writes an invoice's row once, with its events' facts folded:
+    # on the database itself, that must leave what RECORD_FACTS once per
+    # event leaves, from an empty row or one that has facts already.
+    _, _, db, _ = stores
+    rng = random.Random(18)
+    columns = (
+        "filename, submitter, received_at, trace_id, summary, findings, routing, invoice_number, seller_ids,"
+        " buyer_ids, seller_sirens, buyer_sirens, due_date, received_files, validated_files, origin_platform,"
+        " destination_platform"
+    )
+    async with db.pool.acquire() as conn:
+        for _ in range(300):
+            each, folded = uuid.uuid4(), uuid.uuid4()
+            for invoice_id in (each, folded):
+                await conn.execute(
+                    "INSERT INTO invoices (invoice_id, status_code, updated_at) VALUES ($1, $2, now())",
+                    invoice_id,
+                    Status.SUBMITTED.value,
+                )
+            events = [_random_facts(rng, each) for _ in range(rng.randint(1, 4))]
+            if rng.random() < 0.5:  # facts from an earlier batch
+                earlier = _random_facts(rng, each)
+                await conn.execute(RECORD_FACTS, *earlier)
+                await conn.execute(RECORD_FACTS, folded, *earlier[1:])
+            for args in events:
+                await conn.execute(RECORD_FACTS, *args)
+            await conn.execute(RECORD_FACTS, folded, *fold_facts(events)[1:])
+            query = f"SELECT {columns} FROM invoices WHERE invoice_id = $1"
+            one_by_one, at_once = await conn.fetchrow(query, each), await conn.fetchrow(query, folded)
+            assert dict(at_once) == dict(one_by_one), events

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 from invoicing.v1 import common_pb2
@@ -18,10 +19,11 @@ from invoicing_status.records import (
     HISTORY_LOCK,
     INSERT_OUTBOX_ROWS,
     OUTBOX_CHANNEL,
-    RECORD_FACTS,
+    RECORD_FACTS_AND_STATUS,
     InvoiceFacts,
     Planner,
     facts_args,
+    fold_facts,
     status_event,
 )
 
@@ -116,12 +118,12 @@ class BatchApply:
     rows under lock), claims its business keys and takes the history lock in
     a second (in the first when it has no keys), plans every event in
     Python in order with an in-memory view of each invoice, then writes
-    history with statuses, facts (one pipelined executemany) and outbox rows
-    with the keys released: a round trip each. Four or five in all between
-    BEGIN and COMMIT (eight or nine before they were merged), whatever the
-    batch's size: each one is a wake-up of this process and of its
-    PostgreSQL backend, which is what a batch's latency is made of at
-    moderate load.
+    history, each invoice's row once with its facts and last status (one
+    pipelined executemany) and outbox rows with the keys released: a round
+    trip each. Four or five in all between BEGIN and COMMIT (eight or nine
+    before they were merged), whatever the batch's size: each one is a
+    wake-up of this process and of its PostgreSQL backend, which is what a
+    batch's latency is made of at moderate load.
     """
 
     def __init__(
@@ -271,13 +273,8 @@ class BatchApply:
                 await conn.execute(
                     "SELECT pg_advisory_xact_lock($1), pg_notify($2, $3)", HISTORY_LOCK, OUTBOX_CHANNEL, self._notice
                 )
-            # Each invoice's row takes its last status in the same statement.
-            last = {p.invoice_id: p for p in planned}
             rows = await conn.fetch(
-                "WITH statuses AS (UPDATE invoices SET status_code = u.s, reason_code = u.rc, reason_text = u.rt,"
-                " updated_at = $11 FROM unnest($12::uuid[], $13::smallint[], $14::text[], $15::text[])"
-                " AS u (i, s, rc, rt) WHERE invoices.invoice_id = u.i)"
-                " INSERT INTO status_history (invoice_id, status_code, previous_code, reason_code, reason_text,"
+                "INSERT INTO status_history (invoice_id, status_code, previous_code, reason_code, reason_text,"
                 " actor, occurred_at, source_event_id, trace_id)"
                 " SELECT i, s, p, rc, rt, a, o, e, t FROM unnest($1::uuid[], $2::smallint[], $3::smallint[],"
                 " $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[], $9::text[], $10::int[])"
@@ -293,11 +290,6 @@ class BatchApply:
                 [p.change.source_event_id for p in planned],
                 [p.trace_id for p in planned],
                 list(range(len(planned))),
-                now,
-                list(last),
-                [p.change.status.value for p in last.values()],
-                [p.change.reason.code if p.change.reason else None for p in last.values()],
-                [p.change.reason.text if p.change.reason else None for p in last.values()],
             )
             by_key = {(str(r["invoice_id"]), r["status_code"], r["source_event_id"]): r["seq"] for r in rows}
             for p in planned:
@@ -307,8 +299,18 @@ class BatchApply:
                     # skips it and plans what follows from there.
                     raise NeedsSequential("a planned transition is already in the history")
                 seqs.append(seq)
-        # Executed in order, so later facts win as they would one by one.
-        await conn.executemany(RECORD_FACTS, [facts_args(self._items[index][1]) for index in fresh])
+        # One new version of each invoice's row: its events' facts folded in
+        # their order, and its last status. (A version per event and one
+        # more for the status, before: most of them could not be HOT, the
+        # facts touching indexed columns.)
+        events: dict[str, list[tuple[Any, ...]]] = {}
+        for index in fresh:
+            events.setdefault(ids[index], []).append(facts_args(self._items[index][1]))
+        last = {p.invoice_id: p.change for p in planned}
+        await conn.executemany(
+            RECORD_FACTS_AND_STATUS,
+            [(*fold_facts(args), *_status_args(last.get(invoice_id), now)) for invoice_id, args in events.items()],
+        )
         if planned:
             # The keys the batch's final statuses release go in the same
             # round trip (a step of their own, on another table).
@@ -328,3 +330,12 @@ class BatchApply:
                 [json.dumps(p.facts.headers) for p in planned],
                 *([sorted(releasing)] if releasing else []),
             )
+
+
+def _status_args(change: Change | None, now: datetime) -> tuple[Any, ...]:
+    """RECORD_FACTS_AND_STATUS's last four values: the batch's last change
+    of the invoice, or none."""
+    if change is None:
+        return None, None, None, now
+    reason = change.reason
+    return change.status.value, reason.code if reason else None, reason.text if reason else None, now

@@ -100,8 +100,10 @@ Planner = Callable[[Status | None, str | None], list[Change]]
 HISTORY_LOCK = 0x1A7E5EC0
 
 
-RECORD_FACTS = (
-    "UPDATE invoices SET"
+# An event's facts over the invoice's row ($1 the invoice, $2 to $18 as
+# facts_args gives them): most take the event's value when it has one, the
+# receipt time and the trace keep the first the row got.
+_FACTS_SET = (
     " filename = CASE WHEN $2 <> '' THEN $2 ELSE filename END,"
     " submitter = CASE WHEN $3 <> '' THEN $3 ELSE submitter END,"
     " received_at = COALESCE(received_at, $4),"
@@ -119,6 +121,16 @@ RECORD_FACTS = (
     " validated_files = COALESCE($16::jsonb, validated_files),"
     " origin_platform = COALESCE(NULLIF($17, ''), origin_platform),"
     " destination_platform = COALESCE(NULLIF($18, ''), destination_platform)"
+)
+RECORD_FACTS = "UPDATE invoices SET" + _FACTS_SET + " WHERE invoice_id = $1"
+# A batch's whole effect on one invoice's row in one new row version: its
+# events' facts folded (fold_facts), and its last status when the batch
+# changed it ($19 NULL when not; $20, $21 its reason, $22 the time).
+RECORD_FACTS_AND_STATUS = (
+    "UPDATE invoices SET" + _FACTS_SET + ", status_code = COALESCE($19::smallint, status_code),"
+    " reason_code = CASE WHEN $19::smallint IS NULL THEN reason_code ELSE $20 END,"
+    " reason_text = CASE WHEN $19::smallint IS NULL THEN reason_text ELSE $21 END,"
+    " updated_at = CASE WHEN $19::smallint IS NULL THEN updated_at ELSE $22 END"
     " WHERE invoice_id = $1"
 )
 SET_STATUS = (
@@ -159,6 +171,54 @@ def facts_args(facts: InvoiceFacts) -> tuple[Any, ...]:
         facts.origin_platform,
         facts.destination_platform,
     )
+
+
+def _absent(value: Any) -> bool:
+    return value is None or value == ""
+
+
+def _no_ids(value: Any) -> bool:
+    return not value
+
+
+# How RECORD_FACTS treats each of facts_args's values after the invoice id:
+# (what counts as "the event does not say", whether the row keeps its first
+# value rather than taking the latest).
+_FACT_RULES: tuple[tuple[Callable[[Any], bool], bool], ...] = (
+    (_absent, False),  # filename
+    (_absent, False),  # submitter
+    (_absent, True),  # received_at
+    (_absent, True),  # trace_id
+    (_absent, False),  # summary
+    (_absent, False),  # findings
+    (_absent, False),  # routing
+    (_absent, False),  # invoice_number
+    (_no_ids, False),  # seller_ids
+    (_no_ids, False),  # buyer_ids
+    (_absent, False),  # seller_sirens ([] is a value)
+    (_absent, False),  # buyer_sirens
+    (_absent, False),  # due_date
+    (_absent, False),  # received_files
+    (_absent, False),  # validated_files
+    (_absent, False),  # origin_platform
+    (_absent, False),  # destination_platform
+)
+
+
+def fold_facts(events: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """One invoice's facts_args, for several events in order, folded into
+    one tuple that RECORD_FACTS applies once with the effect of applying
+    each in turn: the latest value an event gave, or for the receipt time
+    and the trace, the first."""
+    first, *rest = events
+    folded = list(first)
+    for args in rest:
+        for position, (absent, keeps_first) in enumerate(_FACT_RULES, start=1):
+            value = args[position]
+            if absent(value) or (keeps_first and not absent(folded[position])):
+                continue
+            folded[position] = value
+    return tuple(folded)
 
 
 _REF_FIELDS = ("sha256", "size_bytes", "media_type", "filename", "origin")
