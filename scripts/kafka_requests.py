@@ -45,7 +45,6 @@ class Broker:
     node_id: int
     pid: int
     log: Path
-    port: int
 
 
 def brokers() -> list[Broker]:
@@ -55,9 +54,7 @@ def brokers() -> list[Broker]:
     for pid_file in sorted((RUN / "pids").glob("kafka*.pid")):
         name = pid_file.stem
         number = 1 if name == "kafka" else int(name.rsplit("-", 1)[1])
-        found.append(
-            Broker(number, int(pid_file.read_text()), RUN / "logs" / f"{name}.log", 19092 + 100 * (number - 1))
-        )
+        found.append(Broker(number, int(pid_file.read_text()), RUN / "logs" / f"{name}.log"))
     if not found:
         raise SystemExit("no Kafka node is running (.run/pids/kafka*.pid): `make up` first")
     return found
@@ -69,10 +66,20 @@ def _classpath(pid: int) -> str:
     return argv[argv.index(b"-cp") + 1].decode()
 
 
+def _bootstrap(admin: Path) -> str:
+    """The cluster's address, as the stack wrote it for its admin account."""
+    for line in admin.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "bootstrap.servers":
+            return value.strip()
+    raise SystemExit(f"no bootstrap.servers in {admin}")
+
+
 def set_request_log(broker: Broker, level: str) -> None:
+    admin = RUN / "kafka" / "admin.properties"
     subprocess.run(
         ["java", "-cp", _classpath(broker.pid), "org.apache.kafka.tools.ConfigCommand",
-         "--bootstrap-server", f"127.0.0.1:{broker.port}", "--command-config", str(RUN / "kafka" / "admin.properties"),
+         "--bootstrap-server", _bootstrap(admin), "--command-config", str(admin),
          "--entity-type", "broker-loggers", "--entity-name", str(broker.node_id),
          "--alter", "--add-config", f"kafka.request.logger={level}"],
         check=True, capture_output=True,

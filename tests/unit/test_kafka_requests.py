@@ -4,6 +4,7 @@ per invoice by API and by client."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from tests.support import load_script
 
@@ -47,3 +48,9 @@ def test_requests_are_tallied_per_invoice_by_api_and_client() -> None:
 def test_no_invoice_divides_by_one() -> None:
     report = kr.Tally.of(kr.requests(iter([_line("c", "FETCH", 1.0)]))).report(invoices=0)
     assert report["requests_per_invoice"] == 1.0
+
+
+def test_the_bootstrap_address_comes_from_the_admin_settings(tmp_path: Path) -> None:
+    admin = tmp_path / "admin.properties"
+    admin.write_text("security.protocol=SASL_PLAINTEXT\nbootstrap.servers = 127.0.0.1:29092\n")
+    assert kr._bootstrap(admin) == "127.0.0.1:29092"
