@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
+
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / ".run"
 _MARK = "Completed request:"
@@ -136,8 +138,6 @@ class Tally:
 
 
 async def _invoices() -> int:
-    import asyncpg  # type: ignore[import-untyped]
-
     conn = await asyncpg.connect(os.environ["DATABASE_URL"])
     try:
         return int(await conn.fetchval("SELECT count(*) FROM status.invoices"))
@@ -148,12 +148,11 @@ async def _invoices() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--invoices", type=int, help="divide by this instead of the invoices the run added")
-    parser.add_argument("command", nargs=argparse.REMAINDER)
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the command to run")
     args = parser.parse_args()
-    if args.command and args.command[0] == "--":
-        args.command = args.command[1:]
+    args.command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not args.command:
-        parser.error("a command to run is required (after --)")
+        parser.error("give the command to run after --")
     nodes = brokers()
     before = None if args.invoices else asyncio.run(_invoices())
     offsets = {}

@@ -86,12 +86,11 @@ async def _main(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--top", type=int, default=12, help="relations listed by pages read")
-    parser.add_argument("command", nargs=argparse.REMAINDER)
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the command to run")
     args = parser.parse_args()
-    if args.command and args.command[0] == "--":
-        args.command = args.command[1:]
+    args.command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not args.command:
-        parser.error("a command to run is required (after --)")
+        parser.error("give the command to run after --")
     return asyncio.run(_main(args))
 
 
