@@ -35,7 +35,8 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN = ROOT / ".run"
+# STACK_RUN_DIR points at another stack, as for the bench and cpu_by_service.py.
+RUN = Path(os.environ.get("STACK_RUN_DIR") or ROOT / ".run")
 _MARK = "Completed request:"
 _TAIL = " (kafka.request.logger)"
 # The client id Kafka's Java admin client (ConfigCommand) takes by default.

@@ -127,6 +127,11 @@ class ServiceSettings(KafkaClientSettings):
     # the documents; with references only, 5 ms saved 17 ms per hop, and 0
     # another 5 per hop at no measurable cost (docs/performance.md).
     kafka_producer_linger_ms: int = Field(default=0, ge=0, le=1000)
+    # ...except while a stream producer sends at least two records per this
+    # linger (200 a second at 10 ms: only near capacity on this machine):
+    # then it lingers this long, and its produce requests carry several
+    # records each (kafka/pace.py; 0: always kafka_producer_linger_ms).
+    kafka_producer_busy_linger_ms: int = Field(default=10, ge=0, le=1000)
     # uvloop: the event loop in C (docs/performance.md has the measurement).
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 

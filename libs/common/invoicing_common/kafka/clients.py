@@ -36,6 +36,18 @@ def producer(kafka: KafkaClientSettings, client_id: str, linger_ms: int = 5, **o
     )
 
 
+def set_linger(producer: AIOKafkaProducer, linger_ms: int) -> None:
+    """Change a running producer's linger for the batches it starts next.
+
+    aiokafka takes the linger only at construction; its accumulator gives
+    each new batch the value of this attribute (the pinned version's name is
+    checked by tests/unit/test_linger_pace.py). A producer without one (the
+    in-memory harness's) is left as it is."""
+    accumulator = getattr(producer, "_message_accumulator", None)
+    if accumulator is not None:
+        accumulator._linger_time = linger_ms / 1000
+
+
 def headers_to_carrier(headers: Iterable[tuple[str, bytes]] | None) -> dict[str, str]:
     return {k: v.decode("latin-1") for k, v in (headers or ())}
 

@@ -46,7 +46,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from invoicing_common import topics
 from invoicing_common.kafka.admin import require_topics
-from invoicing_common.kafka.clients import producer
+from invoicing_common.kafka.clients import producer, set_linger
 from invoicing_common.kafka.errors import Backoff, is_transient
 from invoicing_common.kafka.handling import (
     BatchHandler,
@@ -57,7 +57,7 @@ from invoicing_common.kafka.handling import (
     handle_record,
     record_from,
 )
-from invoicing_common.kafka.pace import FetchPace, FetchShape
+from invoicing_common.kafka.pace import FetchPace, FetchShape, LingerPace
 from invoicing_common.settings import ServiceSettings
 from invoicing_common.telemetry import meter, produce_span
 
@@ -82,6 +82,7 @@ class OutTopic:
             # Refused here, not by the broker: a batch the broker refuses
             # leaves the idempotent producer's sequence with a gap.
             raise MessageSizeTooLargeError(f"a record of {size} bytes for {self.name} (at most {self._max_bytes})")
+        self._app.sending()
         delivery = await self._app.producer.send(self.name, value=value, key=key, headers=headers)
         pending = _deliveries.get()
         if pending is None:
@@ -214,6 +215,14 @@ class StreamApp(Service):
         # A batch consumer on the invoice's path fetches at the pace records
         # come (pace.py); None: its fetch stays as configured.
         self._pace: FetchPace | None = None
+        # The producer lingers only while its records come fast enough to
+        # share requests (pace.py); None: its linger stays as configured.
+        self._linger: LingerPace | None = None
+        if settings.kafka_producer_busy_linger_ms > 0:
+            self._linger = LingerPace(
+                busy_linger_ms=settings.kafka_producer_busy_linger_ms,
+                quiet_linger_ms=settings.kafka_producer_linger_ms,
+            )
 
     # -- wiring ---------------------------------------------------------------
 
@@ -296,6 +305,11 @@ class StreamApp(Service):
     def fetch_pace(self) -> FetchPace | None:
         """The pace of a batch consumer's fetches (None: fixed fetches)."""
         return self._pace
+
+    def sending(self) -> None:
+        """A record is about to be sent: the linger follows the send rate."""
+        if self._linger is not None and self._linger.observe(asyncio.get_running_loop().time(), 1):
+            set_linger(self.producer, self._linger.linger_ms)
 
     def _set_fetch(self, shape: FetchShape) -> None:
         # aiokafka reads these two when it builds each fetch request and has
@@ -384,7 +398,8 @@ class StreamApp(Service):
 
     def _new_producer(self) -> AIOKafkaProducer:
         s = self._settings
-        return producer(s, f"{self.group_id}-streams", s.kafka_producer_linger_ms)
+        linger_ms = self._linger.linger_ms if self._linger is not None else s.kafka_producer_linger_ms
+        return producer(s, f"{self.group_id}-streams", linger_ms)
 
     # -- lifecycle --------------------------------------------------------------
 
