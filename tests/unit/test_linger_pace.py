@@ -1,6 +1,6 @@
 """The pace of a stream producer's linger: none while records are rarer
 than two per busy linger (each goes at once), the busy linger from there,
-and none again below one per linger."""
+and none again below one and a half per linger."""
 
 from __future__ import annotations
 
@@ -49,11 +49,18 @@ def test_records_from_two_per_linger_share_requests() -> None:
 def test_the_linger_stops_when_records_slow_down() -> None:
     pace = LingerPace(busy_linger_ms=10)
     clock, _ = _steady(pace, 250, 3)
-    # 150 a second (1.5 per linger) sits between the thresholds: it stays on.
-    clock, _ = _steady(pace, 150, 5, start=clock)
+    # 170 a second (1.7 per linger) sits between the thresholds: it stays on.
+    clock, _ = _steady(pace, 170, 5, start=clock)
     assert pace.linger_ms == 10
-    # 80 a second (0.8 per linger) is below the lower one.
-    _steady(pace, 80, 5, start=clock)
+    # 130 a second (1.3 per linger, a fast hour's half load) is below the
+    # lower one.
+    _steady(pace, 130, 5, start=clock)
+    assert pace.linger_ms == 0
+
+
+def test_a_rate_between_the_thresholds_does_not_start_the_linger() -> None:
+    pace = LingerPace(busy_linger_ms=10)
+    _steady(pace, 170, 10)
     assert pace.linger_ms == 0
 
 

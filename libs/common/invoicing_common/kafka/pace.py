@@ -1,4 +1,5 @@
-"""How long a batch consumer's fetches wait for more records.
+"""How long a batch consumer's fetches, and a stream producer's sends, wait
+for more records.
 
 A batch consumer (status) fetches for ``kafka_batch_fetch_min_bytes`` or
 ``kafka_batch_fetch_max_wait_ms`` (32 KiB or 50 ms), so that under load a
@@ -28,8 +29,9 @@ the broker served 2.05 requests per invoice where the issue's first code,
 lingering 20 ms, needed 0.85. A fixed linger makes every quiet hop wait
 for nothing (10 ms took end-to-end p50 at 100 invoices/s from 53-58 to
 103-105 ms). So the linger is on only while at least two sends come per
-linger, where it at least halves the requests; below one per linger it is
-off again, and a record goes at once.
+linger, where a request then carries two records or more; below one and a
+half per linger it is off again, and a record goes at once (docs/performance.md,
+issue 18's fourteenth round).
 """
 
 from __future__ import annotations
@@ -51,9 +53,10 @@ class RatePace:
 
     # The arrival rate is an exponentially decaying count over this horizon.
     horizon: float = 1.0
-    # Busy from this many records per window, quiet again below half of it:
-    # the gap keeps a rate near the line from switching at every record.
+    # Busy from this many records per window, quiet again below this share
+    # of it: the gap keeps a rate near the line from switching at every record.
     busy_from: float = 3.0
+    quiet_below: float = 0.5
     busy: bool = True
     _level: float = field(default=0.0, repr=False)
     _at: float | None = field(default=None, repr=False)
@@ -82,7 +85,7 @@ class RatePace:
         self._level = self.rate(now) * self.horizon + records
         self._at = now
         per_window = self.rate(now) * self._window_s
-        busy = per_window >= self.busy_from if not self.busy else per_window >= self.busy_from / 2
+        busy = per_window >= self.busy_from * (self.quiet_below if self.busy else 1.0)
         changed = busy != self.busy
         self.busy = busy
         return changed
@@ -115,6 +118,11 @@ class LingerPace(RatePace):
     busy_linger_ms: int
     quiet_linger_ms: int = 0
     busy_from: float = 2.0
+    # Quiet again below 1.5 per linger, not 1: after a burst (the bench's
+    # calibration, a backlog drained) a rate of 100 to 150 a second, this
+    # machine's half load, kept a 10 ms linger on each of two hops and
+    # added about 20 ms to the end-to-end p50 (docs/performance.md).
+    quiet_below: float = 0.75
     busy: bool = False  # a producer's first records go at once
 
     def __post_init__(self) -> None:
