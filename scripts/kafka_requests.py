@@ -15,7 +15,7 @@ API (Kafka's own ``ConfigCommand``, with the admin account of
 WARN after it, whatever happens. The log costs the brokers CPU while it is
 on: count with it, do not time with it. Invoices are counted as the rows
 ``status.invoices`` gained (``--invoices N`` overrides). Needs the local
-stack (``make up``): its pid and log files under ``.run``.
+stack (``make up``): its pid and log files under ``.run`` (or ``$STACK_RUN_DIR``).
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
+from invoicectl.bench.cpu import stack_run_dir
+
 ROOT = Path(__file__).resolve().parent.parent
-# STACK_RUN_DIR points at another stack, as for the bench and cpu_by_service.py.
-RUN = Path(os.environ.get("STACK_RUN_DIR") or ROOT / ".run")
+RUN = stack_run_dir(os.environ, ROOT / ".run")
 _MARK = "Completed request:"
 _TAIL = " (kafka.request.logger)"
 # The client id Kafka's Java admin client (ConfigCommand) takes by default.
@@ -59,7 +60,7 @@ def brokers() -> list[Broker]:
         number = 1 if name == "kafka" else int(name.rsplit("-", 1)[1])
         found.append(Broker(number, int(pid_file.read_text()), RUN / "logs" / f"{name}.log"))
     if not found:
-        raise SystemExit("no Kafka node is running (.run/pids/kafka*.pid): `make up` first")
+        raise SystemExit(f"no Kafka node is running ({RUN / 'pids'}/kafka*.pid): `make up` first")
     return found
 
 

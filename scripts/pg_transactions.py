@@ -37,8 +37,10 @@ from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 
+from invoicectl.bench.cpu import stack_run_dir
+
 ROOT = Path(__file__).resolve().parent.parent
-LOG = ROOT / ".run" / "logs" / "postgres.log"
+LOG = stack_run_dir(os.environ, ROOT / ".run") / "logs" / "postgres.log"
 PREFIX = "%m [%p] %a "
 _LINE = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \S+ \[(?P<pid>\d+)\] (?P<app>\S*) LOG:  "
