@@ -315,6 +315,42 @@ def test_pdf_with_unsupported_filter(validator: Validator) -> None:
     assert report.findings[0].rule in ("FORMAT", "PARSE")
 
 
+def test_pdf_with_lzw_is_refused(validator: Validator) -> None:
+    # PDF/A forbids LZW, and qpdf does not bound what it decodes to.
+    report = _check(validator, _pdf_with_embedded(b"\x80\x0b\x60\x50\x22\x0c\x0c\x85\x01", b" /Filter /LZWDecode"))
+    assert _only_rule(report) == "FORMAT"
+    assert "'/LZWDecode' is not one an embedded file may use" in report.findings[0].message
+
+
+def test_pdf_stream_with_many_filters_is_refused(validator: Validator) -> None:
+    report = _check(validator, _pdf_with_embedded(b"3c782f3e", b" /Filter [" + b"/AHx " * 30 + b"]"))
+    assert _only_rule(report) == "FORMAT"
+    assert "30 filters, more than the 4 accepted" in report.findings[0].message
+
+
+def test_compression_bomb_behind_a_predictor(validator: Validator) -> None:
+    bomb = zlib.compress(b"\0" * (64 * 1024 * 1024), 9)
+    params = b" /Filter /FlateDecode /DecodeParms << /Predictor 12 /Columns 1 >>"
+    report = _check(validator, _pdf_with_embedded(bomb, params))
+    assert _only_rule(report) == "PARSE"
+    assert "more than the accepted size" in report.findings[0].message
+
+
+def test_pdf_nested_past_the_parser_limit(validator: Validator) -> None:
+    nested = b"<< /Type /EmbeddedFile /X " + b"[" * 100_000 + b"]" * 100_000 + b" /Length 1 >>\nstream\nx\nendstream"
+    data = _pdf_with_embedded(b"").replace(embedded_file(b""), nested)
+    report = _check(validator, data)
+    assert _only_rule(report) == "FORMAT"
+
+
+def test_unreadable_pdf_message_names_no_memory_address(validator: Validator) -> None:
+    # The PDF library names its input by a Python object's address; the sender gets the reason only.
+    report = _check(validator, b"%PDF-1.7\n" + b"1 0 obj << /A [0 0] >> endobj\n" * 1000)
+    [finding] = report.findings
+    assert finding.message.startswith("not a readable PDF: ")
+    assert "0x" not in finding.message and "BytesIO" not in finding.message
+
+
 def test_pdf_with_cyclic_name_tree(validator: Validator) -> None:
     data = build_pdf(
         [

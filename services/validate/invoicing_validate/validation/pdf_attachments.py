@@ -9,14 +9,18 @@ such attachment is read and all must hold the same bytes.
 Every attached file, the invoice XML included, can also be listed
 (read_attached_files) so that the pipeline archives what the buyer receives.
 
-pypdf is imported inside the functions: it is only needed for PDFs, and the
-caller has already applied its decoding limits, which hold for every read here.
+Every stream is decoded through decode_stream: only filters whose output
+qpdf bounds (formats.extract_pdf_xml sets its limits first) or that
+shrink their input, so a compression bomb costs a finding, not the worker's
+memory.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Final
+
+import pikepdf
 
 from .model import FATAL, DocumentRejected, Finding
 from .parsing import MAX_XML_BYTES
@@ -39,12 +43,19 @@ MAX_NAME_TREE_NODES: Final = 1000
 MAX_NAME_TREE_DEPTH: Final = 20
 MAX_FILESPECS: Final = 1000
 # Identical copies are allowed, so every copy is decoded. Decoding one stream
-# is bounded by the caller's pypdf limits, but its work can be large while its
+# is bounded by qpdf's limits, but its work can be large while its
 # output is small, so the number of streams is bounded as well as their total
 # size. Real Factur-X PDFs hold one stream, reached from the tree and /AF.
 MAX_XML_STREAMS: Final = 4
 MAX_DECODED_TOTAL: Final = 2 * MAX_XML_BYTES
 AMBIGUOUS_RULE: Final = "FACTURX-AMBIGUOUS"
+# Filters an embedded file may use. qpdf bounds what Flate and RunLength
+# decode to (formats.extract_pdf_xml sets the limit) and the ASCII filters shrink;
+# LZW has no such bound in qpdf, and image codecs have no business here.
+_DECODABLE_FILTERS: Final = frozenset(
+    {"/FlateDecode", "/Fl", "/RunLengthDecode", "/RL", "/ASCIIHexDecode", "/AHx", "/ASCII85Decode", "/A85"}
+)
+MAX_STREAM_FILTERS: Final = 4
 
 
 def _reject(message: str, rule: str = "FORMAT", location: str = "") -> DocumentRejected:
@@ -65,15 +76,40 @@ class _Filespec:
 
 
 def _text(value: Any) -> str:
-    return str(value.get_object() if hasattr(value, "get_object") else value).strip()
+    return str(value).strip()
 
 
 def _own_names(spec: Any) -> list[str]:
-    from pypdf.generic import DictionaryObject
-
-    if not isinstance(spec, DictionaryObject):
+    if not isinstance(spec, pikepdf.Dictionary):
         return []
     return [_text(spec[key]) for key in _NAME_KEYS if spec.get(key) is not None]
+
+
+class StreamNotDecoded(Exception):
+    """An embedded stream this module will not or cannot decode; the message says why."""
+
+
+class StreamTooLarge(StreamNotDecoded):
+    """An embedded stream that decodes to more than qpdf's limit allows."""
+
+
+def decode_stream(stream: pikepdf.Stream) -> bytes:
+    """The decoded bytes of an embedded stream, through bounded filters only."""
+    filters = stream.get("/Filter")
+    names = list(filters) if isinstance(filters, pikepdf.Array) else [] if filters is None else [filters]
+    if len(names) > MAX_STREAM_FILTERS:
+        raise StreamNotDecoded(f"it has {len(names)} filters, more than the {MAX_STREAM_FILTERS} accepted")
+    for name in names:
+        if not isinstance(name, pikepdf.Name) or str(name) not in _DECODABLE_FILTERS:
+            raise StreamNotDecoded(f"its filter {str(name)[:40]!r} is not one an embedded file may use")
+    try:
+        return stream.read_bytes()
+    except pikepdf.DataDecodingError as exc:
+        if "memory limit exceeded" in str(exc):
+            raise StreamTooLarge("it decodes to more than the accepted size") from None
+        raise StreamNotDecoded("its data could not be decoded") from None
+    except pikepdf.PdfError:
+        raise StreamNotDecoded("its data could not be read") from None
 
 
 def _too_many_files() -> DocumentRejected:
@@ -81,8 +117,6 @@ def _too_many_files() -> DocumentRejected:
 
 
 def _name_tree_filespecs(node: Any) -> list[_Filespec]:
-    from pypdf.generic import ArrayObject, DictionaryObject
-
     found: list[_Filespec] = []
     stack: list[tuple[Any, int]] = [(node, 0)]
     visited = 0
@@ -94,41 +128,34 @@ def _name_tree_filespecs(node: Any) -> list[_Filespec]:
                 f"PDF embedded-files name tree has more than {MAX_NAME_TREE_NODES} nodes"
                 f" or {MAX_NAME_TREE_DEPTH} levels; it cannot be checked"
             )
-        current = current.get_object() if hasattr(current, "get_object") else current
-        if not isinstance(current, DictionaryObject):
+        if not isinstance(current, pikepdf.Dictionary):
             continue
         names = current.get("/Names")
-        names = None if names is None else names.get_object()
-        if isinstance(names, ArrayObject):
+        if isinstance(names, pikepdf.Array):
             for i in range(0, len(names) - 1, 2):
                 if len(found) >= MAX_FILESPECS:
                     raise _too_many_files()
-                spec = names[i + 1].get_object()
+                spec = names[i + 1]
                 found.append(_Filespec((_text(names[i]), *_own_names(spec)), spec))
         kids = current.get("/Kids")
-        kids = None if kids is None else kids.get_object()
-        if isinstance(kids, ArrayObject):
+        if isinstance(kids, pikepdf.Array):
             stack.extend((kid, depth + 1) for kid in kids)
     return found
 
 
-def _all_filespecs(reader: Any) -> list[_Filespec]:
-    from pypdf.generic import ArrayObject
-
-    catalog = reader.trailer["/Root"].get_object()
+def _all_filespecs(pdf: pikepdf.Pdf) -> list[_Filespec]:
+    catalog = pdf.Root
     found: list[_Filespec] = []
     names = catalog.get("/Names")
-    embedded = None if names is None else names.get_object().get("/EmbeddedFiles")
+    embedded = names.get("/EmbeddedFiles") if isinstance(names, pikepdf.Dictionary) else None
     if embedded is not None:
         found.extend(_name_tree_filespecs(embedded))
     # PDF/A-3 also lists associated files in /AF; some producers only do that.
     af = catalog.get("/AF")
-    af = None if af is None else af.get_object()
-    if isinstance(af, ArrayObject):
+    if isinstance(af, pikepdf.Array):
         if len(af) > MAX_FILESPECS:
             raise _too_many_files()
-        for ref in af:
-            spec = ref.get_object()
+        for spec in af:
             found.append(_Filespec(tuple(_own_names(spec)), spec))
     return found
 
@@ -142,44 +169,43 @@ def _xml_name(names: tuple[str, ...]) -> str | None:
     return None
 
 
-def _embedded_streams(spec: Any) -> list[tuple[object, Any]]:
+def _embedded_streams(spec: Any) -> list[tuple[object, pikepdf.Stream]]:
     """(identity, stream) of each stream the file specification embeds."""
-    from pypdf.generic import DictionaryObject, IndirectObject, StreamObject
-
-    ef = spec.get("/EF") if isinstance(spec, DictionaryObject) else None
-    ef = None if ef is None else ef.get_object()
-    streams: list[tuple[object, Any]] = []
-    if isinstance(ef, DictionaryObject):
+    ef = spec.get("/EF") if isinstance(spec, pikepdf.Dictionary) else None
+    streams: list[tuple[object, pikepdf.Stream]] = []
+    if isinstance(ef, pikepdf.Dictionary):
         for key in _STREAM_KEYS:
-            raw = ef.get(key)
-            stream = None if raw is None else raw.get_object()
-            if isinstance(stream, StreamObject):
+            stream = ef.get(key)
+            if isinstance(stream, pikepdf.Stream):
                 # The same stream is usually reached twice (/EmbeddedFiles
-                # and /AF); its reference says so without decoding it again.
-                identity = (raw.idnum, raw.generation) if isinstance(raw, IndirectObject) else id(stream)
-                streams.append((identity, stream))
+                # and /AF); its object number says so without decoding it
+                # again. A stream is always an indirect object.
+                streams.append((stream.objgen, stream))
     return streams
 
 
-def _streams(name: str, spec: Any) -> list[tuple[object, Any]]:
+def _streams(name: str, spec: Any) -> list[tuple[object, pikepdf.Stream]]:
     streams = _embedded_streams(spec)
     if not streams:
         raise _reject(f"PDF file specification '{name}' has no embedded stream")
     return streams
 
 
-def _decode(name: str, stream: Any) -> bytes:
-    data = stream.get_data()
-    if not isinstance(data, bytes):
-        raise _reject(f"PDF embedded file '{name}' could not be decoded")
+def _decode(name: str, stream: pikepdf.Stream) -> bytes:
+    try:
+        data = decode_stream(stream)
+    except StreamTooLarge:
+        raise _reject(f"PDF embedded file '{name}' decodes to more than the accepted size", rule="PARSE") from None
+    except StreamNotDecoded as exc:
+        raise _reject(f"PDF embedded file '{name}' could not be decoded: {exc}") from None
     if len(data) > MAX_XML_BYTES:
         raise _reject(f"embedded '{name}' is larger than the {MAX_XML_BYTES} bytes accepted", rule="PARSE")
     return data
 
 
-def read_invoice_attachment(reader: Any) -> InvoiceAttachment:
+def read_invoice_attachment(pdf: pikepdf.Pdf) -> InvoiceAttachment:
     """The one invoice XML of an opened PDF, or raise a finding."""
-    filespecs = _all_filespecs(reader)
+    filespecs = _all_filespecs(pdf)
     candidates = [(name, f.spec) for f in filespecs if (name := _xml_name(f.names)) is not None]
     if not any(name.lower() in EMBEDDED_XML_NAMES for name, _ in candidates):
         listed = sorted({n for f in filespecs for n in f.names if n})[:10]
@@ -188,7 +214,7 @@ def read_invoice_attachment(reader: Any) -> InvoiceAttachment:
             + (f" (embedded files: {', '.join(listed)})" if listed else "")
         )
     # Each stream once, however many times it is reached, in first-reach order.
-    streams: dict[object, tuple[str, Any]] = {}
+    streams: dict[object, tuple[str, pikepdf.Stream]] = {}
     reached: list[tuple[str, object]] = []
     for name, spec in candidates:
         for identity, stream in _streams(name, spec):
@@ -247,7 +273,7 @@ class AttachedFiles:
     skipped: tuple[tuple[str, str], ...] = ()
 
 
-def _subtype(stream: Any) -> str:
+def _subtype(stream: pikepdf.Stream) -> str:
     value = stream.get("/Subtype")
     if value is None:
         return ""
@@ -255,26 +281,23 @@ def _subtype(stream: Any) -> str:
     return text[1:] if text.startswith("/") else text
 
 
-def read_attached_files(reader: Any, max_files: int, max_bytes: int) -> AttachedFiles:
+def read_attached_files(pdf: pikepdf.Pdf, max_files: int, max_bytes: int) -> AttachedFiles:
     """Every file attached to an opened PDF, each stream once, in the order they are listed.
 
     Called after read_invoice_attachment accepted the PDF, so the name tree
-    is within its bounds, and the invoice XML's stream is already decoded
-    (pypdf keeps it). A file that cannot be decoded, or would take the total
+    is within its bounds. A file that cannot be decoded, or would take the total
     over ``max_bytes``, is skipped rather than rejecting the invoice: the
     invoice itself was checked, this is only its archive. At most
     ``max_files`` streams are decoded, as each decoding is work even when
     its output is small.
     """
-    from pypdf.errors import LimitReachedError
-
     files: list[AttachedFile] = []
     skipped: list[tuple[str, str]] = []
     seen: set[object] = set()
     # Identical copies under one name (allowed for the invoice XML) are one file.
     contents: set[tuple[str, bytes]] = set()
     total = 0
-    for filespec in _all_filespecs(reader):
+    for filespec in _all_filespecs(pdf):
         # The file's own names (/UF first, the Unicode one) before its name-tree key.
         name = next((n for n in (*_own_names(filespec.spec), *filespec.names) if n), "")
         streams = _embedded_streams(filespec.spec)
@@ -288,15 +311,9 @@ def read_attached_files(reader: Any, max_files: int, max_bytes: int) -> Attached
                 return AttachedFiles(tuple(files), tuple(skipped))
             seen.add(identity)
             try:
-                data = stream.get_data()
-            except LimitReachedError:
-                skipped.append((name, "it decodes to more than the accepted size"))
-                continue
-            except Exception as exc:  # noqa: BLE001 - pypdf raises many types on bad input
-                skipped.append((name, f"it could not be decoded ({type(exc).__name__})"))
-                continue
-            if not isinstance(data, bytes):
-                skipped.append((name, "it could not be decoded"))
+                data = decode_stream(stream)
+            except StreamNotDecoded as exc:
+                skipped.append((name, str(exc)))
                 continue
             key = (name.casefold(), data)
             if key in contents:
