@@ -156,6 +156,24 @@ def test_xmp_level_mismatch_is_a_warning(validator: Validator, blank_pdf: bytes)
     assert report.valid
 
 
+@pytest.mark.parametrize("user_password", ["", "secret"])
+def test_encrypted_pdf_is_refused(
+    validator: Validator, read_sample: ReadSample, blank_pdf: bytes, user_password: str
+) -> None:
+    # With an empty user password any reader opens it; with another, none can.
+    # PDF/A-3 forbids encryption either way.
+    import pikepdf
+
+    pdf = _facturx_pdf(blank_pdf, read_sample("cii-invoice-valid.xml"))
+    out = io.BytesIO()
+    with pikepdf.open(io.BytesIO(pdf)) as opened:
+        opened.save(out, encryption=pikepdf.Encryption(owner="owner", user=user_password))
+    report = validator.validate(out.getvalue())
+    assert [(f.rule, f.message) for f in report.findings] == [
+        ("FORMAT", "PDF is encrypted; a Factur-X PDF/A-3 cannot be")
+    ]
+
+
 def test_pdf_without_embedded_xml(validator: Validator, blank_pdf: bytes) -> None:
     report = validator.validate(blank_pdf)
     assert not report.valid
