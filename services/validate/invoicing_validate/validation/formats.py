@@ -22,6 +22,7 @@ from .model import (
 )
 from .parsing import MAX_XML_BYTES, looks_like_xml
 from .pdf_attachments import (
+    MAX_STREAM_FILTERS,
     AttachedFiles,
     StreamNotDecoded,
     decode_stream,
@@ -101,7 +102,7 @@ def _limit_qpdf() -> None:
         flate_max_memory=_MAX_DECODED_STREAM,
         run_length_max_memory=_MAX_DECODED_STREAM,
         png_max_memory=_MAX_DECODED_STREAM,
-        max_stream_filters=4,
+        max_stream_filters=MAX_STREAM_FILTERS,
     )
     _limited = True
 
