@@ -28,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 from invoicectl.bench.cpu import read_roots, stack_run_dir
+from invoicectl.bench.wrapping import parse_with_command
 
 ROOT = Path(__file__).resolve().parent.parent
 PROC = Path("/proc")
@@ -108,11 +109,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--top", type=int, default=12, help="groups shown per process (default 12)")
     parser.add_argument("--json", dest="json_out", type=Path, help="write every group's seconds here too")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the command to run")
-    args = parser.parse_args()
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("give the command to run after --")
+    args = parse_with_command(parser)
+    command = args.command
     pids = {name: pid for pid, name in read_roots(stack_run_dir(os.environ, ROOT / ".run")).items()}
     missing = [name for name in ("kafka", "postgres") if name not in pids]
     if missing:

@@ -35,6 +35,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from invoicectl.bench.cpu import stack_run_dir
+from invoicectl.bench.wrapping import parse_with_command
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = stack_run_dir(os.environ, ROOT / ".run")
@@ -150,11 +151,7 @@ async def _invoices() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--invoices", type=int, help="divide by this instead of the invoices the run added")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the command to run")
-    args = parser.parse_args()
-    args.command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not args.command:
-        parser.error("give the command to run after --")
+    args = parse_with_command(parser)
     nodes = brokers()
     before = None if args.invoices else asyncio.run(_invoices())
     offsets = {}

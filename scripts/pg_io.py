@@ -29,6 +29,8 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
+from invoicectl.bench.wrapping import parse_with_command
+
 _SERVER = """
 select (select count(*) from status.invoices) as invoices,
        w.wal_records, w.wal_fpi, w.wal_bytes::bigint as wal_bytes,
@@ -86,11 +88,7 @@ async def _main(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--top", type=int, default=12, help="relations listed by pages read")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the command to run")
-    args = parser.parse_args()
-    args.command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not args.command:
-        parser.error("give the command to run after --")
+    args = parse_with_command(parser)
     return asyncio.run(_main(args))
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]
 
 from invoicectl.bench.cpu import stack_run_dir
+from invoicectl.bench.wrapping import parse_with_command
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG = stack_run_dir(os.environ, ROOT / ".run") / "logs" / "postgres.log"
@@ -193,11 +194,8 @@ def main() -> int:
     parser.add_argument("--marker", default="", help="only transactions with a statement containing this text")
     parser.add_argument("--log", type=Path, default=LOG, help="the server's log file")
     parser.add_argument("--json", dest="json_out", type=Path, help="write the figures here too")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the command to run while logging")
-    args = parser.parse_args()
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("give the command to run after --")
+    args = parse_with_command(parser, command_help="the command to run while logging")
+    command = args.command
     start = args.log.stat().st_size
     asyncio.run(_set_logging(True))
     try:
