@@ -3,6 +3,7 @@ Factur-X/ZUGFeRD PDF, or something we reject (with a finding saying what)."""
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from dataclasses import dataclass
@@ -89,22 +90,18 @@ class PdfExtraction:
 # on Flate.
 _MAX_DECODED_STREAM: Final = MAX_XML_BYTES + 1
 MAX_XMP_BYTES: Final = 1024 * 1024
-_limited = False
 
 
+@functools.cache
 def _limit_qpdf() -> None:
     # qpdf's limits are process-wide, so they are set once, before the
     # first PDF; the validator's worker processes are single-threaded.
-    global _limited
-    if _limited:
-        return
     pikepdf.settings.set_qpdf_limits(
         flate_max_memory=_MAX_DECODED_STREAM,
         run_length_max_memory=_MAX_DECODED_STREAM,
         png_max_memory=_MAX_DECODED_STREAM,
         max_stream_filters=MAX_STREAM_FILTERS,
     )
-    _limited = True
 
 
 def _read_xmp_level(pdf: pikepdf.Pdf) -> str:
