@@ -2,10 +2,11 @@
 
 Configured by the standard OTEL_* variables alone (OTEL_SERVICE_NAME,
 OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER,
-OTEL_METRIC_EXPORT_INTERVAL, ...). With no OTLP endpoint nothing is exported
-(spans still exist, so logs and events carry trace ids), and no exporter
-complains at every attempt. METRICS_PORT (not an OTel variable: the
-Prometheus scrape port) serves the metrics in Prometheus text format.
+OTEL_METRIC_EXPORT_INTERVAL, OTEL_METRICS_EXEMPLAR_FILTER, ...). With no OTLP
+endpoint nothing is exported (spans still exist, so logs and events carry
+trace ids), and no exporter complains at every attempt. METRICS_PORT (not
+an OTel variable: the Prometheus scrape port) serves the metrics in
+Prometheus text format.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 
 from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, ExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -41,6 +42,19 @@ def _disabled_instrumentations() -> set[str]:
     string to have a span per SQL statement)."""
     names = os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", _DISABLED_BY_DEFAULT)
     return {name.strip() for name in names.split(",")}
+
+
+def exemplar_filter(readers_may_keep_exemplars: bool) -> ExemplarFilter | None:
+    """The exemplar filter to give the MeterProvider, or None for the SDK's
+    own choice (OTEL_METRICS_EXEMPLAR_FILTER, ``trace_based`` by default).
+
+    The SDK offers every measurement taken inside a sampled span to an
+    exemplar reservoir. The Prometheus text endpoint has no exemplars, so
+    with nothing else reading the metrics that work is thrown away: about a
+    quarter of each measurement's cost (issue 18, docs/performance.md)."""
+    if readers_may_keep_exemplars or os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER", "").strip():
+        return None
+    return AlwaysOffExemplarFilter()
 
 
 # Logging is set up after telemetry (by lifecycle.run), which logs this then.
@@ -82,7 +96,9 @@ def configure(
 
         start_http_server(port=metrics_port, addr=os.environ.get("METRICS_HOST", "127.0.0.1"))
         readers.append(PrometheusMetricReader())
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    # An OTLP exporter sends exemplars on; a caller's own reader may read them.
+    exemplars = exemplar_filter(_exporter_enabled("METRICS") or bool(extra_metric_readers))
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers, exemplar_filter=exemplars)
     metrics.set_meter_provider(meter_provider)
 
     if "asyncpg" not in _disabled_instrumentations():
