@@ -16,6 +16,10 @@ machine). The corpus is ``<repo>/../shared/corpora/en16931`` (folders
 ubl-examples, cii-examples, testfiles) or ``$EN16931_CORPUS``; with
 ``--mix N``, N documents of the ``invoicectl bench`` mix instead (UBL, CII
 and Factur-X PDFs: ours reads the PDF, bare gets the embedded XML).
+
+``--stylesheets`` adds where our Saxon time goes: Saxon's parse of each
+document, then each of our (rewritten) stylesheets on the documents it
+runs on, in ms of CPU per call and per document of the corpus.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from pathlib import Path
 from invoicectl.bench.baselines import BareValidator, stylesheets_for
 from invoicectl.bench.generator import Generator
 from invoicing_validate.validation import Validator
+from invoicing_validate.validation.artefacts import Artefacts
+from invoicing_validate.validation.parsing import parse_xml, serialise_for_xslt
+from invoicing_validate.validation.schematron import SchematronSet
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("ubl-examples", "cii-examples", "testfiles")
@@ -81,11 +88,46 @@ def timed(run: Callable[[], None]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def stylesheet_costs(documents: list[tuple[str, tuple[str, ...]]], rounds: int) -> dict[str, dict[str, float]]:
+    """ms of CPU per call and per corpus document: Saxon's parse of each
+    document (``saxon-parse``), then each stylesheet on the documents whose
+    plan runs it. ``documents``: (XML as the stylesheets get it, plan)."""
+    schematrons = SchematronSet(Artefacts.locate().xslt)
+    nodes = [(schematrons.parse(text), keys) for text, keys in documents]
+    for node, keys in nodes:  # compiled, untimed
+        for key in keys:
+            schematrons.run(key, node)
+    cpu: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    for _ in range(rounds):
+        started = time.process_time()
+        for text, _keys in documents:
+            schematrons.parse(text)
+        cpu["saxon-parse"] = cpu.get("saxon-parse", 0.0) + time.process_time() - started
+        calls["saxon-parse"] = calls.get("saxon-parse", 0) + len(documents)
+        for node, keys in nodes:
+            for key in keys:
+                started = time.process_time()
+                schematrons.run(key, node)
+                cpu[key] = cpu.get(key, 0.0) + time.process_time() - started
+                calls[key] = calls.get(key, 0) + 1
+    per_document = len(documents) * rounds
+    return {
+        key: {
+            "calls": calls[key],
+            "ms_per_call": round(cpu[key] / calls[key] * 1000, 3),
+            "ms_per_document": round(cpu[key] / per_document * 1000, 3),
+        }
+        for key in sorted(cpu, key=lambda k: -cpu[k])
+    }
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=5, help="passes over the corpus per path (default 5)")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     parser.add_argument("--mix", type=int, metavar="N", help="N documents of the bench mix instead of the CEN corpus")
+    parser.add_argument("--stylesheets", action="store_true", help="also time Saxon's parse and each stylesheet")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -146,6 +188,15 @@ def main(argv: list[str]) -> int:
         )
     ratio = result["validator_over_bare"]
     print(f"validator / bare official: {ratio['wall']:.3f} (wall), {ratio['cpu']:.3f} (CPU)")
+    if args.stylesheets:
+        texts = [serialise_for_xslt(parse_xml(xml, what="document")) for _, _, xml, _ in documents]
+        costs = stylesheet_costs(list(zip(texts, plans, strict=True)), args.rounds)
+        result["stylesheets"] = costs
+        for key, cost in costs.items():
+            print(
+                f"{key:22} {cost['ms_per_call']:6.3f} ms per call  "
+                f"{cost['ms_per_document']:6.3f} ms per document  ({cost['calls']} calls)"
+            )
     if invalid:
         print(f"warning: {len(invalid)} corpus document(s) not valid: {', '.join(invalid)}", file=sys.stderr)
     if args.json is not None:
