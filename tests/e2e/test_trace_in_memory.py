@@ -81,6 +81,43 @@ def _descends(span: ReadableSpan, root_id: int, by_id: dict[int, ReadableSpan]) 
     return False
 
 
+# The spans one invoice's journey leaves, by name and consuming service.
+_JOURNEY = {
+    ("store receipt", None),
+    ("send invoicing.invoice.received.v1", None),
+    ("process invoicing.invoice.received.v1", "invoicing-validate"),
+    ("validate invoice", None),
+    ("send invoicing.invoice.validated.v1", None),
+    ("process invoicing.invoice.validated.v1", "invoicing-route"),
+    ("route invoice", None),
+    ("send invoicing.invoice.routed.v1", None),
+    ("process invoicing.invoice.received.v1", "invoicing-status"),
+    ("process invoicing.invoice.validated.v1", "invoicing-status"),
+    ("process invoicing.invoice.routed.v1", "invoicing-status"),
+    ("apply status", None),
+    ("send invoicing.invoice.status.v1", None),
+}
+
+
+def _seen(memory_spans: InMemorySpanExporter, trace_id: str) -> set[tuple[str, str | None]]:
+    """(name, consumer group) of the finished spans of one trace."""
+    out: set[tuple[str, str | None]] = set()
+    for s in memory_spans.get_finished_spans():
+        if format(s.context.trace_id, "032x") == trace_id:
+            group = (s.attributes or {}).get("messaging.consumer.group.name")
+            out.add((s.name, str(group) if group is not None else None))
+    return out
+
+
+async def _wait_for_journey(memory_spans: InMemorySpanExporter, trace_id: str) -> None:
+    provider = trace.get_tracer_provider()
+    deadline = time.monotonic() + 30
+    while not _seen(memory_spans, trace_id) >= _JOURNEY:
+        assert time.monotonic() < deadline, f"missing spans: {_JOURNEY - _seen(memory_spans, trace_id)}"
+        getattr(provider, "force_flush", lambda: None)()
+        await asyncio.sleep(0.1)  # spans end as the outbox publishes; bounded wait
+
+
 async def test_one_journey_gives_one_trace_across_the_four_services(
     memory_spans: InMemorySpanExporter, in_process: str, stack: Stack
 ) -> None:
@@ -98,36 +135,7 @@ async def test_one_journey_gives_one_trace_across_the_four_services(
         await follower.stop()
     assert events[reply.invoice_id][-1].trace_id == erp_trace
 
-    provider = trace.get_tracer_provider()
-    expected = {
-        ("store receipt", None),
-        ("send invoicing.invoice.received.v1", None),
-        ("process invoicing.invoice.received.v1", "invoicing-validate"),
-        ("validate invoice", None),
-        ("send invoicing.invoice.validated.v1", None),
-        ("process invoicing.invoice.validated.v1", "invoicing-route"),
-        ("route invoice", None),
-        ("send invoicing.invoice.routed.v1", None),
-        ("process invoicing.invoice.received.v1", "invoicing-status"),
-        ("process invoicing.invoice.validated.v1", "invoicing-status"),
-        ("process invoicing.invoice.routed.v1", "invoicing-status"),
-        ("apply status", None),
-        ("send invoicing.invoice.status.v1", None),
-    }
-
-    def seen() -> set[tuple[str, str | None]]:
-        out: set[tuple[str, str | None]] = set()
-        for s in memory_spans.get_finished_spans():
-            if format(s.context.trace_id, "032x") == erp_trace:
-                group = (s.attributes or {}).get("messaging.consumer.group.name")
-                out.add((s.name, str(group) if group is not None else None))
-        return out
-
-    deadline = time.monotonic() + 30
-    while not expected <= seen():
-        assert time.monotonic() < deadline, f"missing spans: {expected - seen()}"
-        getattr(provider, "force_flush", lambda: None)()
-        await asyncio.sleep(0.1)  # spans end as the outbox publishes; bounded wait
+    await _wait_for_journey(memory_spans, erp_trace)
 
     spans = [s for s in memory_spans.get_finished_spans() if format(s.context.trace_id, "032x") == erp_trace]
     by_id = {s.context.span_id: s for s in spans}
@@ -158,3 +166,37 @@ async def test_one_journey_gives_one_trace_across_the_four_services(
             applied |= {int(c) for c in codes}
     outcome = 203 if os.environ.get("PLATFORM_ID", "local") == "local" else 201
     assert {200, outcome} <= applied
+
+
+async def test_a_caller_that_does_not_sample_gets_no_span_anywhere(
+    memory_spans: InMemorySpanExporter, in_process: str, stack: Stack
+) -> None:
+    """The sampling decision travels with the invoice: a traceparent whose
+    flags say "not sampled" (an ERP's or gateway's choice, or a ratio
+    sampler's at ingest) leaves no span in any service, while the trace id
+    still reaches the status events. A hop that lost the flag would record
+    spans of its own under that trace."""
+    follower = StatusFollower(stack.kafka)
+    await follower.start()
+    try:
+        quiet_trace, sampled_trace = secrets.token_hex(16), secrets.token_hex(16)
+        quiet_doc, _ = unique_invoice("ubl-invoice-valid.xml")
+        sampled_doc, _ = unique_invoice("ubl-invoice-valid.xml")
+        quiet = await submit(
+            in_process, quiet_doc, "not-sampled.xml",
+            metadata=demo().metadata(("traceparent", f"00-{quiet_trace}-{secrets.token_hex(8)}-00")),
+        )  # fmt: skip
+        sampled = await submit(
+            in_process, sampled_doc, "sampled.xml",
+            metadata=demo().metadata(("traceparent", f"00-{sampled_trace}-{secrets.token_hex(8)}-01")),
+        )  # fmt: skip
+        events = await collect_until_final(follower, {quiet.invoice_id, sampled.invoice_id})
+    finally:
+        await follower.stop()
+    assert events[quiet.invoice_id][-1].trace_id == quiet_trace
+    assert events[sampled.invoice_id][-1].trace_id == sampled_trace
+    # The sampled invoice, submitted after the other and through the same
+    # hops, has ended every span of its journey: the quiet one's would have
+    # ended by now too.
+    await _wait_for_journey(memory_spans, sampled_trace)
+    assert _seen(memory_spans, quiet_trace) == set()
