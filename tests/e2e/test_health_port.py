@@ -40,9 +40,9 @@ async def test_health_port_serves_no_api_and_no_reflection(stack: Stack) -> None
         assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
         # No request is written: the server refuses an unknown method on the
-        # call's headers alone, and a write racing that refusal could fail
-        # on the client first (INTERNAL, "Failed execute_batch"), hiding the
-        # server's answer.
+        # call's headers alone, and a write racing that refusal can replace
+        # the server's status on the client with INTERNAL ("Failed
+        # execute_batch"; grpc/grpc issue 36066).
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(timeout=5)
         assert await reflection.code() == grpc.StatusCode.UNIMPLEMENTED
 
