@@ -356,6 +356,21 @@ def test_pdf_files_are_bounded_before_they_are_decoded() -> None:
     assert [why for _, why in attached.skipped] == ["the PDF attaches more than 2 files; the rest are not extracted"]
 
 
+def test_the_invoice_xml_is_decoded_once_for_both_reads() -> None:
+    import pikepdf
+
+    from invoicing_validate.validation.pdf_attachments import read_attached_files, read_invoice_attachment
+
+    xml = b"<Invoice>" + b"x" * 200 + b"</Invoice>"
+    pdf = pdf_with_attachments([Attachment("factur-x.xml", xml, deflate=True), Attachment("a.txt", b"a", deflate=True)])
+    with pikepdf.open(io.BytesIO(pdf)) as opened:
+        invoice = read_invoice_attachment(opened)
+        attached = read_attached_files(opened, max_files=10, max_bytes=10_000, decoded=invoice.decoded)
+    assert [(f.name, f.data) for f in attached.files] == [("factur-x.xml", xml), ("a.txt", b"a")]
+    # The very bytes the first read decoded: a second decoding makes new ones.
+    assert attached.files[0].data is invoice.xml
+
+
 def test_report_with_attachments_pickles(validator: Validator) -> None:
     # Reports cross the pipe from the worker processes.
     xml = sample_ubl_with(ubl_reference(base64.b64encode(ALL_BYTES), b'mimeCode="image/png" filename="a.png"'))

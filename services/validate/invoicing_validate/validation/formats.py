@@ -149,7 +149,7 @@ def extract_pdf_xml(data: bytes, max_files: int, max_bytes: int) -> PdfExtractio
             if pdf.is_encrypted:
                 raise _reject("PDF is encrypted; a Factur-X PDF/A-3 cannot be")
             attachment = read_invoice_attachment(pdf)
-            attached = read_attached_files(pdf, max_files=max_files, max_bytes=max_bytes)
+            attached = read_attached_files(pdf, max_files=max_files, max_bytes=max_bytes, decoded=attachment.decoded)
             xmp_level = _read_xmp_level(pdf)
     except DocumentRejected:
         raise

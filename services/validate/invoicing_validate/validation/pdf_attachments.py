@@ -17,7 +17,8 @@ memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import pikepdf
@@ -66,6 +67,9 @@ def _reject(message: str, rule: str = "FORMAT", location: str = "") -> DocumentR
 class InvoiceAttachment:
     name: str
     xml: bytes
+    # Every invoice XML stream decoded to find it, by stream identity, so
+    # that listing the attached files does not decode them again.
+    decoded: Mapping[object, bytes] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -243,7 +247,7 @@ def read_invoice_attachment(pdf: pikepdf.Pdf) -> InvoiceAttachment:
         xml = decoded[identity]
         contents.setdefault(xml, name)
         if chosen is None and name.lower() in EMBEDDED_XML_NAMES:
-            chosen = InvoiceAttachment(name=name, xml=xml)
+            chosen = InvoiceAttachment(name=name, xml=xml, decoded=decoded)
     if len(contents) > 1:
         listed_names = ", ".join(contents.values())
         raise _reject(
@@ -281,12 +285,15 @@ def _subtype(stream: pikepdf.Stream) -> str:
     return text[1:] if text.startswith("/") else text
 
 
-def read_attached_files(pdf: pikepdf.Pdf, max_files: int, max_bytes: int) -> AttachedFiles:
+def read_attached_files(
+    pdf: pikepdf.Pdf, max_files: int, max_bytes: int, decoded: Mapping[object, bytes] | None = None
+) -> AttachedFiles:
     """Every file attached to an opened PDF, each stream once, in the order they are listed.
 
     Called after read_invoice_attachment accepted the PDF, so the name tree
-    is within its bounds. A file that cannot be decoded, or would take the total
-    over ``max_bytes``, is skipped rather than rejecting the invoice: the
+    is within its bounds; ``decoded`` holds the streams it already decoded
+    (``InvoiceAttachment.decoded``). A file that cannot be decoded, or would
+    take the total over ``max_bytes``, is skipped rather than rejecting the invoice: the
     invoice itself was checked, this is only its archive. At most
     ``max_files`` streams are decoded, as each decoding is work even when
     its output is small.
@@ -297,6 +304,7 @@ def read_attached_files(pdf: pikepdf.Pdf, max_files: int, max_bytes: int) -> Att
     # Identical copies under one name (allowed for the invoice XML) are one file.
     contents: set[tuple[str, bytes]] = set()
     total = 0
+    already = decoded or {}
     for filespec in _all_filespecs(pdf):
         # The file's own names (/UF first, the Unicode one) before its name-tree key.
         name = next((n for n in (*_own_names(filespec.spec), *filespec.names) if n), "")
@@ -310,11 +318,13 @@ def read_attached_files(pdf: pikepdf.Pdf, max_files: int, max_bytes: int) -> Att
                 skipped.append(("", f"the PDF attaches more than {max_files} files; the rest are not extracted"))
                 return AttachedFiles(tuple(files), tuple(skipped))
             seen.add(identity)
-            try:
-                data = decode_stream(stream)
-            except StreamNotDecoded as exc:
-                skipped.append((name, str(exc)))
-                continue
+            data = already.get(identity)
+            if data is None:
+                try:
+                    data = decode_stream(stream)
+                except StreamNotDecoded as exc:
+                    skipped.append((name, str(exc)))
+                    continue
             key = (name.casefold(), data)
             if key in contents:
                 continue
