@@ -10,7 +10,7 @@
    one process: the difference is the gate's own cost).
 
 Keys and tokens are made here (RS256, 2048 bits, as Keycloak signs); the
-JWKS is served from memory. Results go to docs/performance.md.
+JWKS is served from memory. Results are in docs/performance-history.md.
 """
 
 from __future__ import annotations

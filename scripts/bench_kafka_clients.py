@@ -12,7 +12,7 @@ broker's includes the feeder's requests, the same for both clients).
 Clients alternate within each round; the aiokafka stage runs on uvloop,
 as the services do.
 
-confluent-kafka is not a project dependency (docs/performance.md, "What
+confluent-kafka is not a project dependency (docs/performance-history.md, "What
 halving would take"): run this from a scratch environment that has both
 clients, on a running stack:
 

@@ -10,7 +10,7 @@ the background processes by what they do).
 `scripts/cpu_by_service.py` and the bench's ``cpu_ms_per_invoice`` give a
 component's whole CPU; this splits two of them further, which is how the
 eleventh round of issue 18 found the broker's collector and its JIT
-compiler (docs/performance.md). PostgreSQL's short-lived processes (an
+compiler (docs/performance-history.md). PostgreSQL's short-lived processes (an
 autovacuum worker, a connection that came and went) show up as the
 postmaster's reaped children. Linux only: reads /proc; needs the local
 stack's pid files (``.run/pids``).

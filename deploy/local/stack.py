@@ -510,7 +510,7 @@ def start_kafka_node(tls: pki.TlsFiles, node: KafkaNode, nodes: list[KafkaNode],
     # barriers and concurrent threads (about 0.6 ms of the broker's CPU per
     # invoice at half load), and on a heap this small its young collections
     # are rare and short (one per 1200 invoices or so, 25 to 30 ms):
-    # docs/performance.md, eleventh round. Its heap on transparent huge
+    # docs/performance-history.md, eleventh round. Its heap on transparent huge
     # pages (where the kernel grants them on request, "madvise"): 6 to 7 %
     # less of the broker's CPU in three alternating pairs, for about 60 MB
     # more resident (thirteenth round), likely from fewer TLB misses over a

@@ -40,7 +40,7 @@ def freeze_startup_heap() -> None:
     """Leave what start-up built (modules, clients, caches: about 80 000
     objects per service) out of the cyclic collector's full passes, which
     otherwise walk it all: a full collection paused validate's event loop
-    for 113 ms under load (docs/performance.md). Garbage goes first, so
+    for 113 ms under load (docs/performance-history.md). Garbage goes first, so
     nothing collectable is kept; what is allocated afterwards is collected
     as before."""
     gc.collect()

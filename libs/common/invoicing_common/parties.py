@@ -39,7 +39,7 @@ class Party:
 # Every event of an invoice reads its parties again (status reads each one
 # several times), and the same companies come back invoice after invoice:
 # python-stdnum's checks were a tenth of status's event loop at 58 invoices/s
-# (docs/performance.md). Pure functions of two strings, so cached.
+# (docs/performance-history.md). Pure functions of two strings, so cached.
 @lru_cache(maxsize=16384)
 def _siren_of(value: str, scheme: str) -> str | None:
     """The SIREN an identifier names; "" when it claims to be French and is

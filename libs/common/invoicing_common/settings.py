@@ -100,7 +100,7 @@ class ServiceSettings(KafkaClientSettings):
     # Now a record goes as soon as it is there, a quiet consumer asks the
     # broker twice a second instead of twenty times, and under load batches
     # still form while a handler is busy, since aiokafka fetches a partition
-    # again only once its buffered records are taken (docs/performance.md,
+    # again only once its buffered records are taken (docs/performance-history.md,
     # "Consumer fetches").
     kafka_fetch_min_bytes: int = Field(default=1, ge=1, le=64 * 1024 * 1024)
     kafka_fetch_max_wait_ms: int = Field(default=500, ge=0, le=1500)
@@ -117,7 +117,7 @@ class ServiceSettings(KafkaClientSettings):
     kafka_batch_fetch_adaptive: bool = True
     # Stages off the invoice's path (route's delivery to other platforms,
     # status's exchange) wait longer: twenty empty fetches a second each
-    # were a third of the quiet stack's CPU (docs/performance.md).
+    # were a third of the quiet stack's CPU (docs/performance-history.md, "What halving would take").
     kafka_background_fetch_max_wait_ms: int = Field(default=250, ge=0, le=1500)
     # How long the producers on the invoice's path (the stream producers of
     # validated, routed and DLQ records; ingest's and status's outbox relays)
@@ -125,14 +125,14 @@ class ServiceSettings(KafkaClientSettings):
     # keeps one produce request in flight per broker, and what comes in the
     # meantime goes in the next. 20 ms once saved CPU, when records carried
     # the documents; with references only, 5 ms saved 17 ms per hop, and 0
-    # another 5 per hop at no measurable cost (docs/performance.md).
+    # another 5 per hop at no measurable cost (docs/performance-history.md, third round).
     kafka_producer_linger_ms: int = Field(default=0, ge=0, le=1000)
     # ...except while a stream producer sends at least two records per this
     # linger (200 a second at 10 ms: only near capacity on this machine):
     # then it lingers this long, and its produce requests carry several
     # records each (kafka/pace.py; 0: always kafka_producer_linger_ms).
     kafka_producer_busy_linger_ms: int = Field(default=10, ge=0, le=1000)
-    # uvloop: the event loop in C (docs/performance.md has the measurement).
+    # uvloop: the event loop in C (docs/performance-history.md has the measurement).
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @model_validator(mode="after")

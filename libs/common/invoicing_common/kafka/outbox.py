@@ -359,7 +359,7 @@ class OutboxRelay(Service):
                 # a statement per cycle, but ingest's memory then grew by 36
                 # to 87 MiB instead of 22 to 30 during its first 100 MiB
                 # upload (tests/e2e/test_archive.py's bound is 64); why was
-                # not found (docs/performance.md).
+                # not found (docs/performance-history.md).
         finally:
             if self._unmarked:
                 with contextlib.suppress(Exception):  # a new leader reconciles them

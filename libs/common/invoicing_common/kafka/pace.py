@@ -19,7 +19,7 @@ about one invoice's events anyway (they come within a few tens of
 milliseconds of each other), so the quiet form costs a fetch and a
 transaction per event instead of per invoice: a few percent of a core at
 10 invoices a second, on a machine then mostly idle, for half the
-end-to-end latency (docs/performance.md, issue 18's twelfth round).
+end-to-end latency (docs/performance-history.md, issue 18's twelfth round).
 
 ``LingerPace`` does the same for a stream producer's linger, the time a
 send waits for others to share its produce request. With none, a stage
@@ -30,7 +30,7 @@ lingering 20 ms, needed 0.85. A fixed linger makes every quiet hop wait
 for nothing (10 ms took end-to-end p50 at 100 invoices/s from 53-58 to
 103-105 ms). So the linger is on only while at least two sends come per
 linger, where a request then carries two records or more; below one and a
-half per linger it is off again, and a record goes at once (docs/performance.md,
+half per linger it is off again, and a record goes at once (docs/performance-history.md,
 issue 18's fourteenth round).
 """
 
@@ -121,7 +121,7 @@ class LingerPace(RatePace):
     # Quiet again below 1.5 per linger, not 1: after a burst (the bench's
     # calibration, a backlog drained) a rate of 100 to 150 a second, this
     # machine's half load, kept a 10 ms linger on each of two hops and
-    # added about 20 ms to the end-to-end p50 (docs/performance.md).
+    # added about 20 ms to the end-to-end p50 (docs/performance-history.md, fourteenth round).
     quiet_below: float = 0.75
     busy: bool = False  # a producer's first records go at once
 
