@@ -3,7 +3,8 @@
 * ingest: a bare grpc.aio server (own process) that answers SubmitInvoice at
   once, driven by the same closed-loop submitter;
 * Kafka: aiokafka produce -> consume of the same payloads on a throw-away
-  topic, with the producer settings of ingest (acks=all, idempotent, linger);
+  topic, with the shared producer's settings (acks=all, idempotent, a 5 ms
+  linger);
 * validation: SaxonC-HE plus the official compiled schematrons (XSLT) and
   nothing else, one process per core.
 
