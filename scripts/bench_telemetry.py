@@ -104,11 +104,11 @@ def main(argv: list[str]) -> int:
             handler.setStream(sys.stderr)
     telemetry_setup.shutdown(*providers)
 
-    print(telemetry_setup.summary())
+    summary = telemetry_setup.summary()
+    print(summary)
     for name, value in figures.items():
         print(f"{name:26s} {value:7.2f} µs")
     if args.json is not None:
-        summary = telemetry_setup.summary()
         report = {"count": args.count, "rounds": args.rounds, "summary": summary, "microseconds": figures}
         args.json.write_text(json.dumps(report, indent=2))
     return 0

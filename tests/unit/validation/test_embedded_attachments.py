@@ -10,11 +10,13 @@ import zlib
 from pathlib import Path
 
 import facturx
+import pikepdf
 import pytest
 from lxml import etree
 
 from invoicing_validate.validation import EmbeddedFile, Finding, Validator, extract_attachments
 from invoicing_validate.validation.embedded import ATTACHMENT_RULE, AttachmentCollector
+from invoicing_validate.validation.pdf_attachments import read_attached_files, read_invoice_attachment
 from tests.unit.validation.pdf_support import Attachment, build_pdf, embedded_file, pdf_string, pdf_with_attachments
 
 SAMPLES = Path(__file__).resolve().parents[3] / "samples"
@@ -345,10 +347,6 @@ def test_total_size_is_bounded() -> None:
 
 
 def test_pdf_files_are_bounded_before_they_are_decoded() -> None:
-    import pikepdf
-
-    from invoicing_validate.validation.pdf_attachments import read_attached_files
-
     pdf = pdf_with_attachments([Attachment(f"f{n}.txt", b"%d" % n, deflate=True) for n in range(5)])
     with pikepdf.open(io.BytesIO(pdf)) as opened:
         attached = read_attached_files(opened, max_files=2, max_bytes=1000)
@@ -357,10 +355,6 @@ def test_pdf_files_are_bounded_before_they_are_decoded() -> None:
 
 
 def test_the_invoice_xml_is_decoded_once_for_both_reads() -> None:
-    import pikepdf
-
-    from invoicing_validate.validation.pdf_attachments import read_attached_files, read_invoice_attachment
-
     xml = b"<Invoice>" + b"x" * 200 + b"</Invoice>"
     pdf = pdf_with_attachments([Attachment("factur-x.xml", xml, deflate=True), Attachment("a.txt", b"a", deflate=True)])
     with pikepdf.open(io.BytesIO(pdf)) as opened:
